@@ -1,0 +1,161 @@
+"""The block forward of a causal Wan2.1 DiT, written against the Wan module tree by name (DESIGN §3).
+
+``CausalWan`` runs one forward call on a block of latent frames. It only *calls* submodules
+(``patch_embedding``, ``text_embedding``, ``time_embedding``, ``time_projection``,
+``blocks.N.{norm1, self_attn.{q,k,v,o,norm_q,norm_k}, norm3, cross_attn.*, norm2, ffn}``, ``head.{norm,head}``)
+and casts the two raw parameters (``blocks.N.modulation``, ``head.modulation``) to the compute dtype and
+device, so it runs unchanged on the pack's ``WanDiT`` and on ComfyUI's Wan model inside a ModelPatcher
+(where LoRA patches, fp8 weights and low-VRAM casting live in those submodules).
+
+Per call (SPEC §1.1, §1.5): per-frame timesteps -> sinusoid (float64, cos half first) -> time embedding
+-> 6 modulation vectors per frame; per layer the adaLN-modulated self-attention over the window the
+layer's memory returns (see ``models.seam``), text cross-attention over the cached 512 text keys/values,
+and the modulated FFN; then the modulated head and unpatchify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import attention
+from .config import WanConfig
+from .rope import Rope3D
+from .seam import BlockCall, LayerMemory
+
+
+def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """``[cos(p * 10000^(-k/half)), sin(...)]`` for k < dim/2, float64 ``[N, dim]`` (cos half first)."""
+    half = dim // 2
+    position = position.to(torch.float64)
+    exponents = torch.arange(half, dtype=torch.float64, device=position.device).div(half)
+    angles = torch.outer(position, torch.pow(10000, -exponents))
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """Cross-attention keys and values of one prompt, per layer ``[B, 512, heads, head_dim]``."""
+
+    k: tuple[torch.Tensor, ...]
+    v: tuple[torch.Tensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+
+def module_config(dit: nn.Module) -> WanConfig:
+    """The ``WanConfig`` of any module tree with Wan parameter names (pack module or ComfyUI's)."""
+    return WanConfig.from_state_dict({name: p.shape for name, p in dit.named_parameters()})
+
+
+def _first_weight(dit: nn.Module) -> torch.Tensor:
+    return dit.patch_embedding.weight
+
+
+class CausalWan:
+    """Runs block forwards of a Wan module tree with a per-layer memory (cache policy) behind each layer."""
+
+    def __init__(self, dit: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                 config: WanConfig | None = None,
+                 attention_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = attention):
+        self.dit = dit
+        self.config = config or module_config(dit)
+        weight = _first_weight(dit)
+        if dtype is None:
+            dtype = weight.dtype if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else weight.device
+        self.attention = attention_fn
+        self.rope = Rope3D(self.config.head_dim)
+
+    def _param(self, p: torch.Tensor) -> torch.Tensor:
+        return p.to(device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def encode_text(self, context: torch.Tensor) -> TextContext:
+        """Project prompt embeddings ``[B, L <= 512, text_dim]`` (zero-padded to 512) into per-layer K/V."""
+        cfg = self.config
+        if context.dim() != 3 or context.shape[-1] != cfg.text_dim:
+            raise ValueError(f"text embeddings must be [batch, tokens, {cfg.text_dim}], got {list(context.shape)}")
+        if context.shape[1] > cfg.text_len:
+            raise ValueError(f"text embeddings have {context.shape[1]} tokens; the model takes at most {cfg.text_len}")
+        b = context.shape[0]
+        padded = context.new_zeros(b, cfg.text_len, cfg.text_dim)
+        padded[:, : context.shape[1]] = context
+        ctx = self.dit.text_embedding(padded.to(device=self.device, dtype=self.dtype))
+        n, d = cfg.num_heads, cfg.head_dim
+        ks, vs = [], []
+        for block in self.dit.blocks:
+            ca = block.cross_attn
+            ks.append(ca.norm_k(ca.k(ctx)).view(b, -1, n, d))
+            vs.append(ca.v(ctx).view(b, -1, n, d))
+        return TextContext(tuple(ks), tuple(vs))
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, text: TextContext,
+                 memories: Sequence[LayerMemory], call: BlockCall) -> torch.Tensor:
+        """Flow prediction ``[B, F, C, H, W]`` for normalised latents ``[B, F, C, H, W]`` at ``timesteps [B, F]``."""
+        cfg, dit = self.config, self.dit
+        if len(memories) != cfg.num_layers:
+            raise ValueError(f"{len(memories)} layer memories for a {cfg.num_layers}-layer model")
+        b, f = latents.shape[:2]
+        n, d = cfg.num_heads, cfg.head_dim
+
+        x = dit.patch_embedding(latents.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=self.dtype))
+        grid = tuple(x.shape[3:])  # [B, dim, F, h, w]
+        if x.shape[2] != f or grid != call.grid:
+            raise ValueError(f"latent grid {tuple(x.shape[2:])} does not match the call ({f}, {call.grid})")
+        x = x.flatten(2).transpose(1, 2)  # [B, L, dim]
+        per_frame = call.frame_tokens
+
+        t = timesteps.reshape(b, f).to(self.device)
+        e = dit.time_embedding(sinusoidal_embedding(cfg.freq_dim, t.flatten()).to(self.dtype))  # [B*F, dim]
+        e0 = dit.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, f))  # [B, F, 6, dim]
+
+        def frames(y: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, F, h*w, C]
+            return y.unflatten(1, (f, per_frame))
+
+        for block, memory, text_k, text_v in zip(dit.blocks, memories, text.k, text.v, strict=True):
+            mod = (self._param(block.modulation).unsqueeze(1) + e0).chunk(6, dim=2)  # 6 x [B, F, 1, dim]
+
+            sa = block.self_attn
+            y = (frames(block.norm1(x)) * (1 + mod[1]) + mod[0]).flatten(1, 2)
+            q = sa.norm_q(sa.q(y)).view(b, -1, n, d)
+            k = sa.norm_k(sa.k(y)).view(b, -1, n, d)
+            v = sa.v(y).view(b, -1, n, d)
+            window = memory.update(q, k, v, call)
+            q = self.rope.apply(q, window.q_time, grid).type_as(v)
+            keys = self.rope.apply(window.k, window.k_time, grid).type_as(v)
+            values = window.v
+            if window.weights is not None:
+                w = window.weights.to(device=self.device, dtype=self.dtype)[None, :, None, None]
+                keys, values = keys * w, values * w
+            y = sa.o(self.attention(q, keys, values).flatten(2))
+            x = x + (frames(y) * mod[2]).flatten(1, 2)
+
+            ca = block.cross_attn
+            cq = ca.norm_q(ca.q(block.norm3(x))).view(b, -1, n, d)
+            x = x + ca.o(self.attention(cq, text_k, text_v).flatten(2))
+
+            y = block.ffn((frames(block.norm2(x)) * (1 + mod[4]) + mod[3]).flatten(1, 2))
+            x = x + (frames(y) * mod[5]).flatten(1, 2)
+
+        head = dit.head
+        hmod = (self._param(head.modulation).unsqueeze(1) + e.unflatten(0, (b, f)).unsqueeze(2)).chunk(2, dim=2)
+        out = head.head(frames(head.norm(x)) * (1 + hmod[1]) + hmod[0])  # [B, F, h*w, C*pt*ph*pw]
+        return self._unpatchify(out, grid)
+
+    def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``[B, F, h*w, C*pt*ph*pw]`` -> ``[B, F*pt, C, h*ph, w*pw]``."""
+        b, f = out.shape[:2]
+        h, w = grid
+        pt, ph, pw = self.config.patch_size
+        c = self.config.out_dim
+        out = out.reshape(b, f, h, w, pt, ph, pw, c)
+        out = torch.einsum("bfhwpqrc->bfpchqwr", out)
+        return out.reshape(b, f * pt, c, h * ph, w * pw)
