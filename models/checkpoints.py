@@ -1,0 +1,333 @@
+"""Reading, converting and validating causal Wan2.1 checkpoints into plain Wan parameter names (SPEC §2).
+
+Every supported file ends up as the original Wan2.1 T2V state dict (825 keys at 1.3B), checked name by name
+and shape by shape against the config its shapes imply, *before* any module is built: a bad file raises
+``CheckpointError`` saying what is wrong and what to do, never a partial load (DESIGN §6).
+
+Layouts (SPEC §2):
+- Self-Forcing ``self_forcing_dmd.pt`` / CausVid ``model.pt`` / LongLive ``longlive_base.pt``: a torch pickle
+  dict with ``generator_ema`` and/or ``generator`` (LongLive also accepts ``model``), keys ``model.<wan name>``,
+  possibly with ``_fsdp_wrapped_module.`` segments. The official loaders pick ``generator_ema`` (SF/EF,
+  ``--use_ema``) or ``generator`` (CausVid, LongLive), delete ``_fsdp_wrapped_module.`` and load strictly into
+  their wrapper, whose ``model.`` prefix we strip. Other entries (``critic``, ``step``) are ignored.
+- LongLive ``lora.pt``: a PEFT LoRA on every block linear, merged here as PEFT's ``merge_and_unload`` does.
+- ComfyUI repackaged safetensors (``model.diffusion_model.`` prefix), plain Wan safetensors, and ComfyUI's
+  "scaled fp8" safetensors (``scaled_fp8`` marker, per-layer ``scale_weight``), dequantised on load.
+
+Pickles are only ever opened with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .config import WanConfig
+from .wan import WanDiT
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+SUPPORTED_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+RESEARCH_ENTRIES = ("generator_ema", "generator", "model")
+"""Top-level entries of research checkpoints, in the order ``weights="auto"`` tries them."""
+_WRAPPERS = ("state_dict", "module")
+_FSDP = "_fsdp_wrapped_module."
+_COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+_FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+             if hasattr(torch, n))
+_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[^.]+)?\.weight$")
+_LORA_STRIP = ("base_model.model.", "model.", "diffusion_model.")
+_OTHER_ARCHS = {"input_blocks.": "a Stable Diffusion 1.x/2.x/XL UNet", "double_blocks.": "a Flux transformer",
+                "joint_blocks.": "a Stable Diffusion 3 MMDiT", "transformer_blocks.": "a diffusers transformer"}
+_LIST = 10
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclass
+class ConvertedCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    config: WanConfig
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def read_tensors(path) -> dict:
+    """Raw contents of a ``.safetensors`` or torch pickle file (``weights_only=True``, memory-mapped if zip)."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise CheckpointError(f"{name}: unsupported checkpoint extension {suffix or '(none)'!r}; "
+                              f"supported: {', '.join(SUPPORTED_SUFFIXES)}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path} (check the file name and the models folder)")
+    corrupt = f"{name} is truncated or corrupt (an interrupted download?); re-download it"
+    if suffix == ".safetensors":
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as e:
+            raise CheckpointError(f"{corrupt} ({e})") from None
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip format can be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except OSError as e:
+        raise CheckpointError(f"{name} could not be opened: {e}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError) as e:
+        raise _pickle_error(name, corrupt, e) from None
+
+
+def _pickle_error(name: str, corrupt: str, e: Exception) -> CheckpointError:
+    msg = str(e)
+    unsafe = re.search(r"GLOBAL\s+([\w.]+)", msg)
+    if unsafe or "Unsupported global" in msg:
+        wanted = f" (it asked for {unsafe.group(1)})" if unsafe else ""
+        return CheckpointError(
+            f"{name} contains pickled code objects{wanted} and was refused for safety: checkpoints are only "
+            "loaded with torch.load(weights_only=True). If you trust the file, convert it to .safetensors "
+            "in a trusted environment and load that instead.")
+    if isinstance(e, EOFError) or re.search(r"central directory|truncated|EOF|Ran out of input|corrupt", msg):
+        return CheckpointError(f"{corrupt} ({type(e).__name__}: {msg.splitlines()[0] if msg else 'empty'})")
+    detail = [ln for ln in msg.splitlines() if ln.strip() and not ln.startswith(("Weights only", "Please", "Check"))]
+    return CheckpointError(f"{name} could not be read as a PyTorch checkpoint ({'; '.join(detail) or type(e).__name__})"
+                           "; it may be corrupt or not a torch.save file. Re-download it or use .safetensors.")
+
+
+def _select(raw: Mapping, weights: str, prefer_generator: bool) -> tuple[str | None, Mapping]:
+    """Pick the generator entry of a research dict (SPEC §2); ``None`` means a bare state dict."""
+    if weights not in ("auto", "ema", "generator"):
+        raise CheckpointError(f"weights must be 'auto', 'ema' or 'generator', got {weights!r}")
+    present = [k for k in RESEARCH_ENTRIES if isinstance(raw.get(k), Mapping)]
+    wanted = {"ema": "generator_ema", "generator": "generator"}.get(weights)
+    if wanted and wanted not in present:
+        found = sorted(map(str, raw))
+        raise CheckpointError(
+            f"weights={weights!r} asks for the {wanted!r} entry, but the checkpoint has none; top-level entries: "
+            f"{', '.join(found[:_LIST])}{' ...' if len(found) > _LIST else ''}. Use weights='auto'.")
+    if prefer_generator and "generator" in present:
+        present.remove("generator")
+        present.insert(0, "generator")
+    entry = wanted or (present[0] if present else None)
+    chosen = raw[entry] if entry else raw
+    for wrapper in _WRAPPERS:  # {"state_dict": {...}} / {"module": {...}} around the tensors
+        if not any(isinstance(v, torch.Tensor) for v in chosen.values()) and isinstance(chosen.get(wrapper), Mapping):
+            chosen = chosen[wrapper]
+    return entry, chosen
+
+
+def _dequantise(sd: dict, dtype: torch.dtype, notes: list[str]) -> bool:
+    """ComfyUI scaled fp8: ``W = weight.float() * scale_weight``; drop marker/scale keys; upcast plain fp8."""
+    scaled = "scaled_fp8" in sd
+    sd.pop("scaled_fp8", None)
+    scales = {k[: -len(".scale_weight")]: sd.pop(k) for k in [k for k in sd if k.endswith(".scale_weight")]}
+    for k in [k for k in sd if k.endswith(".scale_input")]:
+        del sd[k]
+    for layer, s in scales.items():
+        w = sd.get(layer + ".weight")
+        if w is None:
+            raise CheckpointError(f"{layer}.scale_weight has no {layer}.weight: the scaled fp8 file is corrupt; "
+                                  "re-download it")
+        s = s.float().reshape(() if s.numel() == 1 else (-1, *[1] * (w.dim() - 1)))
+        sd[layer + ".weight"] = (w.float() * s).to(dtype)
+    upcast = [k for k, v in sd.items() if v.dtype in _FP8]
+    for k in upcast:
+        sd[k] = sd[k].to(dtype)
+    if scales:
+        notes.append(f"dequantised {len(scales)} scaled fp8 weights (weight * scale_weight) to {dtype}")
+    if upcast:
+        notes.append(f"upcast {len(upcast)} fp8 tensors without scale to {dtype}")
+    return scaled or bool(scales)
+
+
+def convert_to_wan(raw: Mapping, *, weights: str = "auto", dtype: torch.dtype | None = None,
+                   prefer_generator: bool = False) -> ConvertedCheckpoint:
+    """Rename any supported layout to plain Wan names (SPEC §2); names and shapes are not validated here.
+
+    ``weights``: "auto" (``generator_ema``, else ``generator``, else ``model``, else the dict itself; with
+    ``prefer_generator`` ``generator`` first), "ema" or "generator". fp8 tensors become ``dtype``
+    (default float32). Non-tensor entries are ignored.
+    """
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"the checkpoint holds a {type(raw).__name__}, not a dict of tensors")
+    entry, chosen = _select(raw, weights, prefer_generator)
+    notes = []
+    if entry:
+        ignored = sorted(str(k) for k in raw if k != entry)
+        if ignored:
+            notes.append(f"used '{entry}'; ignored top-level entries: {', '.join(ignored)}")
+    tensors = {str(k): v for k, v in chosen.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) < len(chosen):
+        notes.append(f"ignored {len(chosen) - len(tensors)} non-tensor entries")
+    prefix = next((p for p in _COMFY_PREFIXES if any(k.startswith(p) for k in tensors)), None)
+    sd = {}
+    if prefix:
+        for k, v in tensors.items():
+            if k.startswith(prefix) or k.endswith("scaled_fp8"):
+                sd[k.removeprefix(prefix) if k.startswith(prefix) else "scaled_fp8"] = v
+        if len(sd) < len(tensors):  # VAE / text encoder of an all-in-one file
+            notes.append(f"ignored {len(tensors) - len(sd)} tensors outside '{prefix}'")
+    else:
+        for k, v in tensors.items():
+            k = k.replace(_FSDP, "")
+            sd[k.removeprefix("model.")] = v
+    scaled = _dequantise(sd, dtype or torch.float32, notes)
+    if scaled:
+        source = "scaled fp8 safetensors"
+    elif entry:
+        source = f"Self-Forcing/CausVid/LongLive research checkpoint ({entry})"
+    elif prefix:
+        source = "ComfyUI repackaged safetensors"
+    elif any(k.replace(_FSDP, "").startswith("model.") for k in tensors):
+        source = "research checkpoint (bare state dict)"
+    else:
+        source = "plain Wan state dict"
+    return ConvertedCheckpoint(state_dict=sd, source=source, notes=notes)
+
+
+def _lora_module(key: str) -> tuple[str, str] | None:
+    """``(wan module, kind)`` of a LoRA key, ``kind`` in A/B/alpha; ``None`` for a foreign key."""
+    key = key.replace(_FSDP, "")
+    for p in _LORA_STRIP:
+        key = key.removeprefix(p)
+    if key.endswith(".alpha"):
+        return key[: -len(".alpha")], "alpha"
+    m = _LORA_KEY.match(key)
+    if not m:
+        return None
+    return m["module"], "A" if m["kind"] in ("lora_A", "lora_down") else "B"
+
+
+def merge_lora(state_dict: dict, lora_raw: Mapping, alpha: float | None = None) -> dict:
+    """Merge LongLive's PEFT LoRA into plain Wan weights: ``W += (alpha / r) * B @ A`` (SPEC §2.2).
+
+    Same result as LongLive's ``merge_and_unload``: A [r, in], B [out, r], computed in float32 and cast back
+    to W's dtype; biases untouched. alpha: a per-module ``.alpha`` tensor, else ``alpha``, else r (scale 1,
+    as LongLive's rank 256 / alpha 256). Returns a new dict; ``state_dict`` is not modified.
+    """
+    lora = lora_raw.get("generator_lora", lora_raw) if isinstance(lora_raw, Mapping) else None
+    if not isinstance(lora, Mapping):
+        raise CheckpointError("the LoRA file holds no dict of tensors")
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    foreign = []
+    for k, v in lora.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        parsed = _lora_module(str(k))
+        if parsed is None:
+            foreign.append(str(k))
+            continue
+        module, kind = parsed
+        if kind in parts.setdefault(module, {}):
+            raise CheckpointError(f"LoRA has two {kind} tensors for {module} (several adapters?); keep one")
+        parts[module][kind] = v
+    if foreign:
+        raise CheckpointError(f"not a LoRA key: {', '.join(foreign[:_LIST])} ({len(foreign)} in all); expected "
+                              "PEFT '<module>.lora_A.weight'/'lora_B.weight' or 'lora_down'/'lora_up' names")
+    if not parts:
+        raise CheckpointError("the LoRA file contains no LoRA tensors (lora_A/lora_B or lora_down/lora_up)")
+    out = dict(state_dict)
+    for module, p in sorted(parts.items()):
+        if "A" not in p or "B" not in p:
+            missing = "B (lora_B/lora_up)" if "A" in p else "A (lora_A/lora_down)"
+            raise CheckpointError(f"LoRA module {module} has no {missing} matrix; the LoRA file is incomplete")
+        a, b, target = p["A"], p["B"], module + ".weight"
+        if target not in state_dict:
+            raise CheckpointError(f"LoRA targets {module}, which the base model does not have ({target} missing); "
+                                  "is this LoRA for another model?")
+        w = state_dict[target]
+        shapes = f"A {list(a.shape)}, B {list(b.shape)}, weight {list(w.shape)}"
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise CheckpointError(f"LoRA {module}: rank mismatch between A and B ({shapes})")
+        if w.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise CheckpointError(f"LoRA {module} does not match the base model ({shapes}); "
+                                  "is this LoRA for another model size?")
+        rank = a.shape[0]
+        module_alpha = float(p["alpha"]) if "alpha" in p else alpha
+        scale = (rank if module_alpha is None else module_alpha) / rank
+        out[target] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
+    return out
+
+
+def _architecture_hint(keys: list[str]) -> str:
+    for prefix, arch in _OTHER_ARCHS.items():
+        if any(k.startswith(prefix) or f".{prefix}" in k for k in keys):
+            return f" The keys look like {arch}."
+    return ""
+
+
+def validate_wan_state_dict(sd: Mapping) -> WanConfig:
+    """Infer the config from the shapes and check every name and shape against it, reporting all at once."""
+    try:
+        cfg = WanConfig.from_state_dict(sd)
+    except (ValueError, IndexError, TypeError) as e:
+        keys = sorted(sd)
+        what = "an image-to-video model" if "image-to-video" in str(e) else "not a Wan2.1 text-to-video DiT"
+        raise CheckpointError(
+            f"this checkpoint is {what}: {e}.{_architecture_hint(keys)} Found {len(keys)} keys, e.g. "
+            f"{', '.join(keys[:_LIST]) or 'none'}. Echo-Forcing needs a causal Wan2.1 T2V student "
+            "(Self-Forcing, CausVid, LongLive) or Wan2.1-T2V weights.") from None
+    expected = cfg.expected_shapes()
+    missing = [k for k in expected if k not in sd]
+    unexpected = sorted(k for k in sd if k not in expected)
+    mismatched = [f"{k}: file {list(sd[k].shape)} vs expected {list(s)}"
+                  for k, s in expected.items() if k in sd and tuple(sd[k].shape) != s]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches", mismatched)):
+        if items:
+            more = f" ... (+{len(items) - _LIST} more)" if len(items) > _LIST else ""
+            problems.append(f"{len(items)} {label}: {'; '.join(items[:_LIST])}{more}")
+    if problems:
+        raise CheckpointError(f"the weights do not match a {cfg.signature}:\n  " + "\n  ".join(problems)
+                              + "\nThe file is not a complete Wan2.1 T2V DiT (wrong model, or a partial/merged "
+                              "file); nothing was loaded.")
+    return cfg
+
+
+def load_wan_checkpoint(path, *, lora=None, lora_alpha: float | None = None, weights: str = "auto",
+                        dtype: torch.dtype = torch.bfloat16) -> LoadedCheckpoint:
+    """Read, convert, validate, merge the LoRA, cast; raises before anything is built (SPEC §2, DESIGN §6).
+
+    The base is validated before the merge (a merge never changes names or shapes), so a wrong base file is
+    reported as such rather than as a LoRA that does not fit it.
+
+    With a LoRA and ``weights="auto"`` the base ``generator`` is preferred over ``generator_ema``: LongLive
+    trained its LoRA on top of ``generator`` and its inference config uses ``use_ema: false``.
+    """
+    raw = read_tensors(path)
+    conv = convert_to_wan(raw, weights=weights, dtype=dtype, prefer_generator=lora is not None)
+    had_ema = isinstance(raw, Mapping) and "generator_ema" in raw
+    del raw  # drop the entries that were not selected (critic, optimizer state) before the LoRA merge
+    sd, notes = conv.state_dict, conv.notes
+    cfg = validate_wan_state_dict(sd)
+    if lora is not None:
+        if weights == "auto" and had_ema and conv.source.endswith("(generator)"):
+            notes.append("LoRA given: used 'generator' rather than 'generator_ema' (LongLive's LoRA was "
+                         "trained on top of 'generator')")
+        sd = merge_lora(sd, read_tensors(lora), alpha=lora_alpha)
+        notes.append(f"merged LoRA {os.path.basename(os.fspath(lora))}")
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    return LoadedCheckpoint(state_dict=sd, config=cfg, source=conv.source, notes=notes)
+
+
+def load_wan_model(path, *, lora=None, lora_alpha: float | None = None, weights: str = "auto",
+                   dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> WanDiT:
+    """``load_wan_checkpoint`` then a plain-torch ``WanDiT`` holding exactly those weights."""
+    ckpt = load_wan_checkpoint(path, lora=lora, lora_alpha=lora_alpha, weights=weights, dtype=dtype)
+    return WanDiT.from_state_dict(ckpt.state_dict, dtype=dtype, device=device)
