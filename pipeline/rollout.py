@@ -1,0 +1,181 @@
+"""The block-wise autoregressive rollout of a causal Wan2.1 student (SPEC §1.6, §4.3, §7).
+
+For every block of 3 latent frames: start from its slice of the initial noise, run the 4 denoising calls
+(t = 1000, 937.5, 833.33, 625 at shift 5) with the flow -> x0 conversion and fresh re-noising between them,
+keep the last x0 as the block's output, then run one clean context pass at t = 0 on that output, which
+writes the finished block into every layer's memory. 5 DiT forwards per block.
+
+RNG order (so that a seed reproduces the official code): one CPU generator seeded with ``seed`` draws the
+whole initial noise ``[B, T, 16, h, w]`` first, then one ``[B*3, 16, h, w]`` draw per non-final denoising
+step per block, in order. Noise is drawn in float32 on the CPU and moved to the compute device, so a seed
+gives the same video on any device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ..models.block_forward import CausalWan, TextContext
+from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
+from ..models.seam import BlockCall, LayerMemory
+from .latents import LATENT_CHANNELS, VAE_STRIDE
+
+MAX_SEED = 2**64 - 1
+PIXELS_PER_TOKEN = 16
+"""VAE stride 8 times the DiT's 2x2 patch: width and height must be multiples of this."""
+
+
+def _nearest_multiple(value: int, step: int) -> int:
+    return max(step, round(value / step) * step)
+
+
+class RolloutInputError(ValueError):
+    """A rollout request that cannot run; raised before any heavy work."""
+
+
+class CachePolicy(Protocol):
+    """What the rollout needs from a cache configuration (memory/)."""
+
+    def check_length(self, num_frames: int, frames_per_block: int) -> None: ...
+
+    def create(self, num_layers: int) -> Sequence[LayerMemory]: ...
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What to generate. Sizes are in pixels and latent frames; everything is validated on creation."""
+
+    num_frames: int
+    """Latent frames to generate (a multiple of ``frames_per_block``); T latents decode to 4T - 3 video frames."""
+    height: int = 480
+    width: int = 832
+    seed: int = 0
+    steps: tuple[int, ...] = DEFAULT_STEPS
+    warp: bool = True
+    shift: float = DEFAULT_SHIFT
+    frames_per_block: int = 3
+    batch_size: int = 1
+
+    def __post_init__(self):
+        for name in ("num_frames", "height", "width", "seed", "frames_per_block", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RolloutInputError(f"{name} must be an integer, got {value!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RolloutInputError(f"seed must lie in 0..2^64-1 (0..{MAX_SEED}), got {self.seed}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
+                raise RolloutInputError(
+                    f"{name} must be a positive multiple of {PIXELS_PER_TOKEN} pixels (VAE stride 8 x patch 2), "
+                    f"got {value}; nearest valid: {_nearest_multiple(value, PIXELS_PER_TOKEN)}")
+        if self.frames_per_block < 1:
+            raise RolloutInputError(f"frames_per_block must be at least 1, got {self.frames_per_block}")
+        if self.num_frames < 1:
+            raise RolloutInputError(f"num_frames must be at least one block ({self.frames_per_block} latent frames), "
+                                    f"got {self.num_frames}")
+        if self.num_frames % self.frames_per_block:
+            up = -(-self.num_frames // self.frames_per_block) * self.frames_per_block
+            raise RolloutInputError(f"num_frames ({self.num_frames}) must be a multiple of the block size "
+                                    f"{self.frames_per_block}; use {up}")
+        if self.batch_size < 1:
+            raise RolloutInputError(f"batch_size must be at least 1, got {self.batch_size}")
+        try:
+            FlowMatchSchedule(self.shift).denoising_timesteps(self.steps, self.warp)
+        except ValueError as err:
+            raise RolloutInputError(str(err)) from None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_frames // self.frames_per_block
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2]
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.batch_size, self.num_frames, LATENT_CHANNELS, *self.latent_size)
+
+
+@dataclass(frozen=True)
+class BlockEvent:
+    """Reported after every finished block (progress, previews)."""
+
+    index: int
+    total: int
+    start_frame: int
+    latents: torch.Tensor
+    """The block's clean output, normalised ``[B, F, 16, h, w]`` float32 on the CPU."""
+    seconds: float
+
+
+@dataclass
+class RolloutResult:
+    latents: torch.Tensor
+    """Normalised output latents ``[B, T, 16, h, w]`` float32 on the CPU."""
+    block_seconds: list[float] = field(default_factory=list)
+    cache_bytes: int = 0
+
+
+def _token_grid(model: CausalWan, settings: RolloutSettings) -> tuple[int, int]:
+    _, ph, pw = model.config.patch_size
+    h, w = settings.latent_size
+    if h % ph or w % pw:
+        raise RolloutInputError(f"latent size {h}x{w} is not divisible by the model's patch {ph}x{pw}")
+    return h // ph, w // pw
+
+
+def rollout(model: CausalWan, text: TextContext, settings: RolloutSettings, cache: CachePolicy,
+            on_block: Callable[[BlockEvent], None] | None = None,
+            interrupt: Callable[[], None] | None = None) -> RolloutResult:
+    """Generate ``settings.num_frames`` latent frames with ``cache`` behind every layer.
+
+    ``interrupt`` is called before every block and may raise to cancel; ``on_block`` receives each
+    finished block. Everything is validated before the first forward.
+    """
+    if text.k[0].shape[0] != settings.batch_size:
+        raise RolloutInputError(f"text context has batch {text.k[0].shape[0]}, settings ask for {settings.batch_size}")
+    if model.config.in_dim != LATENT_CHANNELS or model.config.out_dim != LATENT_CHANNELS:
+        raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} channels; "
+                                f"Wan2.1 latents have {LATENT_CHANNELS}")
+    grid = _token_grid(model, settings)
+    cache.check_length(settings.num_frames, settings.frames_per_block)
+
+    schedule = FlowMatchSchedule(settings.shift)
+    timesteps = schedule.denoising_timesteps(settings.steps, settings.warp)
+    memories = cache.create(model.config.num_layers)
+    b, f = settings.batch_size, settings.frames_per_block
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    noise = torch.randn(settings.noise_shape, generator=gen, dtype=torch.float32)
+    output = torch.empty(settings.noise_shape, dtype=torch.float32)
+    result = RolloutResult(latents=output)
+
+    for index in range(settings.num_blocks):
+        if interrupt is not None:
+            interrupt()
+        started = time.perf_counter()
+        start = index * f
+        x = noise[:, start:start + f].to(device=model.device, dtype=model.dtype)
+        for i, t in enumerate(timesteps):
+            t_block = torch.full((b, f), float(t), dtype=torch.float32)
+            flow = model(x, t_block, text, memories, BlockCall(start, f, float(t), False, grid))
+            x0 = schedule.x0_from_flow(flow, x, t_block)
+            if i + 1 < len(timesteps):
+                eps = torch.randn((b * f, *settings.noise_shape[2:]), generator=gen, dtype=torch.float32)
+                eps = eps.unflatten(0, (b, f)).to(device=model.device, dtype=model.dtype)
+                x = schedule.add_noise(x0, eps, timesteps[i + 1])
+        model(x0, torch.zeros((b, f), dtype=torch.float32), text, memories, BlockCall(start, f, 0.0, True, grid))
+        output[:, start:start + f] = x0.float().cpu()
+        seconds = time.perf_counter() - started
+        result.block_seconds.append(seconds)
+        if on_block is not None:
+            on_block(BlockEvent(index, settings.num_blocks, start, output[:, start:start + f], seconds))
+
+    result.cache_bytes = sum(getattr(m, "nbytes", 0) for m in memories)
+    return result
