@@ -1,0 +1,26 @@
+"""``python -m echo_forcing <command>``: the pack's command-line tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import demo
+from .pipeline import RolloutInputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m echo_forcing", description="Echo-Forcing for ComfyUI tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (RolloutInputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line tools of the pack (``python -m echo_forcing <command>``). No ComfyUI imports."""
