@@ -1,0 +1,65 @@
+"""Real host: the block forward runs unchanged on ComfyUI's own loaded Wan model (DESIGN §3).
+
+ComfyUI builds its WanModel from comfy.ops layers inside a ModelPatcher. The same weights, driven by our
+block forward through that module tree, must give what our plain-torch WanDiT gives. Runs only when
+COMFYUI_DIR is set (see conftest.comfy_host); CI has no ComfyUI and skips it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SCRIPT = r"""
+import json, sys, torch
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.model_management as mm
+import comfy.sd
+from echo_forcing.memory import SelfForcingCacheConfig
+from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
+from echo_forcing.pipeline import RolloutSettings, rollout
+
+weight_dtype = getattr(torch, sys.argv[1])
+# ComfyUI detects a Wan2.1 DiT by its keys; it fixes text_dim at 4096 and freq_dim at 256.
+cfg = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096)
+sd = random_wan_state_dict(cfg, seed=3)
+patcher = comfy.sd.load_diffusion_model_state_dict({"model.diffusion_model." + k: v for k, v in sd.items()},
+                                                   model_options={"dtype": weight_dtype})
+mm.load_models_gpu([patcher])
+tree = patcher.model.diffusion_model
+stored = {n: p.dtype for n, p in tree.named_parameters()}
+# our plain module gets exactly the values ComfyUI stores (rounded to its weight dtype), in float32
+ours = CausalWan(WanDiT.from_state_dict({k: v.to(stored[k]).float() for k, v in sd.items()}), dtype=torch.float32)
+theirs = CausalWan(tree, dtype=torch.float32, device=mm.get_torch_device())
+context = torch.randn(1, 20, 4096, generator=torch.Generator().manual_seed(1))
+settings = RolloutSettings(num_frames=6, height=64, width=96, seed=5)
+a = rollout(ours, ours.encode_text(context), settings, SelfForcingCacheConfig()).latents
+b = rollout(theirs, theirs.encode_text(context), settings, SelfForcingCacheConfig()).latents
+q = tree.blocks[0].self_attn.q
+print(json.dumps({
+    "model_class": type(patcher.model).__name__,
+    "tree_class": type(tree).__name__,
+    "linear_class": type(q).__module__ + "." + type(q).__qualname__,
+    "modulation_dtype": str(tree.blocks[0].modulation.dtype),
+    "config_matches": theirs.config == ours.config,
+    "max_abs_diff": (a - b).abs().max().item(),
+    "scale": a.abs().max().item(),
+}))
+"""
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("weight_dtype", ["float32", "float8_e4m3fn"])
+def test_block_forward_on_comfyui_wan_model_matches_the_pack_module(comfy_host, weight_dtype):
+    """float32 weights, and fp8 weights that ComfyUI casts on every call (modulation stored in fp8 too)."""
+    out = comfy_host.run(SCRIPT, weight_dtype)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["model_class"] == "WAN21"
+    assert result["tree_class"] == "WanModel"
+    assert result["linear_class"].startswith("comfy.ops.")  # ComfyUI's cast-on-call layers, not nn.Linear
+    assert result["modulation_dtype"] == f"torch.{weight_dtype}"
+    assert result["config_matches"]
+    assert result["max_abs_diff"] <= 1e-4 * max(1.0, result["scale"]), result
