@@ -1,8 +1,8 @@
 """``python -m echo_forcing demo``: an end-to-end run with a tiny built-in model and no downloads.
 
 It builds a small random Wan2.1-shaped DiT (two heads of the real head dim 128, two layers), turns the
-prompt into a seeded random text embedding (the demo has no text encoder), runs the real block-wise
-rollout with the Self-Forcing cache, and writes
+prompt into word-hash text embeddings (``models.text_stand_in``: the demo has no text encoder), runs the
+real block-wise rollout with the Self-Forcing cache, and writes
 
 * ``latents.safetensors`` — the output in ComfyUI's raw VAE-space LATENT layout ``[1, 16, T, H/8, W/8]``;
 * ``demo.mp4`` — a *preview* of those latents (a fixed linear map of the 16 channels to RGB, upsampled 8x,
@@ -16,7 +16,6 @@ Files are written to a temporary name and renamed when complete, so a crash neve
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ import torch
 from .. import __version__
 from ..memory import SelfForcingCacheConfig
 from ..models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
+from ..models.text_stand_in import stand_in_text_embedding
 from ..pipeline import BlockEvent, RolloutSettings, rollout, to_comfy_latent, video_frames
 from ..pipeline.latents import VAE_STRIDE
 
@@ -36,12 +36,6 @@ DEMO_CONFIG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_di
 """The built-in tiny model: 2 x 128 heads (real head dim and RoPE split), 2 layers, ~2.2M parameters."""
 
 FPS = 16
-
-
-def prompt_embedding(prompt: str, text_dim: int, tokens: int = 24) -> torch.Tensor:
-    """A deterministic stand-in for umT5 output: N(0, 1) rows seeded by the prompt's SHA-256."""
-    seed = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "little")
-    return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))
 
 
 def preview_frames(raw: torch.Tensor) -> torch.Tensor:
@@ -118,7 +112,7 @@ def run_demo(out: Path, prompt: str, frames: int, width: int, height: int, seed:
     started = time.perf_counter()
     dit = WanDiT.from_state_dict(random_wan_state_dict(DEMO_CONFIG, seed=0))
     model = CausalWan(dit, dtype=torch.float32, device="cpu")
-    text = model.encode_text(prompt_embedding(prompt, DEMO_CONFIG.text_dim))
+    text = model.encode_text(stand_in_text_embedding([prompt], DEMO_CONFIG.text_dim))
     setup_seconds = time.perf_counter() - started
 
     def progress(event: BlockEvent) -> None:

@@ -98,9 +98,9 @@ class RolloutSettings:
     def latent_size(self) -> tuple[int, int]:
         return self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2]
 
-    @property
-    def noise_shape(self) -> tuple[int, ...]:
-        return (self.batch_size, self.num_frames, LATENT_CHANNELS, *self.latent_size)
+    def noise_shape(self, channels: int = LATENT_CHANNELS) -> tuple[int, ...]:
+        """``[B, T, C, h, w]`` of the initial noise (C = the model's latent channels, 16 for Wan2.1)."""
+        return (self.batch_size, self.num_frames, channels, *self.latent_size)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class BlockEvent:
 @dataclass
 class RolloutResult:
     latents: torch.Tensor
-    """Normalised output latents ``[B, T, 16, h, w]`` float32 on the CPU."""
+    """Normalised output latents ``[B, T, C, h, w]`` float32 on the CPU (C = 16 for Wan2.1)."""
     block_seconds: list[float] = field(default_factory=list)
     cache_bytes: int = 0
 
@@ -141,9 +141,9 @@ def rollout(model: CausalWan, text: TextContext, settings: RolloutSettings, cach
     """
     if text.k[0].shape[0] != settings.batch_size:
         raise RolloutInputError(f"text context has batch {text.k[0].shape[0]}, settings ask for {settings.batch_size}")
-    if model.config.in_dim != LATENT_CHANNELS or model.config.out_dim != LATENT_CHANNELS:
-        raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} channels; "
-                                f"Wan2.1 latents have {LATENT_CHANNELS}")
+    if model.config.in_dim != model.config.out_dim:
+        raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} latent channels; "
+                                "a causal student predicts the same channels it reads")
     grid = _token_grid(model, settings)
     cache.check_length(settings.num_frames, settings.frames_per_block)
 
@@ -152,8 +152,9 @@ def rollout(model: CausalWan, text: TextContext, settings: RolloutSettings, cach
     memories = cache.create(model.config.num_layers)
     b, f = settings.batch_size, settings.frames_per_block
     gen = torch.Generator(device="cpu").manual_seed(settings.seed)
-    noise = torch.randn(settings.noise_shape, generator=gen, dtype=torch.float32)
-    output = torch.empty(settings.noise_shape, dtype=torch.float32)
+    shape = settings.noise_shape(model.config.in_dim)
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    output = torch.empty(shape, dtype=torch.float32)
     result = RolloutResult(latents=output)
 
     for index in range(settings.num_blocks):
@@ -167,7 +168,7 @@ def rollout(model: CausalWan, text: TextContext, settings: RolloutSettings, cach
             flow = model(x, t_block, text, memories, BlockCall(start, f, float(t), False, grid))
             x0 = schedule.x0_from_flow(flow, x, t_block)
             if i + 1 < len(timesteps):
-                eps = torch.randn((b * f, *settings.noise_shape[2:]), generator=gen, dtype=torch.float32)
+                eps = torch.randn((b * f, *shape[2:]), generator=gen, dtype=torch.float32)
                 eps = eps.unflatten(0, (b, f)).to(device=model.device, dtype=model.dtype)
                 x = schedule.add_noise(x0, eps, timesteps[i + 1])
         model(x0, torch.zeros((b, f), dtype=torch.float32), text, memories, BlockCall(start, f, 0.0, True, grid))

@@ -245,3 +245,24 @@ def test_forward_checks_memory_count_and_grid(tiny_dit):
 def test_module_config_is_inferred_from_the_tree(tiny_dit):
     assert CausalWan(tiny_dit).config == TINY
     assert WanConfig.from_state_dict(tiny_dit.state_dict()) == TINY
+
+
+def test_stand_in_text_embedding_is_per_word_and_zero_padded():
+    from echo_forcing.models.text_stand_in import stand_in_text_embedding, word_row
+
+    emb = stand_in_text_embedding(["A red kite", "red  KITE over dunes", ""], 8)
+    assert emb.shape == (3, 512, 8)
+    assert torch.equal(emb[0, 1], word_row("red", 8)) and torch.equal(emb[1, 0], emb[0, 1])
+    assert torch.equal(emb[1, 1], emb[0, 2])  # "KITE" lower-cased, repeated spaces ignored
+    assert emb[0, 3:].abs().sum() == 0 and emb[2].abs().sum() == 0
+
+
+def test_rollout_uses_the_models_latent_channels():
+    from echo_forcing.memory import SelfForcingCacheConfig
+    from echo_forcing.pipeline import RolloutSettings, rollout
+
+    cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=16, in_dim=4, out_dim=4)
+    model = CausalWan(WanDiT.from_state_dict(random_wan_state_dict(cfg, seed=1)))
+    out = rollout(model, model.encode_text(torch.ones(1, 3, 16)), RolloutSettings(num_frames=3, height=32, width=32),
+                  SelfForcingCacheConfig()).latents
+    assert out.shape == (1, 3, 4, 4, 4)
