@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
+from .state import MemoryState
 
 SELF_FORCING_FRAMES = 21
 """Latent frames Self-Forcing was trained on (its global cache holds 21 x 1560 = 32760 tokens)."""
@@ -70,8 +71,9 @@ class SelfForcingCacheConfig:
                 f"a rolling cache of {self.local_attn_size} frames cannot keep {self.sink_size} sink frames "
                 f"and a {frames_per_block}-frame block")
 
-    def create(self, num_layers: int) -> list[SelfForcingLayerCache]:
-        return [SelfForcingLayerCache(self) for _ in range(num_layers)]
+    def create(self, num_layers: int, scenes=None) -> MemoryState:
+        """One cache per layer; a new prompt only changes the text (no scene logic, like Self-Forcing)."""
+        return MemoryState([SelfForcingLayerCache(self) for _ in range(num_layers)])
 
 
 class SelfForcingLayerCache:
@@ -85,8 +87,10 @@ class SelfForcingLayerCache:
         self.local_end = 0  # frames filled in the buffer
         self.global_end = 0  # absolute end frame of the last write
 
-    def _allocate(self, k: torch.Tensor, frame_tokens: int) -> None:
+    def allocate(self, k: torch.Tensor, grid: tuple[int, int]) -> None:
+        """Allocate the buffer for keys shaped like ``k`` ``[B, *, H, d]`` and ``grid`` tokens per frame."""
         b, _, h, d = k.shape
+        frame_tokens = grid[0] * grid[1]
         shape = (b, self.config.buffer_frames * frame_tokens, h, d)
         self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
         self.v = torch.zeros(shape, dtype=k.dtype, device=k.device)
@@ -94,7 +98,7 @@ class SelfForcingLayerCache:
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: BlockCall) -> AttentionWindow:
         p, f = call.frame_tokens, call.num_frames
         if self.k is None:
-            self._allocate(k, p)
+            self.allocate(k, call.grid)
         cap = self.config.buffer_frames
         new_frames = call.end_frame - self.global_end  # > 0 on the first call of a block, 0 on repeats
         if self.config.rolling and new_frames > 0 and self.local_end + f > cap:
@@ -122,5 +126,5 @@ class SelfForcingLayerCache:
         )
 
     @property
-    def nbytes(self) -> int:
+    def device_bytes(self) -> int:
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()

@@ -20,9 +20,11 @@ from typing import Protocol
 
 import torch
 
+from ..memory.scene_pool import ScenePool
+from ..memory.state import BlockReport, MemoryState, SceneInfo
 from ..models.block_forward import CausalWan, TextContext
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
-from ..models.seam import BlockCall, LayerMemory
+from ..models.seam import BlockCall
 from .latents import LATENT_CHANNELS, VAE_STRIDE
 
 MAX_SEED = 2**64 - 1
@@ -43,7 +45,26 @@ class CachePolicy(Protocol):
 
     def check_length(self, num_frames: int, frames_per_block: int) -> None: ...
 
-    def create(self, num_layers: int) -> Sequence[LayerMemory]: ...
+    def create(self, num_layers: int, scenes: Sequence[SceneInfo] | None = None) -> MemoryState: ...
+
+
+@dataclass(frozen=True, repr=False)
+class RolloutScene:
+    """One shot of the video: its encoded prompt, its length in blocks and how it is entered."""
+
+    text: TextContext
+    num_blocks: int
+    prompt: str = ""
+    entry: str | None = None
+    """"smooth", "hardcut", "recall" or "auto" (None for the first scene)."""
+    recall_target: int | str | None = None
+    label: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RolloutScene({self.label or self.prompt[:24]!r}, {self.num_blocks} blocks, entry={self.entry})"
+
+    def info(self) -> SceneInfo:
+        return SceneInfo(self.prompt, self.num_blocks, self.entry, self.recall_target, self.label)
 
 
 @dataclass(frozen=True)
@@ -110,9 +131,11 @@ class BlockEvent:
     index: int
     total: int
     start_frame: int
+    scene: int
     latents: torch.Tensor
-    """The block's clean output, normalised ``[B, F, 16, h, w]`` float32 on the CPU."""
+    """The block's clean output, normalised ``[B, F, C, h, w]`` float32 on the CPU."""
     seconds: float
+    memory: BlockReport
 
 
 @dataclass
@@ -121,6 +144,13 @@ class RolloutResult:
     """Normalised output latents ``[B, T, C, h, w]`` float32 on the CPU (C = 16 for Wan2.1)."""
     block_seconds: list[float] = field(default_factory=list)
     cache_bytes: int = 0
+    """Persistent memory-state bytes on the compute device at the end."""
+    storage_bytes: int = 0
+    """Persistent memory-state bytes kept off the compute device (CPU) at the end."""
+    switches: list[dict] = field(default_factory=list)
+    """One report per scene switch (mode, recalled scene, similarity, RoPE jump, old slots)."""
+    pool: ScenePool | None = None
+    """The scene pool after the video (a new object; the input pool is not changed)."""
 
 
 def _token_grid(model: CausalWan, settings: RolloutSettings) -> tuple[int, int]:
@@ -131,52 +161,84 @@ def _token_grid(model: CausalWan, settings: RolloutSettings) -> tuple[int, int]:
     return h // ph, w // pw
 
 
-def rollout(model: CausalWan, text: TextContext, settings: RolloutSettings, cache: CachePolicy,
-            on_block: Callable[[BlockEvent], None] | None = None,
+def _scenes(text: TextContext | Sequence[RolloutScene], settings: RolloutSettings) -> list[RolloutScene]:
+    scenes = [RolloutScene(text, settings.num_blocks)] if isinstance(text, TextContext) else list(text)
+    if not scenes:
+        raise RolloutInputError("no scene to generate")
+    blocks = [s.num_blocks for s in scenes]
+    if any(b < 1 for b in blocks):
+        bad = next(i for i, b in enumerate(blocks) if b < 1)
+        raise RolloutInputError(f"scene {bad + 1} has {blocks[bad]} blocks; every scene needs at least one")
+    if sum(blocks) != settings.num_blocks:
+        raise RolloutInputError(f"the scenes have {sum(blocks)} blocks in all but the settings ask for "
+                                f"{settings.num_blocks} ({settings.num_frames} latent frames)")
+    for i, scene in enumerate(scenes):
+        if scene.text.k[0].shape[0] != settings.batch_size:
+            where = f"scene {i + 1}: " if len(scenes) > 1 else ""
+            raise RolloutInputError(f"{where}text context has batch {scene.text.k[0].shape[0]}, "
+                                    f"settings ask for {settings.batch_size}")
+    return scenes
+
+
+def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settings: RolloutSettings,
+            cache: CachePolicy, on_block: Callable[[BlockEvent], None] | None = None,
             interrupt: Callable[[], None] | None = None) -> RolloutResult:
     """Generate ``settings.num_frames`` latent frames with ``cache`` behind every layer.
 
-    ``interrupt`` is called before every block and may raise to cancel; ``on_block`` receives each
-    finished block. Everything is validated before the first forward.
+    ``text`` is one prompt's context, or the scenes of a multi-shot video (their blocks must add up to the
+    settings). ``interrupt`` is called before every block and may raise to cancel; ``on_block`` receives
+    each finished block. Everything is validated before the first forward.
     """
-    if text.k[0].shape[0] != settings.batch_size:
-        raise RolloutInputError(f"text context has batch {text.k[0].shape[0]}, settings ask for {settings.batch_size}")
+    scenes = _scenes(text, settings)
     if model.config.in_dim != model.config.out_dim:
         raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} latent channels; "
                                 "a causal student predicts the same channels it reads")
     grid = _token_grid(model, settings)
     cache.check_length(settings.num_frames, settings.frames_per_block)
+    state = cache.create(model.config.num_layers, [s.info() for s in scenes])
 
     schedule = FlowMatchSchedule(settings.shift)
     timesteps = schedule.denoising_timesteps(settings.steps, settings.warp)
-    memories = cache.create(model.config.num_layers)
     b, f = settings.batch_size, settings.frames_per_block
     gen = torch.Generator(device="cpu").manual_seed(settings.seed)
     shape = settings.noise_shape(model.config.in_dim)
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     output = torch.empty(shape, dtype=torch.float32)
     result = RolloutResult(latents=output)
+    memories = state.layers
 
-    for index in range(settings.num_blocks):
-        if interrupt is not None:
-            interrupt()
-        started = time.perf_counter()
-        start = index * f
-        x = noise[:, start:start + f].to(device=model.device, dtype=model.dtype)
-        for i, t in enumerate(timesteps):
-            t_block = torch.full((b, f), float(t), dtype=torch.float32)
-            flow = model(x, t_block, text, memories, BlockCall(start, f, float(t), False, grid))
-            x0 = schedule.x0_from_flow(flow, x, t_block)
-            if i + 1 < len(timesteps):
-                eps = torch.randn((b * f, *shape[2:]), generator=gen, dtype=torch.float32)
-                eps = eps.unflatten(0, (b, f)).to(device=model.device, dtype=model.dtype)
-                x = schedule.add_noise(x0, eps, timesteps[i + 1])
-        model(x0, torch.zeros((b, f), dtype=torch.float32), text, memories, BlockCall(start, f, 0.0, True, grid))
-        output[:, start:start + f] = x0.float().cpu()
-        seconds = time.perf_counter() - started
-        result.block_seconds.append(seconds)
-        if on_block is not None:
-            on_block(BlockEvent(index, settings.num_blocks, start, output[:, start:start + f], seconds))
+    index = 0
+    for scene_index, scene in enumerate(scenes):
+        if scene_index > 0:
+            result.switches.append(state.start_scene(scene_index, index * f))
+        for block_in_scene in range(scene.num_blocks):
+            if interrupt is not None:
+                interrupt()
+            started = time.perf_counter()
+            start = index * f
+            state.begin_block(block_in_scene == 0)
+            x = noise[:, start:start + f].to(device=model.device, dtype=model.dtype)
+            for i, t in enumerate(timesteps):
+                t_block = torch.full((b, f), float(t), dtype=torch.float32)
+                flow = model(x, t_block, scene.text, memories, BlockCall(start, f, float(t), False, grid))
+                x0 = schedule.x0_from_flow(flow, x, t_block)
+                if i + 1 < len(timesteps):
+                    eps = torch.randn((b * f, *shape[2:]), generator=gen, dtype=torch.float32)
+                    eps = eps.unflatten(0, (b, f)).to(device=model.device, dtype=model.dtype)
+                    x = schedule.add_noise(x0, eps, timesteps[i + 1])
+            output[:, start:start + f] = x0.float().cpu()
+            state.before_context_pass()
+            model(x0, torch.zeros((b, f), dtype=torch.float32), scene.text, memories,
+                  BlockCall(start, f, 0.0, True, grid))
+            report = state.end_block(scene_index, block_in_scene == 0, block_in_scene == scene.num_blocks - 1)
+            seconds = time.perf_counter() - started
+            result.block_seconds.append(seconds)
+            if on_block is not None:
+                on_block(BlockEvent(index, settings.num_blocks, start, scene_index, output[:, start:start + f],
+                                    seconds, report))
+            index += 1
 
-    result.cache_bytes = sum(getattr(m, "nbytes", 0) for m in memories)
+    result.cache_bytes = state.device_bytes
+    result.storage_bytes = state.storage_bytes
+    result.pool = state.result_pool()
     return result

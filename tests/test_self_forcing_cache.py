@@ -33,7 +33,7 @@ def _run_block(cache, block: int, frames: int = 3):
 
 
 def test_global_cache_appends_then_overwrites_and_uses_absolute_positions():
-    cache = SelfForcingCacheConfig().create(1)[0]
+    cache = SelfForcingCacheConfig().create(1).layers[0]
     for block in range(7):
         window = _run_block(cache, block)
         assert _slot_frames(window) == list(range(3 * block + 3))
@@ -41,11 +41,11 @@ def test_global_cache_appends_then_overwrites_and_uses_absolute_positions():
         assert window.q_time.tolist() == [3 * block, 3 * block + 1, 3 * block + 2]
         assert torch.equal(window.v, -window.k)
     assert cache.local_end == 21 and cache.global_end == 21
-    assert cache.nbytes == 2 * 21 * P * 2 * 4
+    assert cache.device_bytes == 2 * 21 * P * 2 * 4
 
 
 def test_repeated_calls_of_a_block_overwrite_its_slots():
-    cache = SelfForcingCacheConfig().create(1)[0]
+    cache = SelfForcingCacheConfig().create(1).layers[0]
     k, v = _kv(0, 3, marker=0.5)
     first = cache.update(k, k, v, BlockCall(0, 3, 1000.0, False, (2, 2)))
     assert first.k[0, ::P, 0, 0].tolist() == [0.5, 1.5, 2.5]
@@ -62,7 +62,7 @@ def test_global_cache_refuses_videos_longer_than_21_frames_before_work():
 
 
 def test_rolling_cache_keeps_the_sink_and_drops_the_oldest_frames():
-    cache = SelfForcingCacheConfig(local_attn_size=9, sink_size=3).create(1)[0]
+    cache = SelfForcingCacheConfig(local_attn_size=9, sink_size=3).create(1).layers[0]
     expected = {
         0: [0, 1, 2], 1: [0, 1, 2, 3, 4, 5], 2: list(range(9)),
         3: [0, 1, 2, 6, 7, 8, 9, 10, 11], 4: [0, 1, 2, 9, 10, 11, 12, 13, 14], 9: [0, 1, 2, 24, 25, 26, 27, 28, 29],
@@ -76,7 +76,7 @@ def test_rolling_cache_keeps_the_sink_and_drops_the_oldest_frames():
 
 
 def test_rolling_cache_without_sink_is_a_sliding_window():
-    cache = SelfForcingCacheConfig(local_attn_size=6).create(1)[0]
+    cache = SelfForcingCacheConfig(local_attn_size=6).create(1).layers[0]
     for block in range(5):
         window = _run_block(cache, block)
     assert _slot_frames(window) == list(range(9, 15))

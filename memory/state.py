@@ -1,0 +1,79 @@
+"""What the rollout drives: a cache policy's per-layer memories plus its scene-level hooks.
+
+``pipeline.rollout`` creates one ``MemoryState`` per video from a policy (``create``), hands
+``state.layers`` to the DiT (one ``models.seam.LayerMemory`` per layer) and calls the hooks around every
+block. The base class is a cache without scene logic (the hooks do nothing); Echo-Forcing and the
+baselines override what they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .scene_pool import ScenePool
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the memory needs to know about one scene of the video."""
+
+    prompt: str
+    num_blocks: int
+    entry: str | None = None
+    """How the scene is entered: "smooth", "hardcut", "recall", "auto"; None for the first scene."""
+    recall_target: int | str | None = None
+    """For recall entries: index of an earlier scene of this video, or the label of a pool entry."""
+    label: str | None = None
+
+
+@dataclass
+class BlockReport:
+    """What happened to the memory in one block (for progress reports and the run report)."""
+
+    slots: int = 0
+    """Frames in the working cache after the block."""
+    notes: dict = field(default_factory=dict)
+
+
+class MemoryState:
+    """Per-layer memories of one video and the scene hooks the rollout calls (no-ops here)."""
+
+    def __init__(self, layers: Sequence):
+        self.layers = list(layers)
+
+    def start_scene(self, scene: int, start_frame: int) -> dict:
+        """Called before the first block of every scene but the first; returns a report of the switch."""
+        return {}
+
+    def begin_block(self, first_in_scene: bool) -> None:
+        """Called before the denoising calls of every block."""
+
+    def before_context_pass(self) -> None:
+        """Called between the last denoising call and the clean context pass of every block."""
+
+    def end_block(self, scene: int, first_in_scene: bool, last_in_scene: bool) -> BlockReport:
+        """Called after the context pass of every block."""
+        return BlockReport(slots=getattr(self.layers[0], "local_end", 0))
+
+    def recache_frames(self, scene: int) -> int:
+        """Latent frames to re-encode with the new prompt before a scene starts (LongLive's KV re-cache)."""
+        return 0
+
+    def result_pool(self) -> ScenePool | None:
+        """The scene pool after the video (a new object), or None for policies without one."""
+        return None
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(m.device_bytes for m in self.layers)
+
+    @property
+    def storage_bytes(self) -> int:
+        return sum(getattr(m, "storage_bytes", 0) for m in self.layers)
+
+
+def tensor_bytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
