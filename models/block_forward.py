@@ -130,7 +130,7 @@ class CausalWan:
             v = sa.v(y).view(b, -1, n, d)
             window = memory.update(q, k, v, call)
             q = self.rope.apply(q, window.q_time, grid).type_as(v)
-            keys = self.rope.apply(window.k, window.k_time, grid).type_as(v)
+            keys = window.k if window.keys_rotated else self.rope.apply(window.k, window.k_time, grid).type_as(v)
             values = window.v
             if window.weights is not None:
                 w = window.weights.to(device=self.device, dtype=self.dtype)[None, :, None, None]

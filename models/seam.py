@@ -4,8 +4,9 @@ For every layer and every forward call the block forward computes the pre-RoPE q
 of the current block (after the qk RMS norm) and hands them, with a ``BlockCall`` describing the call, to
 that layer's memory object. The memory object updates its regions and answers with an
 ``AttentionWindow``: the keys/values to attend over (still without RoPE), the temporal position of every
-key frame and query frame, and optional per-token weights. RoPE and the attention kernel stay in models/.
-models/ never imports memory/; policies implement ``LayerMemory``.
+key frame and query frame, and optional per-token weights. RoPE and the attention kernel stay in models/
+(a policy that must keep tokens at their own positions may store keys rotated with ``models.rope`` and say
+so with ``keys_rotated``). models/ never imports memory/; policies implement ``LayerMemory``.
 """
 
 from __future__ import annotations
@@ -48,12 +49,15 @@ class AttentionWindow:
     """Pre-RoPE keys ``[B, S, heads, head_dim]``, S a whole number of frames."""
     v: torch.Tensor
     """Values ``[B, S, heads, head_dim]``."""
-    k_time: torch.Tensor
-    """Temporal RoPE position of every key frame, long ``[S / frame_tokens]``."""
+    k_time: torch.Tensor | None
+    """Temporal RoPE position of every key frame, long ``[S / frame_tokens]`` (None when ``keys_rotated``)."""
     q_time: torch.Tensor
     """Temporal RoPE position of every query frame, long ``[num_frames]``."""
     weights: torch.Tensor | None = None
     """Per-key-token weight ``[S]`` multiplying the rotated keys and the values; None means all ones."""
+    keys_rotated: bool = False
+    """The keys already carry their RoPE (a policy that keeps rotated keys, e.g. token-level compression
+    whose tokens keep their own positions); the DiT then rotates only the queries."""
 
 
 class LayerMemory(Protocol):

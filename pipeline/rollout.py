@@ -26,6 +26,7 @@ from ..models.block_forward import CausalWan, TextContext
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
 from .latents import LATENT_CHANNELS, VAE_STRIDE
+from .scene_script import Scene, scene_block_counts, validate_scenes
 
 MAX_SEED = 2**64 - 1
 PIXELS_PER_TOKEN = 16
@@ -124,6 +125,21 @@ class RolloutSettings:
         return (self.batch_size, self.num_frames, channels, *self.latent_size)
 
 
+def scenes_for_script(scenes: Sequence[Scene], texts: Sequence[TextContext], fps: float = 16,
+                      frames_per_block: int = 3) -> tuple[list[RolloutScene], int]:
+    """Rollout scenes for parsed scene-script scenes and their encoded prompts, and the video's latent frames.
+
+    Block counts follow the official duration rules (``pipeline.scene_script.scene_block_counts``).
+    """
+    if len(texts) != len(scenes):
+        raise RolloutInputError(f"{len(scenes)} scenes but {len(texts)} encoded prompts")
+    validate_scenes(scenes)
+    blocks = scene_block_counts(scenes, fps=fps, frames_per_block=frames_per_block)
+    out = [RolloutScene(text, n, s.prompt, None if s.entry is None else s.entry.value, s.recall_target, s.label)
+           for s, text, n in zip(scenes, texts, blocks, strict=True)]
+    return out, sum(blocks) * frames_per_block
+
+
 @dataclass(frozen=True)
 class BlockEvent:
     """Reported after every finished block (progress, previews)."""
@@ -211,6 +227,12 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     for scene_index, scene in enumerate(scenes):
         if scene_index > 0:
             result.switches.append(state.start_scene(scene_index, index * f))
+            recache = min(state.recache_frames(scene_index), index * f)
+            if recache:  # LongLive: re-encode the latest clean frames with the new prompt, in one call
+                first = index * f - recache
+                clean = output[:, first:index * f].to(device=model.device, dtype=model.dtype)
+                model(clean, torch.zeros((b, recache), dtype=torch.float32), scene.text, memories,
+                      BlockCall(first, recache, 0.0, True, grid))
         for block_in_scene in range(scene.num_blocks):
             if interrupt is not None:
                 interrupt()
