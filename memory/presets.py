@@ -1,0 +1,113 @@
+"""Cache presets: Echo-Forcing (official code and paper defaults) and the baselines it is compared with, each
+a validated configuration that says what it keeps (SPEC §5.3, §6; docs/BASELINES.md).
+
+| preset             | keeps (latent frames, 1 block = 3)                                | at a new prompt          |
+|--------------------|-------------------------------------------------------------------|--------------------------|
+| echo-forcing       | anchors 12 + compressed 3 + recent 3 + block 3, scene memory      | smooth/hard cut/recall   |
+| echo-forcing-paper | the same with the paper's values (pool 18, eq. 1, lambda 2, M 5)  | as above, paper offsets  |
+| self-forcing       | rolling 21 (18 + block), absolute positions                       | new text only            |
+| longlive           | sink 3 + rolling 9 (6 + block), absolute positions                | KV re-cache of 12 frames |
+| rolling-sink       | sink 15 (replayed pool of frames 0..17) + recent 3 + block 3      | new text only            |
+| deep-forcing       | deep sink 12 + 9 frames of participative compression (5 + 4)      | new text only            |
+| infinity-rope      | rolling 21, block-relative positions                              | KV flush at a hard cut   |
+
+``make_policy(name, **options)`` builds a preset's policy; options are the fields of its config (and, for
+Echo-Forcing, ``encode_text``, ``pool`` and ``storage`` of ``EchoMemory``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+from .config import AnchorOrder, ConfigError, EchoMemoryConfig, JumpStrategy, RopeJumpConfig, TransitionMode
+from .deep_forcing import DeepForcingCacheConfig
+from .echo_memory import EchoMemory
+from .infinity_rope import InfinityRopeCacheConfig
+from .longlive import LongLiveCacheConfig
+from .rolling_sink import RollingSinkCacheConfig
+from .self_forcing import SelfForcingCacheConfig
+
+
+def echo_paper_config() -> EchoMemoryConfig:
+    """The paper's stated defaults where they differ from the official code (SPEC §6)."""
+    base = EchoMemoryConfig(
+        anchor_pool_frames=18,  # pool of 18 frames, 12 active (#1)
+        anchor_order=AnchorOrder.PAPER,  # eq. (1) (#2)
+        drift_gate_lambda=2.0,  # best in Table 8 (#3)
+        recall_source_frames=10,  # M = 5 candidates (#10): frames 0, 2, 4, 6, 8 of the scene
+        recall_stride=2,
+        recall_base_frame_weight=0.0,  # pure softmax fusion (#11)
+        exclude_previous_scene=True,  # i* != t - 1 (#17)
+    )
+    return base.with_mode(TransitionMode.RECALL, rope_jump=RopeJumpConfig(JumpStrategy.PAPER))  # (#18)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    keeps: str
+    factory: Callable[..., object]
+
+    def build(self, **options):
+        return self.factory(**options)
+
+
+def _echo(config_factory: Callable[[], EchoMemoryConfig]) -> Callable[..., EchoMemory]:
+    def build(encode_text=None, pool=None, storage=None, **options) -> EchoMemory:
+        config = config_factory()
+        names = {f.name for f in fields(EchoMemoryConfig)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(f"unknown Echo-Forcing option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return EchoMemory(replace(config, **options) if options else config, encode_text, pool, storage)
+    return build
+
+
+def _plain(cls, **defaults) -> Callable[..., object]:
+    def build(**options):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} option(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(sorted(names))}")
+        return cls(**{**defaults, **options})
+    return build
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("echo-forcing", "Echo-Forcing (official code defaults)",
+           "anchors 12 + compressed 3 + recent 3 + block 3; scene pool, recall frames, decay",
+           _echo(EchoMemoryConfig)),
+    Preset("echo-forcing-paper", "Echo-Forcing (paper defaults)",
+           "anchors 12 from a pool of 18 (eq. 1) + compressed 3 (lambda 2) + recent 3 + block 3; recall frames "
+           "from 5 candidates, pure fusion; recall offsets min(45, 10 x scenes back)",
+           _echo(echo_paper_config)),
+    Preset("self-forcing", "Self-Forcing (R21)", "rolling 21 frames (18 previous + block), absolute positions",
+           _plain(SelfForcingCacheConfig, local_attn_size=21)),
+    Preset("longlive", "LongLive (S3 + R9)",
+           "sink 3 (frames 0..2) + rolling 9 (6 previous + block); KV re-cache of the last 12 frames at a new prompt",
+           _plain(LongLiveCacheConfig)),
+    Preset("rolling-sink", "Rolling Sink (S15 + R6)",
+           "sink 15 replaying frames 0..17 back and forth + recent 3 + block 3",
+           _plain(RollingSinkCacheConfig)),
+    Preset("deep-forcing", "Deep Forcing (S12 + C9)",
+           "deep sink 12 re-aligned in time + 9 frames of participative compression (5 compressed + 4 recent)",
+           _plain(DeepForcingCacheConfig)),
+    Preset("infinity-rope", "Infinity-RoPE (R21)",
+           "rolling 21 frames with block-relative positions; KV flush to sink + last frame at a hard cut",
+           _plain(InfinityRopeCacheConfig)),
+)}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def make_policy(name: str, **options):
+    """The cache policy of preset ``name`` with some config fields changed."""
+    preset = PRESETS.get(str(name).lower())
+    if preset is None:
+        raise ConfigError(f"unknown cache preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return preset.build(**options)
