@@ -21,6 +21,16 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_int(name: str, value, low: int, high: int | None = None, why: str = "") -> None:
+    """Raise ConfigError unless ``value`` is an integer in ``low..high`` (``why`` explains the bound)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if high is None and value < low:
+        raise ConfigError(f"{name} must be >= {low}{why}, got {value}")
+    if high is not None and not low <= value <= high:
+        raise ConfigError(f"{name} must lie in {low}..{high}{why}, got {value}")
+
+
 class TransitionMode(str, Enum):
     """How a scene is entered (memory-side name of the scene-script transitions)."""
 

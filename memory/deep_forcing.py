@@ -54,20 +54,11 @@ import torch
 
 from ..models.rope import Rope3D, split_channels
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError
+from .config import ConfigError, check_int
 from .self_forcing import SELF_FORCING_FRAMES, CacheLengthError
 from .state import MemoryState, SceneInfo, tensor_bytes
 
 FUSIONS = ("sum", "max")
-
-
-def _check_int(name: str, value, low: int, high: int | None, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if high is None and value < low:
-        raise ConfigError(f"{name} must be >= {low}{why}, got {value}")
-    if high is not None and not low <= value <= high:
-        raise ConfigError(f"{name} must lie in {low}..{high}{why}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -87,13 +78,13 @@ class DeepForcingCacheConfig:
     buffer_frames = SELF_FORCING_FRAMES
 
     def __post_init__(self):
-        _check_int("budget_frames", self.budget_frames, 1, self.buffer_frames,
+        check_int("budget_frames", self.budget_frames, 1, self.buffer_frames,
                    f" (frames kept after a compression, at most the {self.buffer_frames}-frame buffer)")
-        _check_int("recent_frames", self.recent_frames, 1, self.budget_frames,
+        check_int("recent_frames", self.recent_frames, 1, self.budget_frames,
                    f" (the recent part must fit budget_frames={self.budget_frames})")
-        _check_int("sink_frames", self.sink_frames, 0, self.budget_frames - self.recent_frames,
+        check_int("sink_frames", self.sink_frames, 0, self.budget_frames - self.recent_frames,
                    f" (sink_frames + recent_frames must fit budget_frames={self.budget_frames})")
-        _check_int("reuse_cap", self.reuse_cap, 1, None)
+        check_int("reuse_cap", self.reuse_cap, 1, None)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
 

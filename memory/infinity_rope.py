@@ -46,22 +46,13 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError
+from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError
 from .state import MemoryState, SceneInfo, tensor_bytes
 
 HARD_CUT = "hardcut"
 FLUSH_ON = ("hardcut", "every")
 FLUSH_FROM = ("written", "physical")
-
-
-def _check_int(name: str, value, low: int, high: int | None, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if high is None and value < low:
-        raise ConfigError(f"{name} must be >= {low}{why}, got {value}")
-    if high is not None and not low <= value <= high:
-        raise ConfigError(f"{name} must lie in {low}..{high}{why}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -82,13 +73,13 @@ class InfinityRopeCacheConfig:
     """"written": the flush keeps the last frames written; "physical": the last physical slots (code)."""
 
     def __post_init__(self):
-        _check_int("local_attn_size", self.local_attn_size, 1, None)
-        _check_int("sink_size", self.sink_size, 0, self.local_attn_size - 1,
+        check_int("local_attn_size", self.local_attn_size, 1, None)
+        check_int("sink_size", self.sink_size, 0, self.local_attn_size - 1,
                    f" (smaller than local_attn_size={self.local_attn_size}, to leave room for a block)")
-        _check_int("flush_keep_frames", self.flush_keep_frames, 0, self.local_attn_size - self.sink_size - 1,
+        check_int("flush_keep_frames", self.flush_keep_frames, 0, self.local_attn_size - self.sink_size - 1,
                    f" (the sink of {self.sink_size} and the kept frames must leave room in local_attn_size="
                    f"{self.local_attn_size})")
-        _check_int("cut_position", self.cut_position, 0, None)
+        check_int("cut_position", self.cut_position, 0, None)
         if self.flush_on not in FLUSH_ON:
             raise ConfigError(f"flush_on must be one of {', '.join(FLUSH_ON)}, got {self.flush_on!r}")
         if self.flush_from not in FLUSH_FROM:

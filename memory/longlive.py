@@ -47,18 +47,9 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError
+from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError
 from .state import MemoryState, SceneInfo, tensor_bytes
-
-
-def _check_int(name: str, value, low: int, high: int | None, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if high is None and value < low:
-        raise ConfigError(f"{name} must be >= {low}{why}, got {value}")
-    if high is not None and not low <= value <= high:
-        raise ConfigError(f"{name} must lie in {low}..{high}{why}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -76,12 +67,12 @@ class LongLiveCacheConfig:
     """Latent frames re-encoded with the new prompt at a switch (0 switches the re-cache off)."""
 
     def __post_init__(self):
-        _check_int("local_attn_size", self.local_attn_size, 1, None)
-        _check_int("sink_size", self.sink_size, 0, self.local_attn_size - 1,
+        check_int("local_attn_size", self.local_attn_size, 1, None)
+        check_int("sink_size", self.sink_size, 0, self.local_attn_size - 1,
                    f" (smaller than local_attn_size={self.local_attn_size}, to leave room for a block)")
         if not isinstance(self.global_sink, bool):
             raise ConfigError(f"global_sink must be True or False, got {self.global_sink!r}")
-        _check_int("recache_frames", self.recache_frames, 0, self.local_attn_size,
+        check_int("recache_frames", self.recache_frames, 0, self.local_attn_size,
                    f" (at most local_attn_size={self.local_attn_size}: the re-cache call writes into the buffer)")
 
     def check_length(self, num_frames: int, frames_per_block: int) -> None:

@@ -45,21 +45,12 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError
+from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError
 from .state import MemoryState, SceneInfo, tensor_bytes
 
 GROUP = 3
 """Frames per pool group = frames per block (Rolling Sink's layout is built from 3-frame groups)."""
-
-
-def _check_int(name: str, value, low: int, high: int | None, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if high is None and value < low:
-        raise ConfigError(f"{name} must be >= {low}{why}, got {value}")
-    if high is not None and not low <= value <= high:
-        raise ConfigError(f"{name} must lie in {low}..{high}{why}, got {value}")
 
 
 def sink_group(previous_start: int, pool_frames: int, group: int = GROUP) -> list[int]:
@@ -77,7 +68,7 @@ class RollingSinkCacheConfig:
     budget_frames: int = 21
 
     def __post_init__(self):
-        _check_int("budget_frames", self.budget_frames, 3 * GROUP, None,
+        check_int("budget_frames", self.budget_frames, 3 * GROUP, None,
                    " (the sink is budget_frames - 6 frames and must hold at least one 3-frame group)")
         if self.budget_frames % GROUP:
             raise ConfigError(f"budget_frames must be a multiple of {GROUP} (whole 3-frame groups), got "
