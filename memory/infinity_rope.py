@@ -47,7 +47,7 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
-from .self_forcing import CacheLengthError
+from .self_forcing import CacheLengthError, evict_slots
 from .state import MemoryState, SceneInfo, tensor_bytes
 
 HARD_CUT = "hardcut"
@@ -175,14 +175,8 @@ class InfinityRopeLayerCache:
         new_frames = call.end_frame - self.global_end
         end = self.local_end + new_frames
         if new_frames > 0 and end > cap:  # roll, keeping the sink
-            sink = cfg.sink_size
-            evicted = end - cap
-            kept = self.local_end - evicted - sink
-            src, dst = slice((sink + evicted) * p, (sink + evicted + kept) * p), slice(sink * p, (sink + kept) * p)
-            self.k[:, dst] = self.k[:, src].clone()
-            self.v[:, dst] = self.v[:, src].clone()
-            self.frame_src[sink:sink + kept] = self.frame_src[sink + evicted:sink + evicted + kept].clone()
-            end = cap
+            end = evict_slots(self.k, self.v, [self.frame_src], cfg.sink_size, end - cap, self.local_end,
+                              p) + new_frames
         if end - f < 0 or end > cap:
             raise CacheLengthError(f"block at frames {call.start_frame}..{call.end_frame - 1} does not fit the "
                                    f"{cap}-frame Infinity-RoPE buffer (filled to {self.local_end})")

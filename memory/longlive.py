@@ -48,7 +48,7 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
-from .self_forcing import CacheLengthError
+from .self_forcing import CacheLengthError, evict_slots
 from .state import MemoryState, SceneInfo, tensor_bytes
 
 
@@ -153,14 +153,7 @@ class LongLiveLayerCache:
         elif new_frames > 0:
             end = self.local_end + new_frames
             if end > cap:  # roll: the oldest non-sink frames leave, the rest shift left
-                evicted = end - cap
-                kept = self.local_end - evicted - sink
-                src = slice((sink + evicted) * p, (sink + evicted + kept) * p)
-                dst = slice(sink * p, (sink + kept) * p)
-                self.k[:, dst] = self.k[:, src].clone()
-                self.v[:, dst] = self.v[:, src].clone()
-                self.frame_pos[sink:sink + kept] = self.frame_pos[sink + evicted:sink + evicted + kept].clone()
-                end = cap
+                end = evict_slots(self.k, self.v, [self.frame_pos], sink, end - cap, self.local_end, p) + new_frames
             if end - f < 0:
                 raise CacheLengthError(f"block at frames {call.start_frame}..{call.end_frame - 1} does not fit a "
                                        f"{cap}-frame LongLive buffer (filled to {self.local_end})")

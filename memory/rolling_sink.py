@@ -46,7 +46,7 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
-from .self_forcing import CacheLengthError
+from .self_forcing import CacheLengthError, evict_slots
 from .state import MemoryState, SceneInfo, tensor_bytes
 
 GROUP = 3
@@ -144,13 +144,8 @@ class RollingSinkLayerCache:
                 self._insert_group(p)
             end = self.local_end + new_frames
             if end > cap:  # roll with no sink: the oldest frames leave
-                evicted = end - cap
-                kept = self.local_end - evicted
-                self.k[:, :kept * p] = self.k[:, evicted * p:self.local_end * p].clone()
-                self.v[:, :kept * p] = self.v[:, evicted * p:self.local_end * p].clone()
-                self.frame_pos[:kept] = self.frame_pos[evicted:self.local_end].clone()
-                self.frame_src[:kept] = self.frame_src[evicted:self.local_end].clone()
-                end = cap
+                end = evict_slots(self.k, self.v, [self.frame_pos, self.frame_src], 0, end - cap, self.local_end,
+                                  p) + new_frames
         else:
             end = self.local_end + new_frames
         if end - f < 0 or end > cap:

@@ -18,12 +18,13 @@ clean context pass of the same block overwrite the same slots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .state import MemoryState
+from .state import MemoryState, tensor_bytes
 
 SELF_FORCING_FRAMES = 21
 """Latent frames Self-Forcing was trained on (its global cache holds 21 x 1560 = 32760 tokens)."""
@@ -31,6 +32,24 @@ SELF_FORCING_FRAMES = 21
 
 class CacheLengthError(ValueError):
     """The requested video does not fit the cache configuration."""
+
+
+def evict_slots(k: torch.Tensor, v: torch.Tensor, per_slot: Sequence[torch.Tensor], first: int, count: int,
+                filled: int, frame_tokens: int) -> int:
+    """Drop ``count`` frame slots at ``first`` from a buffer filled up to ``filled`` slots: the later slots of
+    ``k``/``v`` (``[B, slots*P, H, d]``) and of every per-slot array move left. Returns the new filled length.
+
+    Self-Forcing's roll (``first`` = the sink size), shared by the rolling baselines.
+    """
+    kept = filled - first - count
+    if kept > 0:
+        src = slice((first + count) * frame_tokens, (first + count + kept) * frame_tokens)
+        dst = slice(first * frame_tokens, (first + kept) * frame_tokens)
+        k[:, dst] = k[:, src].clone()
+        v[:, dst] = v[:, src].clone()
+        for array in per_slot:
+            array[first:first + kept] = array[first + count:first + count + kept].clone()
+    return filled - count
 
 
 @dataclass(frozen=True)
@@ -101,17 +120,11 @@ class SelfForcingLayerCache:
             self.allocate(k, call.grid)
         cap = self.config.buffer_frames
         new_frames = call.end_frame - self.global_end  # > 0 on the first call of a block, 0 on repeats
+        end = self.local_end
         if self.config.rolling and new_frames > 0 and self.local_end + f > cap:
-            evicted = self.local_end + f - cap
-            sink = self.config.sink_size
-            kept = self.local_end - evicted - sink
-            src, dst = slice((sink + evicted) * p, (sink + evicted + kept) * p), slice(sink * p, (sink + kept) * p)
-            self.k[:, dst] = self.k[:, src].clone()
-            self.v[:, dst] = self.v[:, src].clone()
-            self.frame_pos[sink:sink + kept] = self.frame_pos[sink + evicted:sink + evicted + kept].clone()
-            end = self.local_end + new_frames - evicted
-        else:
-            end = self.local_end + new_frames
+            end = evict_slots(self.k, self.v, [self.frame_pos], self.config.sink_size, self.local_end + f - cap,
+                              self.local_end, p)
+        end += new_frames
         if end > cap or end - f < 0:
             raise CacheLengthError(f"block at frames {call.start_frame}..{call.end_frame - 1} does not fit a "
                                    f"{cap}-frame cache (filled to {self.local_end})")
@@ -127,4 +140,4 @@ class SelfForcingLayerCache:
 
     @property
     def device_bytes(self) -> int:
-        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+        return tensor_bytes(self.k, self.v)
