@@ -51,7 +51,8 @@ def start_decay(layer: EchoLayerMemory, decay: DecayConfig, start: int, tokens: 
     if decay.strategy is DecayStrategy.FIXED:
         layer.decay_rates[span] = decay.fixed_rate
     layer.evict_steps, layer.evict_start, layer.evict_count = decay.clear_after_blocks, 0, evict_tokens
-    layer.refresh_weights_flag()
+    if first_weight is not None and first_weight != 1.0:
+        layer.weights_trivial = False
 
 
 def estimate_rates(layer: EchoLayerMemory, decay: DecayConfig, select_k: torch.Tensor | None) -> None:
@@ -82,7 +83,7 @@ def apply_decay(layer: EchoLayerMemory) -> None:
         layer.decay_active = False
         return
     layer.weights[mask] *= layer.decay_rates[mask]
-    layer.refresh_weights_flag()
+    layer.weights_trivial = False  # (a rate of exactly 1 leaves the weights at 1, and multiplying by 1 is exact)
 
 
 def evict_step(layer: EchoLayerMemory) -> int:
@@ -100,5 +101,5 @@ def evict_step(layer: EchoLayerMemory) -> int:
     layer.decay_mask.zero_()
     layer.decay_rates.fill_(1.0)
     layer.evict_start = layer.evict_count = 0
-    layer.refresh_weights_flag()
+    layer.weights_trivial = True  # only the old tokens ever had weights other than 1, and they are gone
     return dropped

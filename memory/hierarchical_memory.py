@@ -70,6 +70,7 @@ class EchoLayerMemory:
         self.decay_start = 0
         self.decay_count = 0
         self.weights_trivial = True
+        """No weight differs from 1 (attention then skips the weighting); kept by memory.decay, no device read."""
         self.evict_steps = 0
         self.evict_start = 0
         self.evict_count = 0
@@ -243,10 +244,6 @@ class EchoLayerMemory:
         self._reset_weights(self._slots(end - count, count))
         self.local_end = end - count
         return count
-
-    def refresh_weights_flag(self) -> None:
-        """Remember whether every weight of the window is 1 (then attention skips the weighting)."""
-        self.weights_trivial = bool((self.weights[:self.local_end * self.frame_tokens] == 1).all())
 
     # ---- memory accounting ----------------------------------------------------------------------------------
 
