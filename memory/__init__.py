@@ -7,13 +7,14 @@ selectable by name through ``memory.presets``.
 from .config import ConfigError, EchoMemoryConfig, TransitionMode
 from .echo_memory import EchoMemory, SceneMemoryError
 from .footprint import MemoryFootprint, memory_footprint
-from .presets import PRESETS, make_policy, preset_names
-from .scene_pool import PoolEntry, PoolSignature, ScenePool, ScenePoolError
+from .presets import PRESET_DEFAULT, PRESETS, PresetChoice, make_policy, preset_names
+from .scene_pool import PoolEntry, PoolSignature, ScenePool, ScenePoolError, pool_file, pool_names
 from .self_forcing import CacheLengthError, SelfForcingCacheConfig, SelfForcingLayerCache
 from .state import MemoryState, SceneInfo
 
 __all__ = [
     "PRESETS",
+    "PRESET_DEFAULT",
     "CacheLengthError",
     "ConfigError",
     "EchoMemory",
@@ -22,6 +23,7 @@ __all__ = [
     "MemoryState",
     "PoolEntry",
     "PoolSignature",
+    "PresetChoice",
     "SceneInfo",
     "SceneMemoryError",
     "ScenePool",
@@ -31,5 +33,7 @@ __all__ = [
     "TransitionMode",
     "make_policy",
     "memory_footprint",
+    "pool_file",
+    "pool_names",
     "preset_names",
 ]

@@ -20,7 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
-from .config import AnchorOrder, ConfigError, EchoMemoryConfig, JumpStrategy, RopeJumpConfig, TransitionMode
+from .config import (
+    AnchorOrder,
+    ConfigError,
+    DecayStrategy,
+    EchoMemoryConfig,
+    JumpStrategy,
+    RopeJumpConfig,
+    TransitionMode,
+)
 from .deep_forcing import DeepForcingCacheConfig
 from .echo_memory import EchoMemory
 from .infinity_rope import InfinityRopeCacheConfig
@@ -111,3 +119,76 @@ def make_policy(name: str, **options):
     if preset is None:
         raise ConfigError(f"unknown cache preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return preset.build(**options)
+
+
+PRESET_DEFAULT = "preset default"
+
+
+@dataclass(frozen=True)
+class PresetChoice:
+    """A preset plus the few options artists change (what the Echo Memory Config node outputs).
+
+    Options left at ``"preset default"`` (or 0 for ``pool_size``) keep the preset's value. The options
+    are Echo-Forcing's; a baseline preset ignores them and ``ignored`` lists the ones that were set.
+    """
+
+    preset: str = "echo-forcing"
+    recall_matching: str = PRESET_DEFAULT
+    """"similar" (text-encoder features) or "idf" (word statistics, no encoder)."""
+    compression: str = PRESET_DEFAULT
+    """"on" or "off": drift-gated phase compression of the frames leaving the recent window."""
+    decay: str = PRESET_DEFAULT
+    """"difference-aware" or "off" (old memory keeps full weight until it is evicted)."""
+    pool_size: int = 0
+    """Most scenes the scene pool keeps (0 = preset default)."""
+
+    def __post_init__(self):
+        if str(self.preset).lower() not in PRESETS:
+            raise ConfigError(f"unknown cache preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        object.__setattr__(self, "preset", str(self.preset).lower())
+        for name, allowed in (("recall_matching", ("similar", "idf")), ("compression", ("on", "off")),
+                              ("decay", ("difference-aware", "off"))):
+            value = getattr(self, name)
+            if value not in (PRESET_DEFAULT, *allowed):
+                raise ConfigError(f"{name} must be {PRESET_DEFAULT!r} or one of {', '.join(allowed)}; got {value!r}")
+        if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or not 0 <= self.pool_size <= 1024:
+            raise ConfigError(f"pool_size must be 0 (preset default) or 1..1024, got {self.pool_size!r}")
+
+    @property
+    def is_echo(self) -> bool:
+        return self.preset.startswith("echo-forcing")
+
+    def options(self) -> dict:
+        """The options that were set (not left at the preset default)."""
+        out = {n: getattr(self, n) for n in ("recall_matching", "compression", "decay") if getattr(self, n) !=
+               PRESET_DEFAULT}
+        if self.pool_size:
+            out["pool_size"] = self.pool_size
+        return out
+
+    @property
+    def ignored(self) -> list[str]:
+        return [] if self.is_echo else sorted(self.options())
+
+    def build(self, encode_text=None, pool=None, storage=None):
+        """The cache policy (Echo-Forcing also gets the text encoder, the scene pool and the storage device)."""
+        if not self.is_echo:
+            return make_policy(self.preset)
+        policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage)
+        cfg = policy.config
+        changes = {}
+        if self.recall_matching != PRESET_DEFAULT:
+            changes["match_method"] = self.recall_matching
+        if self.compression != PRESET_DEFAULT:
+            changes["compression"] = self.compression == "on"
+        if self.pool_size:
+            changes["pool_size"] = self.pool_size
+        cfg = replace(cfg, **changes) if changes else cfg
+        if self.decay == "off":
+            for mode in TransitionMode:
+                cfg = cfg.with_mode(mode, decay=replace(cfg.mode(mode).decay, strategy=DecayStrategy.FIXED,
+                                                        fixed_rate=1.0))
+        elif self.decay == "difference-aware":
+            for mode in TransitionMode:
+                cfg = cfg.with_mode(mode, decay=replace(cfg.mode(mode).decay, strategy=DecayStrategy.DIFF))
+        return replace(policy, config=cfg)

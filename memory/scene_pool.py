@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,3 +171,39 @@ class ScenePool:
                 raise
             raise ScenePoolError(f"{path.name} has a damaged scene-pool header ({err}); save the pool again") from None
         return cls(tuple(entries), int(meta.get("max_size", 64)), signature)
+
+
+POOL_SUFFIX = ".safetensors"
+_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$")
+
+
+def pool_file(folder: str | os.PathLike, name: str) -> Path:
+    """The file of the pool called ``name`` inside ``folder``, refusing any name that could leave it.
+
+    A name is 1-100 letters, digits, spaces, ``_``, ``-`` and ``.``, starting with a letter or digit (no
+    path separators, no ``..``); a trailing ``.safetensors`` is optional.
+    """
+    raw = str(name).strip()
+    stem = raw[: -len(POOL_SUFFIX)] if raw.lower().endswith(POOL_SUFFIX) else raw
+    if not _POOL_NAME.match(stem) or ".." in stem:
+        raise ScenePoolError(f"invalid scene pool name {name!r}: use 1-100 letters, digits, spaces, '_', '-' or "
+                             "'.', starting with a letter or digit (no folders, no '..')")
+    root = Path(folder).resolve()
+    path = (root / (stem + POOL_SUFFIX)).resolve()
+    if path.parent != root:
+        raise ScenePoolError(f"invalid scene pool name {name!r}: it leaves the scene pool folder")
+    return path
+
+
+def pool_names(folder: str | os.PathLike) -> list[str]:
+    """Names of the pools saved in ``folder`` (sorted; files whose names are not valid pool names skipped)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    names = []
+    for path in root.iterdir():
+        if path.is_file() and path.name.endswith(POOL_SUFFIX) and not path.name.startswith("."):
+            stem = path.name[: -len(POOL_SUFFIX)]
+            if _POOL_NAME.match(stem) and ".." not in stem:
+                names.append(stem)
+    return sorted(names, key=str.lower)

@@ -19,6 +19,13 @@ DEFAULT_STEPS = (1000, 750, 500, 250)
 DEFAULT_SHIFT = 5.0
 
 
+def evenly_spaced_steps(count: int, num_train_timesteps: int = 1000) -> tuple[int, ...]:
+    """``count`` denoising steps spread evenly down from the top: 4 -> (1000, 750, 500, 250), Self-Forcing's list."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= num_train_timesteps:
+        raise ValueError(f"the number of denoising steps must be an integer in 1..{num_train_timesteps}, got {count!r}")
+    return tuple(round(num_train_timesteps * (count - i) / count) for i in range(count))
+
+
 class FlowMatchSchedule:
     """The timestep/sigma table and the few-step update rules."""
 

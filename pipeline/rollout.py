@@ -152,6 +152,8 @@ class BlockEvent:
     """The block's clean output, normalised ``[B, F, C, h, w]`` float32 on the CPU."""
     seconds: float
     memory: BlockReport
+    switch: dict | None = None
+    """The scene switch report (mode, recalled scene, similarity, ...) on a scene's first block, else None."""
 
 
 @dataclass
@@ -233,6 +235,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
                 clean = output[:, first:index * f].to(device=model.device, dtype=model.dtype)
                 model(clean, torch.zeros((b, recache), dtype=torch.float32), scene.text, memories,
                       BlockCall(first, recache, 0.0, True, grid))
+        switch = result.switches[-1] if scene_index > 0 else None
         for block_in_scene in range(scene.num_blocks):
             if interrupt is not None:
                 interrupt()
@@ -257,7 +260,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             result.block_seconds.append(seconds)
             if on_block is not None:
                 on_block(BlockEvent(index, settings.num_blocks, start, scene_index, output[:, start:start + f],
-                                    seconds, report))
+                                    seconds, report, switch if block_in_scene == 0 else None))
             index += 1
 
     result.cache_bytes = state.device_bytes

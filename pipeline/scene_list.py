@@ -1,0 +1,170 @@
+"""The shot list that Scene Prompt / Scene Script nodes build and the sampler consumes (no ComfyUI imports).
+
+A :class:`SceneList` is immutable: chaining a Scene Prompt returns a NEW list with one more shot, so
+ComfyUI's output cache (which shares node outputs by reference) can never see a list change under it.
+Each :class:`Shot` holds the scene as the scene-script layer knows it (prompt, duration, entry, recall
+target, label) plus its encoded text (``[1, L, D]`` embeddings, as in a core CONDITIONING) and the text
+encoder that made them (used for the 'Similar' recall matching of memory/routing.py).
+
+Names shown to artists: transitions are "smooth", "hard cut", "recall" and "auto"; shots are numbered
+from 1 and a recall target is "auto", a shot number of an EARLIER shot, or a label (of an earlier shot or
+of a scene in a loaded scene pool).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .scene_script import Scene, SceneScriptError, Transition
+
+TRANSITIONS: dict[str, Transition] = {
+    "smooth": Transition.SMOOTH,
+    "hard cut": Transition.HARD_CUT,
+    "recall": Transition.RECALL,
+    "auto": Transition.AUTO,
+}
+"""The transition names of the Scene Prompt node, in menu order."""
+
+TRANSITION_NAMES: dict[Transition, str] = {t: name for name, t in TRANSITIONS.items()}
+
+_SHOT_NUMBER = re.compile(r"^\s*(?:shot\s*|#)?(\d+)\s*$", re.I)
+
+
+class SceneListError(ValueError):
+    """A shot that cannot be added or used; the message names the shot and says what to change."""
+
+
+def transition_from_name(name: str) -> Transition:
+    """The transition for a menu name ("smooth", "hard cut", "recall", "auto"; also "hardcut")."""
+    key = str(name).strip().lower().replace("_", " ").replace("-", " ")
+    key = "hard cut" if key == "hardcut" else key
+    if key not in TRANSITIONS:
+        raise SceneListError(f"unknown transition {name!r}; choose one of: {', '.join(TRANSITIONS)}")
+    return TRANSITIONS[key]
+
+
+def parse_recall_target(text: str | None, shot: int) -> int | str | None:
+    """The recall target of 1-based shot ``shot``: None for "auto"/empty, a 0-based index for a shot number
+    ("2", "#2", "shot 2"), otherwise a label (checked against earlier labels and the pool at run time)."""
+    value = (text or "").strip()
+    if not value or value.lower() == "auto":
+        return None
+    match = _SHOT_NUMBER.match(value)
+    if match:
+        number = int(match.group(1))
+        if not 1 <= number < shot:
+            earlier = f"shots 1..{shot - 1}" if shot > 2 else "shot 1"
+            raise SceneListError(f"shot {shot}: recall target {value!r} is not an earlier shot; "
+                                 + (f"choose one of {earlier}" if shot > 1 else "the first shot cannot recall")
+                                 + ", a label, or 'auto'")
+        return number - 1
+    return value
+
+
+def conditioning_tensor(conditioning, shot: int) -> torch.Tensor:
+    """The ``[1, L, D]`` embeddings of a core CONDITIONING (``[[tensor, {...}], ...]``) with one entry."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise SceneListError(f"shot {shot}: the conditioning input is empty")
+    if len(conditioning) != 1:
+        raise SceneListError(f"shot {shot}: the conditioning holds {len(conditioning)} entries (combined or "
+                             "concatenated prompts); connect a single CLIP Text Encode output")
+    entry = conditioning[0]
+    tensor = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
+        raise SceneListError(f"shot {shot}: the conditioning is not a text encoding [batch, tokens, width]")
+    if tensor.shape[0] != 1:
+        raise SceneListError(f"shot {shot}: the conditioning has batch {tensor.shape[0]}; encode one prompt")
+    return tensor
+
+
+@dataclass(frozen=True, repr=False)
+class Shot:
+    """One shot: the scene and its encoded prompt."""
+
+    scene: Scene
+    text: torch.Tensor
+    """Prompt embeddings ``[1, L, D]`` (zero-padded rows allowed), on the CPU."""
+    encoder: object | None = None
+    """The text encoder (a ComfyUI CLIP) that encoded ``text``; None when a conditioning was connected."""
+
+    def __repr__(self) -> str:
+        return f"Shot({self.scene!r}, text {list(self.text.shape)})"
+
+
+@dataclass(frozen=True, repr=False)
+class SceneList:
+    """The shots of one video, in order. Immutable: :meth:`then` returns a new list."""
+
+    shots: tuple[Shot, ...] = ()
+
+    def __repr__(self) -> str:
+        parts = [f"{self.title(i)} {s.scene.duration:g}s" for i, s in enumerate(self.shots)]
+        return f"SceneList({len(self.shots)} shots: {', '.join(parts)})"
+
+    def __len__(self) -> int:
+        return len(self.shots)
+
+    @property
+    def scenes(self) -> list[Scene]:
+        return [s.scene for s in self.shots]
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.scene.duration for s in self.shots)
+
+    def title(self, index: int) -> str:
+        """How reports and the timeline name shot ``index`` (0-based): its label, else "shot N"."""
+        return self.shots[index].scene.label or f"shot {index + 1}"
+
+    def then(self, prompt: str, text: torch.Tensor, duration: float, transition: str | Transition,
+             recall_target: str | None = None, label: str | None = None, encoder: object | None = None) -> SceneList:
+        """This list with one more shot. The first shot's transition is ignored (nothing comes before it)."""
+        number = len(self.shots) + 1
+        prompt = (prompt or "").strip()
+        label = (label or "").strip() or None
+        if not prompt:
+            if encoder is not None:
+                raise SceneListError(f"shot {number}: the prompt text is empty; describe the shot")
+            prompt = label or f"shot {number}"  # an external conditioning with no text: name it for reports
+        if not isinstance(text, torch.Tensor) or text.dim() != 3 or text.shape[0] != 1:
+            raise SceneListError(f"shot {number}: expected prompt embeddings [1, tokens, width], "
+                                 f"got {getattr(text, 'shape', type(text).__name__)}")
+        if self.shots and text.shape[-1] != self.shots[0].text.shape[-1]:
+            raise SceneListError(f"shot {number}: its text encoding is {text.shape[-1]} wide but shot 1's is "
+                                 f"{self.shots[0].text.shape[-1]}; use the same text encoder for every shot")
+        if label is not None and any((s.scene.label or "").lower() == label.lower() for s in self.shots):
+            raise SceneListError(f"shot {number}: the label {label!r} is already used by an earlier shot; "
+                                 "labels name shots for recalls, so make them unique")
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0:
+            raise SceneListError(f"shot {number}: duration must be a positive number of seconds, got {duration!r}")
+        entry = transition if isinstance(transition, Transition) else transition_from_name(transition)
+        target = parse_recall_target(recall_target, number) if self.shots else None
+        if not self.shots:
+            entry = None
+        elif target is not None and entry not in (Transition.RECALL, Transition.AUTO):
+            raise SceneListError(f"shot {number}: a recall target ({recall_target!r}) needs the transition "
+                                 f"'recall' or 'auto', not {TRANSITION_NAMES[entry]!r}; set it to 'auto' or "
+                                 "change the transition")
+        try:
+            scene = Scene(prompt, float(duration), entry, target, label)
+        except SceneScriptError as err:
+            raise SceneListError(f"shot {number}: {err}") from None
+        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder)))
+
+    @classmethod
+    def from_scenes(cls, scenes: Sequence[Scene], texts: Sequence[torch.Tensor],
+                    encoder: object | None = None) -> SceneList:
+        """A list from parsed scene-script scenes and their encodings (entries and labels kept)."""
+        if len(scenes) != len(texts):
+            raise SceneListError(f"{len(scenes)} scenes but {len(texts)} encoded prompts")
+        if not scenes:
+            raise SceneListError("the scene script holds no scene")
+        return cls(tuple(Shot(s, t.detach().to("cpu"), encoder) for s, t in zip(scenes, texts, strict=True)))
+
+    def encoder(self) -> object | None:
+        """The text encoder of the first shot that has one (for 'Similar' recall matching)."""
+        return next((s.encoder for s in self.shots if s.encoder is not None), None)
