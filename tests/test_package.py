@@ -16,7 +16,7 @@ import echo_forcing
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
 
 ROOT = Path(echo_forcing.__file__).parent
-PACKAGES = ("models", "memory", "pipeline", "nodes", "cli")
+PACKAGES = ("models", "memory", "pipeline", "nodes", "cli", "batch")
 
 
 def _load_like_comfyui(folder: Path):
@@ -64,7 +64,7 @@ def test_project_metadata_and_requirements_agree():
     project = meta["project"]
     assert "comfyui" not in project["name"].lower()
     deps = sorted(project["dependencies"])
-    assert deps == sorted(["einops", "safetensors", "huggingface-hub", "opencv-python"])
+    assert deps == sorted(["einops", "safetensors", "huggingface-hub", "opencv-python", "aiohttp>=3.9"])
     requirements = sorted(line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
                           if line.strip() and not line.startswith("#"))
     assert requirements == deps

@@ -1,0 +1,487 @@
+"""The batch queue's bookkeeping, without any network: prompt lines, jobs, the resume manifest, ComfyUI's errors.
+
+* **Prompt file**: the official one-video-per-line scene-script format (SPEC §3.12). Blank lines and lines
+  starting with ``#`` are skipped; line numbers are 1-based positions in the file. Every line is checked with
+  :func:`~..pipeline.scene_script.parse_scene_script` before anything is submitted; a bad line fails on its
+  own with the parser's message.
+* **Workflow**: an API-format ComfyUI workflow (``{node_id: {"class_type", "inputs", "_meta"?}}``) with exactly
+  one ``EchoForcingSceneScript`` node; each line goes into that node's ``script`` input.
+* **Job name** ``<stem>-<line:04d>`` (``stem`` = the prompt file's name without extension, characters outside
+  ``A-Za-z0-9._-`` replaced by ``_``). It names the line's output folder in ``--out`` and its manifest key.
+  Every string ``filename_prefix`` input becomes ``<prefix>/<job name>`` (just ``<job name>`` when the prefix
+  is empty), so the files of different lines never collide on the server either.
+* **Manifest** ``<out>/queue-state.json``, rewritten atomically after every change. A line is skipped on a
+  rerun only when it is ``done``, its text and the workflow hash are unchanged, and all its files exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from ..pipeline.scene_script import SceneScriptError, parse_scene_script
+
+SCENE_SCRIPT_CLASS = "EchoForcingSceneScript"
+SCRIPT_INPUT = "script"
+PREFIX_INPUT = "filename_prefix"
+MANIFEST_NAME = "queue-state.json"
+JOB_FILE = "job.json"
+MANIFEST_VERSION = 1
+
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+
+class BatchUsageError(Exception):
+    """The batch cannot start (bad prompt file, workflow, manifest or server); the CLI exits with code 2."""
+
+
+# ------------------------------------------------------------------------------------------------ prompt lines
+
+
+@dataclass(frozen=True)
+class PromptLine:
+    """One video of a prompt file: its 1-based line ``number``, the stripped ``text`` and the parser's ``error``."""
+
+    number: int
+    text: str
+    error: str | None = None
+
+    @property
+    def text_hash(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def parse_prompt_lines(text: str) -> list[PromptLine]:
+    """Every non-blank, non-comment line, validated; lines that do not parse carry the parser's message."""
+    lines = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            parse_scene_script(line)
+        except SceneScriptError as err:
+            lines.append(PromptLine(number, line, f"invalid scene script: {err}"))
+        else:
+            lines.append(PromptLine(number, line))
+    return lines
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[PromptLine]:
+    """Read and validate a prompt file (UTF-8, a BOM is ignored); :class:`BatchUsageError` when it is unusable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise BatchUsageError(f"prompt file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BatchUsageError(f"cannot read prompt file {path}: {err}") from None
+    lines = parse_prompt_lines(text)
+    if not lines:
+        raise BatchUsageError(f"prompt file {path} has no prompt lines (only blank lines and '#' comments)")
+    return lines
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """The prompt file's stem, safe as a file and folder name (``A-Za-z0-9._-``, others become ``_``)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).stem).strip(".")
+    return stem or "prompts"
+
+
+def job_name(stem: str, number: int) -> str:
+    """``<stem>-<line:04d>``: the line's output folder, manifest key and ``filename_prefix`` suffix."""
+    return f"{stem}-{number:04d}"
+
+
+# ---------------------------------------------------------------------------------------------------- workflow
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An API-format workflow with its scene-script node; ``hash`` ignores titles and the script itself."""
+
+    source: str
+    graph: dict
+    script_node: str
+    hash: str
+
+    def node_label(self, node_id: object, class_type: str | None = None) -> str:
+        return node_label(self.graph, node_id, class_type)
+
+
+def node_label(graph: dict | None, node_id: object, class_type: str | None = None) -> str:
+    """``node 5 'Title' (ClassType)`` from the workflow (title only when it differs from the class)."""
+    node = (graph or {}).get(str(node_id))
+    node = node if isinstance(node, dict) else {}
+    cls = class_type or node.get("class_type")
+    meta = node.get("_meta")
+    title = meta.get("title") if isinstance(meta, dict) else None
+    label = f"node {node_id}"
+    if isinstance(title, str) and title and title != cls:
+        label += f" '{title}'"
+    return f"{label} ({cls})" if cls else label
+
+
+def parse_workflow(data: object, source: str) -> Workflow:
+    """Check an API-format workflow (``source`` names it in errors) and find its scene-script node."""
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        raise BatchUsageError(
+            f"{source} is a UI-format workflow (it has a top-level \"nodes\" list); the queue needs the API format: "
+            "use its *_api.json file (the pack's own are in workflows/api/), or save one from ComfyUI with "
+            "Workflow > Export (API)")
+    if not isinstance(data, dict) or not data:
+        raise BatchUsageError(f"{source} is not an API-format workflow: expected a JSON object of nodes "
+                              "{\"<id>\": {\"class_type\": ..., \"inputs\": {...}}}")
+    for node_id, node in data.items():
+        if not (isinstance(node, dict) and isinstance(node.get("class_type"), str)
+                and isinstance(node.get("inputs"), dict)):
+            raise BatchUsageError(f"{source}: entry {node_id!r} is not an API-format node (it needs \"class_type\" "
+                                  "and \"inputs\"); export the workflow with Workflow > Export (API)")
+    found = [node_id for node_id, node in data.items() if node["class_type"] == SCENE_SCRIPT_CLASS]
+    if len(found) != 1:
+        problem = f"has no {SCENE_SCRIPT_CLASS} node" if not found else \
+            f"has {len(found)} {SCENE_SCRIPT_CLASS} nodes ({', '.join(found)})"
+        raise BatchUsageError(f"{source} {problem}; the queue needs exactly one, and puts each prompt line into "
+                              f"its \"{SCRIPT_INPUT}\" input")
+    script_node = found[0]
+    hashed = {}
+    for node_id, node in data.items():
+        inputs = dict(node["inputs"])
+        if node_id == script_node:
+            inputs.pop(SCRIPT_INPUT, None)
+        hashed[node_id] = {"class_type": node["class_type"], "inputs": inputs}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    return Workflow(source=source, graph=data, script_node=script_node, hash=digest)
+
+
+def load_workflow(path: str | os.PathLike) -> Workflow:
+    """Read an API-format workflow file (see :func:`parse_workflow`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise BatchUsageError(f"workflow file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise BatchUsageError(f"workflow file {path} is not valid JSON: {err.msg} at line {err.lineno} "
+                              f"column {err.colno}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BatchUsageError(f"cannot read workflow file {path}: {err}") from None
+    return parse_workflow(data, str(path))
+
+
+def fill_workflow(workflow: Workflow, line: PromptLine, stem: str) -> dict:
+    """The graph for one line: a deep copy with the script set and every ``filename_prefix`` made per-line."""
+    graph = copy.deepcopy(workflow.graph)
+    graph[workflow.script_node]["inputs"][SCRIPT_INPUT] = line.text
+    name = job_name(stem, line.number)
+    for node in graph.values():
+        prefix = node["inputs"].get(PREFIX_INPUT)
+        if isinstance(prefix, str):
+            base = prefix.rstrip("/\\")
+            node["inputs"][PREFIX_INPUT] = f"{base}/{name}" if base else name
+    return graph
+
+
+# --------------------------------------------------------------------------------------------- ComfyUI errors
+
+
+def format_validation_error(body: object, graph: dict | None = None) -> str:
+    """A readable message from the body of a ``POST /prompt`` refusal (COMFYUI.md §3.5), one part per node error."""
+    if not isinstance(body, dict):
+        return f"ComfyUI refused the prompt: {body!r}"
+    error = body.get("error")
+    if isinstance(error, dict):
+        head = str(error.get("message") or error.get("type") or "ComfyUI refused the prompt")
+        if error.get("details"):
+            head += f" ({error['details']})"
+    elif isinstance(error, str) and error:
+        head = error
+    else:
+        head = "ComfyUI refused the prompt"
+    return _with_node_errors(head, body.get("node_errors"), graph)
+
+
+def _with_node_errors(head: str, node_errors: object, graph: dict | None) -> str:
+    parts = []
+    for node_id, info in (node_errors if isinstance(node_errors, dict) else {}).items():
+        info = info if isinstance(info, dict) else {}
+        label = node_label(graph, node_id, info.get("class_type"))
+        for err in info.get("errors") or [{}]:
+            err = err if isinstance(err, dict) else {"message": str(err)}
+            text = str(err.get("message") or err.get("type") or "invalid")
+            if err.get("details"):
+                text += f": {err['details']}"
+            parts.append(f"{label}: {text}")
+    return f"{head}: {'; '.join(parts)}" if parts else head
+
+
+def format_node_errors(node_errors: object, graph: dict | None = None) -> str:
+    """The ``node_errors`` of an accepted prompt (some output branches invalid, the others still run)."""
+    return _with_node_errors("some outputs failed validation and will not run", node_errors, graph)
+
+
+def format_execution_error(data: dict, graph: dict | None = None) -> str:
+    """``node <id> (<class>): <exception_type>: <exception_message>`` from an ``execution_error`` event."""
+    label = node_label(graph, data.get("node_id"), data.get("node_type"))
+    kind = data.get("exception_type") or "error"
+    message = str(data.get("exception_message") or "").strip()
+    return f"{label}: {kind}: {message}" if message else f"{label}: {kind}"
+
+
+def format_interrupted(data: dict, graph: dict | None = None) -> str:
+    """``interrupted`` (at which node, when ComfyUI says) from an ``execution_interrupted`` event."""
+    if data.get("node_id") is None:
+        return "interrupted"
+    return f"interrupted at {node_label(graph, data['node_id'], data.get('node_type'))}"
+
+
+def history_error(entry: dict, graph: dict | None = None) -> str | None:
+    """``None`` when a ``/history`` entry finished well, else the error its status messages describe."""
+    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+    messages = status.get("messages") or []
+    for message in messages:
+        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+            if message[0] == "execution_error":
+                return format_execution_error(message[1], graph)
+            if message[0] == "execution_interrupted":
+                return format_interrupted(message[1], graph)
+    if status.get("status_str") == "error":
+        return "ComfyUI reported an error without details (see the server's log)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file in a node's output (``/history`` ``outputs``), and the local name it is saved under."""
+
+    node_id: str
+    key: str
+    filename: str
+    subfolder: str = ""
+    type: str = "output"
+    local_name: str = ""
+
+    def view_params(self) -> dict[str, str]:
+        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
+
+
+def _node_order(node_id: str) -> tuple:
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+
+def output_files(outputs: object) -> list[OutputFile]:
+    """Every ``{"filename", "subfolder"?, "type"?}`` item of every output list, with unique local names.
+
+    Nodes are taken in id order. A local name is the server file's base name; when two outputs share one
+    (same file name in different subfolders), the later gets ``<node id>-`` in front (and a counter if
+    needed). ``job.json`` is reserved.
+    """
+    files: list[OutputFile] = []
+    seen: set[tuple[str, str, str]] = set()
+    used = {JOB_FILE}
+    for node_id in sorted((outputs if isinstance(outputs, dict) else {}), key=lambda n: _node_order(str(n))):
+        ui = outputs[node_id]
+        for key, items in (ui.items() if isinstance(ui, dict) else ()):
+            for item in items if isinstance(items, list) else ():
+                if not (isinstance(item, dict) and isinstance(item.get("filename"), str) and item["filename"]):
+                    continue
+                subfolder, kind = str(item.get("subfolder") or ""), str(item.get("type") or "output")
+                ident = (item["filename"], subfolder, kind)
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                base = PurePosixPath(item["filename"].replace("\\", "/")).name
+                if base in ("", ".", ".."):
+                    base = f"output-{len(files) + 1}"
+                name, n = base, 1
+                while name in used:
+                    name = f"{node_id}-{base}" if n == 1 else f"{node_id}-{n}-{base}"
+                    n += 1
+                used.add(name)
+                files.append(OutputFile(str(node_id), str(key), item["filename"], subfolder, kind, name))
+    return files
+
+
+def text_outputs(outputs: object) -> dict[str, list[str]]:
+    """``{node_id: [text, ...]}`` for nodes whose output has a ``text`` list (e.g. the sampler's report)."""
+    found = {}
+    for node_id, ui in (outputs.items() if isinstance(outputs, dict) else ()):
+        texts = ui.get("text") if isinstance(ui, dict) else None
+        if isinstance(texts, list) and texts:
+            found[str(node_id)] = [str(t) for t in texts]
+    return found
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``.<name>.partial`` next to ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Manifest:
+    """``<out>/queue-state.json``: per job name, the line's state (see the module docstring for the rules).
+
+    A record holds ``line``, ``text_hash``, ``workflow_hash``, ``status`` (done / failed / pending),
+    ``prompt_id``, ``server``, ``files`` (paths relative to the out folder), ``error``, ``attempts``, and the
+    ``started`` / ``finished`` / ``updated`` times (UTC, ISO 8601). Every change is saved at once, atomically.
+    """
+
+    def __init__(self, path: Path, jobs: dict[str, dict] | None = None):
+        self.path = Path(path)
+        self.jobs: dict[str, dict] = jobs if jobs is not None else {}
+
+    @property
+    def out_dir(self) -> Path:
+        return self.path.parent
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> Manifest:
+        """The manifest in ``out_dir`` (empty when there is none yet)."""
+        path = Path(out_dir) / MANIFEST_NAME
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
+                raise ValueError("no \"jobs\" object")
+            if data.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {MANIFEST_VERSION}")
+        except (OSError, ValueError) as err:
+            raise BatchUsageError(f"cannot use the queue state {path}: {err}; delete it to start over (every line "
+                                  "is then run again)") from None
+        return cls(path, data["jobs"])
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"version": MANIFEST_VERSION, "jobs": dict(sorted(self.jobs.items()))}
+        write_atomic(self.path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def rerun_reason(self, name: str, line: PromptLine, workflow_hash: str) -> str | None:
+        """Why the line must run (again), or ``None`` when its finished result can be kept."""
+        record = self.jobs.get(name)
+        if record is None:
+            return "new"
+        if record.get("text_hash") != line.text_hash:
+            return "line changed"
+        if record.get("workflow_hash") != workflow_hash:
+            return "workflow changed"
+        status = record.get("status")
+        if status != DONE:
+            return "failed before" if status == FAILED else "unfinished before"
+        for rel in record.get("files") or []:
+            if not (self.out_dir / rel).is_file():
+                return f"output {rel} is missing"
+        return None
+
+    def update(self, name: str, line: PromptLine, workflow_hash: str, status: str, **fields) -> dict:
+        """Set the line's status and fields (``started`` / ``finished`` are stamped by status) and save."""
+        record = self.jobs.setdefault(name, {})
+        record.update(line=line.number, text_hash=line.text_hash, workflow_hash=workflow_hash, status=status,
+                      **fields)
+        now = _now()
+        if status == PENDING and fields.get("prompt_id"):
+            record["started"] = now
+            record.pop("finished", None)
+        elif status in (DONE, FAILED):
+            record["finished"] = now
+        record["updated"] = now
+        self.save()
+        return record
+
+
+# ------------------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Job:
+    """A line to submit: its name, the filled graph, and the attempt counters the workers keep."""
+
+    name: str
+    line: PromptLine
+    graph: dict
+    reason: str
+    attempts: int = 0
+    connection_losses: int = 0
+    prompt_id: str | None = None
+
+
+@dataclass
+class Plan:
+    """What a run does: ``jobs`` to submit, ``skipped`` (done earlier), ``invalid`` (failed scene-script check)."""
+
+    stem: str
+    workflow: Workflow
+    lines: list[PromptLine]
+    jobs: list[Job] = field(default_factory=list)
+    skipped: list[PromptLine] = field(default_factory=list)
+    invalid: list[PromptLine] = field(default_factory=list)
+
+
+def plan_batch(lines: Iterable[PromptLine], workflow: Workflow, stem: str, manifest: Manifest) -> Plan:
+    """Sort the lines into jobs to run, lines already done and invalid lines (recorded as failed at once)."""
+    plan = Plan(stem=stem, workflow=workflow, lines=list(lines))
+    for line in plan.lines:
+        name = job_name(stem, line.number)
+        if line.error is not None:
+            plan.invalid.append(line)
+            manifest.update(name, line, workflow.hash, FAILED, error=line.error, prompt_id=None, server=None,
+                            files=[])
+            continue
+        reason = manifest.rerun_reason(name, line, workflow.hash)
+        if reason is None:
+            plan.skipped.append(line)
+        else:
+            plan.jobs.append(Job(name, line, fill_workflow(workflow, line, stem), reason))
+    return plan
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """How a line ended in this run: ``status`` is done, skipped or failed; ``detail`` says more."""
+
+    number: int
+    name: str
+    status: str
+    detail: str
+
+
+def summarize(plan: Plan, manifest: Manifest) -> list[LineResult]:
+    """One result per line of the file, in file order, from the manifest after the run."""
+    results = []
+    skipped = {line.number for line in plan.skipped}
+    for line in plan.lines:
+        name = job_name(plan.stem, line.number)
+        record = manifest.jobs.get(name, {})
+        files = record.get("files") or []
+        count = f"{len(files)} file" + ("" if len(files) == 1 else "s")
+        where = f" on {record['server']}" if record.get("server") else ""
+        if line.number in skipped:
+            results.append(LineResult(line.number, name, "skipped", f"done earlier, {count}"))
+        elif record.get("status") == DONE:
+            results.append(LineResult(line.number, name, DONE, f"{count}{where}"))
+        elif record.get("status") == FAILED:
+            results.append(LineResult(line.number, name, FAILED, f"{record.get('error') or 'failed'}{where}"))
+        else:
+            results.append(LineResult(line.number, name, FAILED, "not finished"))
+    return results
