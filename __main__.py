@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import demo
+from .batch import BatchUsageError
+from .cli import demo, queue, tiny_models, workflows
 from .pipeline import RolloutInputError
 
 
@@ -13,13 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echo_forcing", description="Echo-Forcing for ComfyUI tools")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
+    queue.add_parser(sub)
+    tiny_models.add_parser(sub)
+    workflows.add_parser(sub)
     args = parser.parse_args(argv)
     try:
-        args.func(args)
-    except (RolloutInputError, ValueError) as err:
+        code = args.func(args)
+    except (RolloutInputError, ValueError, BatchUsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
