@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
@@ -184,12 +184,14 @@ class Scene:
         return f"Scene({', '.join(parts)})"
 
 
-def validate_scenes(scenes: Sequence[Scene]) -> list[Scene]:
+def validate_scenes(scenes: Sequence[Scene], pool_labels: Collection[str] = ()) -> list[Scene]:
     """Check a scene list as a whole and return it as a list.
 
     Scene 1 must have no entry, every later scene one; a recall target must name an EARLIER scene (0-based
-    index below the scene's own, or the label of exactly one earlier scene).
+    index below the scene's own, or the label of exactly one earlier scene) or, when no earlier scene has
+    that label, a scene of a loaded scene pool (``pool_labels``, compared case-insensitively).
     """
+    pooled = {label.lower() for label in pool_labels}
     scenes = list(scenes)
     if not scenes:
         raise _error(1, "there are no scenes; give at least one scene")
@@ -209,10 +211,13 @@ def validate_scenes(scenes: Sequence[Scene]) -> list[Scene]:
                             "or None", token=str(target))
         if isinstance(target, str):
             matches = [j for j in range(i) if scenes[j].label == target]
+            if not matches and target.lower() in pooled:
+                continue
             if len(matches) != 1:
                 problem = "no earlier scene has" if not matches else f"{len(matches)} earlier scenes have"
                 raise _error(n, f"recall_target={target!r}: {problem} that label; use a unique label of an "
-                                "earlier scene or a 0-based index", token=target)
+                                "earlier scene" + (" or of the scene pool" if pool_labels else "")
+                                + " or a 0-based index", token=target)
     return scenes
 
 
@@ -406,22 +411,23 @@ def latent_frames_for_seconds(total_seconds: float, fps: float = DEFAULT_FPS,
 
 def total_latent_frames(scenes: Sequence[Scene], fps: float = DEFAULT_FPS,
                         frames_per_block: int = DEFAULT_FRAMES_PER_BLOCK,
-                        time_stride: int = DEFAULT_TIME_STRIDE) -> int:
+                        time_stride: int = DEFAULT_TIME_STRIDE, pool_labels: Collection[str] = ()) -> int:
     """Latent frames of the whole video (6 x 10 s -> 240)."""
-    scenes = validate_scenes(scenes)
+    scenes = validate_scenes(scenes, pool_labels)
     total = float(sum(scene.duration for scene in scenes))  # summed in order, like the official code
     return latent_frames_for_seconds(total, fps, frames_per_block, time_stride)
 
 
 def scene_block_counts(scenes: Sequence[Scene], fps: float = DEFAULT_FPS,
                        frames_per_block: int = DEFAULT_FRAMES_PER_BLOCK,
-                       time_stride: int = DEFAULT_TIME_STRIDE) -> list[int]:
+                       time_stride: int = DEFAULT_TIME_STRIDE, pool_labels: Collection[str] = ()) -> list[int]:
     """Blocks per scene: nominal for all but the last scene, the last one takes the rest (6 x 10 s -> 13 x 5, 15).
 
-    Raises :class:`SceneScriptError` when the last scene would get less than one block.
+    Raises :class:`SceneScriptError` when the last scene would get less than one block. ``pool_labels``: see
+    :func:`validate_scenes`.
     """
-    scenes = validate_scenes(scenes)
-    total_blocks = total_latent_frames(scenes, fps, frames_per_block, time_stride) // frames_per_block
+    scenes = validate_scenes(scenes, pool_labels)
+    total_blocks = total_latent_frames(scenes, fps, frames_per_block, time_stride, pool_labels) // frames_per_block
     counts = [seconds_to_blocks(scene.duration, fps, frames_per_block, time_stride) for scene in scenes[:-1]]
     rest = total_blocks - sum(counts)
     if rest < 1:

@@ -312,3 +312,15 @@ def test_too_many_scenes_for_the_blocks():
     assert "[0.2s]" in message and "give 2 blocks" in message and "already take 3" in message
     with pytest.raises(SceneScriptError):
         plan_blocks(scenes)
+
+
+def test_a_recall_target_may_name_a_scene_of_a_loaded_pool():
+    first = Scene("a", 1)
+    later = Scene("b", 1, entry=Transition.RECALL, recall_target="Greenhouse")
+    with pytest.raises(SceneScriptError, match="no earlier scene has that label; use a unique label of an earlier "
+                                               "scene or a 0-based index"):
+        validate_scenes([first, later])
+    assert validate_scenes([first, later], pool_labels=["greenhouse"]) == [first, later]
+    assert scene_block_counts([first, later], pool_labels=["greenhouse"]) == [1, 2]
+    with pytest.raises(SceneScriptError, match="or of the scene pool"):
+        validate_scenes([first, later], pool_labels=["station"])
