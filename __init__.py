@@ -12,7 +12,7 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """ComfyUI's V3 entry point: build the extension (imports ComfyUI only now)."""
-    from .nodes import EchoForcingExtension
+    from .nodes.extension import EchoForcingExtension
 
     return EchoForcingExtension()
 

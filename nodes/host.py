@@ -1,0 +1,135 @@
+"""ComfyUI glue shared by the nodes: model folders, text encoding, per-block progress, previews and the
+websocket events the timeline widget listens to (web/echo_timeline.js)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+
+from ..pipeline import BlockEvent
+
+CAUSAL_DIT_FOLDER = "causal_dit"
+"""Extra model folder for causal students (``models/causal_dit``); ``diffusion_models`` works too."""
+POOL_SUBFOLDER = ("echo_forcing", "scene_pools")
+"""Saved scene pools live in ``<ComfyUI output>/echo_forcing/scene_pools``."""
+NO_LORA = "none"
+
+
+def register_folders() -> None:
+    """Register ``models/causal_dit`` (keeping paths an extra_model_paths.yaml already added)."""
+    folder_paths.add_model_folder_path(CAUSAL_DIT_FOLDER, os.path.join(folder_paths.models_dir, CAUSAL_DIT_FOLDER))
+    paths, _ = folder_paths.folder_names_and_paths[CAUSAL_DIT_FOLDER]
+    folder_paths.folder_names_and_paths[CAUSAL_DIT_FOLDER] = (paths, set(folder_paths.supported_pt_extensions))
+
+
+def dit_files() -> list[str]:
+    """Checkpoint names in ``causal_dit`` and ``diffusion_models`` (a name in both is listed once)."""
+    names = set(folder_paths.get_filename_list(CAUSAL_DIT_FOLDER)) | set(
+        folder_paths.get_filename_list("diffusion_models"))
+    return sorted(names, key=str.lower)
+
+
+def dit_path(name: str) -> str:
+    """The file of a checkpoint name from :func:`dit_files` (``causal_dit`` first)."""
+    for folder in (CAUSAL_DIT_FOLDER, "diffusion_models"):
+        path = folder_paths.get_full_path(folder, name)
+        if path:
+            return path
+    raise FileNotFoundError(f"model file {name!r} was not found in models/{CAUSAL_DIT_FOLDER} or "
+                            "models/diffusion_models; put the causal Wan2.1 checkpoint there and refresh (R)")
+
+
+def lora_files() -> list[str]:
+    return [NO_LORA, *folder_paths.get_filename_list("loras")]
+
+
+def lora_path(name: str) -> str | None:
+    if not name or name == NO_LORA:
+        return None
+    path = folder_paths.get_full_path("loras", name)
+    if not path:
+        raise FileNotFoundError(f"LoRA file {name!r} was not found in models/loras")
+    return path
+
+
+def pool_folder() -> Path:
+    return Path(folder_paths.get_output_directory(), *POOL_SUBFOLDER)
+
+
+def encode_prompt(clip, text: str) -> torch.Tensor:
+    """``[1, L, D]`` prompt embeddings from a core CLIP (as CLIPTextEncode makes them), on the CPU."""
+    if clip is None:
+        raise ValueError("no text encoder: connect a CLIP (CLIPLoader, type 'wan' with umT5-XXL)")
+    conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return conditioning[0][0].to("cpu")
+
+
+def text_encoder(clip):
+    """A ``memory.routing.TextEncoder`` over a core CLIP: prompts -> zero-padded ``[N, L, D]``."""
+    def encode(prompts: list[str]) -> torch.Tensor:
+        rows = [encode_prompt(clip, p)[0].float() for p in prompts]
+        out = torch.zeros(len(rows), max(r.shape[0] for r in rows), rows[0].shape[-1])
+        for i, r in enumerate(rows):
+            out[i, : r.shape[0]] = r
+        return out
+    return encode
+
+
+def send(event: str, data: dict) -> None:
+    """Send a websocket event to the client that queued the running prompt (no-op outside a server)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.send_sync(event, data, server.client_id)
+
+
+def prompt_id() -> str | None:
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None
+    context = get_executing_context()
+    return context.prompt_id if context is not None else None
+
+
+class BlockProgress:
+    """``on_block`` for the rollout: progress bar, a latent2rgb preview of the block's last frame, events."""
+
+    def __init__(self, node_id: str | None, total: int, log):
+        import latent_preview
+        from comfy.latent_formats import Wan21
+
+        fmt = Wan21()
+        self.node_id, self.total, self.log = node_id, total, log
+        self.prompt_id = prompt_id()
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
+
+    def event(self, name: str, data: dict) -> None:
+        send(name, {"node": self.node_id, "prompt_id": self.prompt_id, **data})
+
+    def __call__(self, event: BlockEvent) -> None:
+        self.log.add(event)
+        if event.switch:
+            s = event.switch
+            self.event("echo_forcing.switch", {
+                "scene": event.scene, "mode": {"hardcut": "hard cut"}.get(s.get("mode"), s.get("mode")),
+                "recalled": s.get("recalled"), "similarity": s.get("similarity")})
+        frame = event.latents[:1, -1]  # [1, C, h, w], normalised (the space KSampler previews)
+        preview = self.previewer.decode_latent_to_preview_image("JPEG", frame)
+        self.bar.update_absolute(event.index + 1, self.total, preview)
+        self.event("echo_forcing.block", {"block": event.index, "total": event.total, "scene": event.scene,
+                                          "seconds": round(event.seconds, 3)})
+
+
+def interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (checked before every block)."""
+    mm.throw_exception_if_processing_interrupted()

@@ -1,0 +1,90 @@
+"""Load Causal DiT: a research checkpoint (Self-Forcing / CausVid ``.pt``, LongLive base + LoRA, repackaged
+or fp8 safetensors) converted to plain Wan2.1 names and handed to ComfyUI's own diffusion-model loader, so
+the result is a core MODEL: ComfyUI's LoRA nodes, weight dtypes and low-VRAM loading all apply."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.sd
+import torch
+from comfy_api.latest import io
+
+from ..models import CheckpointError, load_wan_checkpoint
+from . import host
+from .sockets import CATEGORY
+
+COMFY_TEXT_DIM = 4096
+"""ComfyUI builds every Wan2.1 DiT for umT5-XXL's 4096-wide text (its model detection fixes this)."""
+
+WEIGHT_DTYPES = {
+    "default": {},
+    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+    "fp8_e5m2": {"dtype": torch.float8_e5m2},
+}
+"""The same choices (and meaning) as core Load Diffusion Model's ``weight_dtype``."""
+
+WEIGHTS = ["auto", "ema", "generator"]
+
+
+class LoadCausalDiT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingLoadCausalDiT",
+            display_name="Load Causal DiT",
+            category=CATEGORY,
+            description=(
+                "Loads a causal Wan2.1 text-to-video student (Self-Forcing, CausVid, LongLive, Causal-Forcing) from "
+                "models/diffusion_models or models/causal_dit. Research .pt files, LongLive's base + LoRA pair and "
+                "repackaged or fp8 safetensors are converted to ComfyUI's Wan model, so the MODEL it returns works "
+                "with core LoRA nodes and low-VRAM loading. Plain Wan2.1 files also load with core Load Diffusion "
+                "Model."),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=host.dit_files(),
+                               tooltip="The causal Wan2.1-T2V-1.3B checkpoint (e.g. self_forcing_dmd.pt, "
+                                       "longlive_base.pt). Put files in models/diffusion_models or "
+                                       "models/causal_dit, then press R to refresh the list."),
+                io.Combo.Input("weights", options=WEIGHTS, default="auto",
+                               tooltip="Which weights of a research checkpoint to use. auto: the EMA generator if "
+                                       "the file has one (the published default), the plain generator when a "
+                                       "LongLive LoRA is given. Ignored for plain model files."),
+                io.Combo.Input("lora_name", options=host.lora_files(), default=host.NO_LORA,
+                               tooltip="LongLive's LoRA file (models/loras), merged into the base once at load time. "
+                                       "For ordinary LoRAs you can also use core LoRA nodes after this one."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="How ComfyUI stores the weights: default picks the best for your GPU; fp8 "
+                                       "halves the memory (slightly lower quality), as in core Load Diffusion "
+                                       "Model."),
+            ],
+            outputs=[io.Model.Output(display_name="model",
+                                     tooltip="A core MODEL; connect it to the Autoregressive Sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name: str, lora_name: str, weight_dtype: str, weights: str):
+        try:
+            host.dit_path(ckpt_name)
+            host.lora_path(lora_name)
+        except FileNotFoundError as err:
+            return str(err)
+        if weight_dtype not in WEIGHT_DTYPES:
+            return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}"
+        if weights not in WEIGHTS:
+            return f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}"
+        return True
+
+    @classmethod
+    def execute(cls, ckpt_name: str, weights: str, lora_name: str, weight_dtype: str) -> io.NodeOutput:
+        # float32 when ComfyUI runs on the CPU; bfloat16 (the published precision) otherwise
+        dtype = torch.float32 if mm.get_torch_device().type == "cpu" else torch.bfloat16
+        ckpt = load_wan_checkpoint(host.dit_path(ckpt_name), lora=host.lora_path(lora_name), weights=weights,
+                                   dtype=dtype)
+        if ckpt.config.text_dim != COMFY_TEXT_DIM:
+            raise CheckpointError(f"{ckpt_name} takes {ckpt.config.text_dim}-wide text, but ComfyUI's Wan model "
+                                  f"is built for umT5-XXL ({COMFY_TEXT_DIM}); this is not a Wan2.1 T2V model")
+        patcher = comfy.sd.load_diffusion_model_state_dict(ckpt.state_dict, model_options=dict(
+            WEIGHT_DTYPES[weight_dtype]))
+        if patcher is None:
+            raise CheckpointError(f"ComfyUI did not recognise {ckpt_name} as a Wan2.1 model after conversion")
+        return io.NodeOutput(patcher)

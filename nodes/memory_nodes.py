@@ -1,0 +1,145 @@
+"""Echo Memory Config (a cache preset and its options), Scene Recall Pool (new, or a pool saved by an
+earlier job) and Save Scene Pool (so a later queue run can recall this run's scenes)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..memory import PRESET_DEFAULT, PRESETS, PresetChoice, ScenePool, ScenePoolError, pool_file, pool_names
+from . import host
+from .sockets import CATEGORY, MemoryConfig, ScenePoolType
+
+NEW_POOL = "new (empty)"
+
+
+def _preset_help() -> str:
+    return "\n".join(f"{p.name}: {p.title} - keeps {p.keeps}" for p in PRESETS.values())
+
+
+class EchoMemoryConfig(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingMemoryConfig",
+            display_name="Echo Memory Config",
+            category=CATEGORY,
+            description=(
+                "Chooses what the video model remembers while it generates block by block. echo-forcing (the "
+                "default) keeps anchors from the start of each shot, a compressed summary of the middle and the "
+                "most recent frames, and a pool of finished scenes to recall; the other presets are the published "
+                "baselines, for side-by-side comparisons. Memory stays the same size however long the video."),
+            inputs=[
+                io.Combo.Input("preset", options=list(PRESETS), default="echo-forcing",
+                               tooltip="What the cache keeps:\n" + _preset_help()),
+                io.Combo.Input("recall_matching", options=[PRESET_DEFAULT, "similar", "idf"], default=PRESET_DEFAULT,
+                               tooltip="How a recall finds the earlier scene most like the new shot. similar: by "
+                                       "meaning, with the text encoder (needs a CLIP on the shots). idf: by shared "
+                                       "rare words, no encoder. Echo-Forcing presets only."),
+                io.Combo.Input("phase_compression", options=[PRESET_DEFAULT, "on", "off"], default=PRESET_DEFAULT,
+                               tooltip="Keep a compressed summary of the frames that leave the recent window (on), "
+                                       "or simply forget them (off). Echo-Forcing presets only."),
+                io.Combo.Input("memory_decay", options=[PRESET_DEFAULT, "difference-aware", "off"],
+                               default=PRESET_DEFAULT,
+                               tooltip="After a transition, fade out the previous scene's memory faster where it "
+                                       "differs more from the new shot (difference-aware), or keep it at full "
+                                       "strength until it is dropped (off). Echo-Forcing presets only."),
+                io.Int.Input("scene_pool_size", default=0, min=0, max=1024,
+                             tooltip="Most finished scenes kept for recalls (oldest dropped). 0 = the preset's "
+                                     "default (64)."),
+            ],
+            outputs=[MemoryConfig.Output(display_name="config",
+                                         tooltip="Connect to the Autoregressive Sampler's config input.")],
+        )
+
+    @classmethod
+    def execute(cls, preset: str, recall_matching: str, phase_compression: str, memory_decay: str,
+                scene_pool_size: int) -> io.NodeOutput:
+        return io.NodeOutput(PresetChoice(preset, recall_matching, phase_compression, memory_decay, scene_pool_size))
+
+
+class SceneRecallPool(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingSceneRecallPool",
+            display_name="Scene Recall Pool",
+            category=CATEGORY,
+            description=(
+                "The scenes a recall can return to. 'new' starts empty (recalls then use earlier shots of this "
+                "video); or pick a pool saved by Save Scene Pool in an earlier job to bring its scenes back, by "
+                "label or automatically. Pools are saved in ComfyUI's output folder under echo_forcing/scene_pools "
+                "and only fit the model and resolution they were made with."),
+            inputs=[
+                io.Combo.Input("pool", options=[NEW_POOL, *pool_names(host.pool_folder())], default=NEW_POOL,
+                               tooltip="'new (empty)', or the name of a saved pool (refresh with R after a run "
+                                       "saved one)."),
+            ],
+            outputs=[ScenePoolType.Output(display_name="pool",
+                                          tooltip="Connect to the Autoregressive Sampler's pool input.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, pool: str):
+        if pool == NEW_POOL:
+            return True
+        try:
+            path = pool_file(host.pool_folder(), pool)
+        except ScenePoolError as err:
+            return str(err)
+        return True if path.is_file() else f"scene pool {pool!r} was not found in output/echo_forcing/scene_pools"
+
+    @classmethod
+    def fingerprint_inputs(cls, pool: str):
+        if pool == NEW_POOL:
+            return pool
+        path = pool_file(host.pool_folder(), pool)
+        return f"{pool}:{path.stat().st_mtime_ns}" if path.is_file() else pool  # re-read when the file changes
+
+    @classmethod
+    def execute(cls, pool: str) -> io.NodeOutput:
+        if pool == NEW_POOL:
+            return io.NodeOutput(ScenePool())
+        return io.NodeOutput(ScenePool.load(pool_file(host.pool_folder(), pool)))
+
+
+class SaveScenePool(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingSaveScenePool",
+            display_name="Save Scene Pool",
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "Saves the sampler's updated scene pool (one recall frame per finished scene) under a name, so a "
+                "later job can load it with Scene Recall Pool and return to these scenes. Written to "
+                "output/echo_forcing/scene_pools/<name>.safetensors; an existing pool of that name is replaced."),
+            inputs=[
+                ScenePoolType.Input("pool", tooltip="The sampler's pool output."),
+                io.String.Input("name", default="echo_scenes",
+                                tooltip="Pool name: letters, digits, spaces, '_', '-', '.' (no folders)."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name: str | None = None):
+        if name is None:
+            return True
+        try:
+            pool_file(host.pool_folder(), name)
+        except ScenePoolError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, pool: ScenePool, name: str) -> io.NodeOutput:
+        if not isinstance(pool, ScenePool):
+            raise ScenePoolError(f"expected a scene pool, got {type(pool).__name__}")
+        if not len(pool) or pool.signature is None:
+            raise ScenePoolError("the scene pool is empty, so there is nothing to save: only the echo-forcing "
+                                 "presets build scene pools (one recall frame per finished shot)")
+        path = pool.save(pool_file(host.pool_folder(), name))
+        labels = ", ".join(e.label for e in pool.entries)
+        return io.NodeOutput(ui=ui.PreviewText(f"saved {len(pool)} scenes ({labels}) as scene pool "
+                                               f"'{path.stem}'"))

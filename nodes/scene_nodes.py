@@ -1,0 +1,112 @@
+"""Scene Prompt (one shot, chainable) and Scene Script (the official one-line tag format) -> the shot list."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..pipeline import SceneList, SceneListError, SceneScriptError, parse_scene_script
+from ..pipeline.scene_list import TRANSITIONS, conditioning_tensor
+from . import host
+from .sockets import CATEGORY, Scenes
+
+
+class ScenePrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingScenePrompt",
+            display_name="Scene Prompt",
+            category=CATEGORY,
+            description=(
+                "One shot of a multi-shot video: what happens, for how long, and how the video enters it from the "
+                "shot before. Chain them: connect this node's scenes output to the next Scene Prompt's 'previous' "
+                "input; the last one goes to the Autoregressive Sampler. Six chained nodes make a six-shot video."),
+            inputs=[
+                Scenes.Input("previous", optional=True,
+                             tooltip="The shots before this one (the scenes output of another Scene Prompt). Leave "
+                                     "empty for the first shot."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The text encoder (CLIPLoader with umt5_xxl, type wan). Needed unless you "
+                                      "connect a conditioning; also used to match recalls by meaning."),
+                io.String.Input("text", multiline=True, default="",
+                                tooltip="What this shot shows: subject, place, action, camera. Describe it in full; "
+                                        "each shot has its own prompt."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="Optional: an already encoded prompt (CLIP Text Encode). When "
+                                              "connected it is used instead of encoding the text; the text is then "
+                                              "only a name for reports and recall matching."),
+                io.Float.Input("duration", default=10.0, min=0.25, max=600.0, step=0.25,
+                               tooltip="Length of the shot in seconds (at the sampler's fps; rounded to whole "
+                                       "blocks of 12 video frames the way the official code does)."),
+                io.Combo.Input("transition", options=list(TRANSITIONS), default="smooth",
+                               tooltip="How the video enters this shot. smooth: the action continues (same scene, "
+                                       "new moment). hard cut: a new place or subject, cleanly. recall: return to an "
+                                       "earlier shot's scene. auto: decided from how similar the prompts are. "
+                                       "Ignored on the first shot."),
+                io.String.Input("recall_target", default="auto",
+                                tooltip="For recall (or auto): which earlier shot to return to. 'auto' picks the most "
+                                        "similar one; or give a shot number (e.g. 2) or a label (also a scene "
+                                        "saved in a loaded scene pool)."),
+                io.String.Input("label", default="",
+                                tooltip="A short name for this shot (e.g. 'kitchen'), used in the report, on the "
+                                        "timeline and as a recall target. Optional; must be unique."),
+            ],
+            outputs=[Scenes.Output(display_name="scenes",
+                                   tooltip="The shots so far; connect to the next Scene Prompt or to the sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, text: str, duration: float, transition: str, recall_target: str, label: str,
+                previous: SceneList | None = None, clip=None, conditioning=None) -> io.NodeOutput:
+        previous = previous if previous is not None else SceneList()
+        number = len(previous) + 1
+        if conditioning is not None:
+            embeddings = conditioning_tensor(conditioning, number)
+        elif clip is not None:
+            if not (text or "").strip():
+                raise SceneListError(f"shot {number}: the prompt text is empty; describe the shot")
+            embeddings = host.encode_prompt(clip, text)
+        else:
+            raise SceneListError(f"shot {number}: connect a CLIP to encode the text, or a conditioning")
+        return io.NodeOutput(previous.then(text, embeddings, duration, transition, recall_target, label, clip))
+
+
+class SceneScript(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingSceneScript",
+            display_name="Scene Script",
+            category=CATEGORY,
+            description=(
+                "A whole multi-shot video in the official Echo-Forcing prompt format, on one line: shots separated "
+                "by '|', each ending with its duration tag [10s] (then smooth), [10s#] (then a hard cut) or [10s@] "
+                "(then a recall); an optional '; title | title' tail names the shots. Published prompt files paste "
+                "in unchanged."),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder (CLIPLoader with umt5_xxl, type wan)."),
+                io.String.Input("script", multiline=True,
+                                default="A red fox trots through fresh snow in a pine forest at dawn [5s] | The fox "
+                                        "pauses and looks up as snow falls from a branch [5s]; trail | pause",
+                                tooltip="One video per script: 'shot one [10s] | shot two [10s#] | shot three [10s]; "
+                                        "title1 | title2 | title3'. The marker on a shot's tag says how the NEXT shot "
+                                        "is entered: none = smooth, # = hard cut, @ = recall."),
+            ],
+            outputs=[Scenes.Output(display_name="scenes", tooltip="The shots; connect to the Autoregressive Sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, script: str | None = None):
+        if script is None:  # linked from another node: checked when it runs
+            return True
+        try:
+            parse_scene_script(script)
+        except SceneScriptError as err:
+            return f"bad scene script: {err}"
+        return True
+
+    @classmethod
+    def execute(cls, clip, script: str) -> io.NodeOutput:
+        scenes = parse_scene_script(script)
+        texts = [host.encode_prompt(clip, s.prompt) for s in scenes]
+        return io.NodeOutput(SceneList.from_scenes(scenes, texts, clip))
