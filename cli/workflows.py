@@ -1,0 +1,352 @@
+"""``python -m echo_forcing workflows [--check]``: write the example workflows in ``workflows/`` (UI format for
+drag and drop, ``workflows/api/`` for the queue) from one description, so both formats always agree.
+
+Each workflow is a list of nodes (type, title, widget values, links); this module lays them out, numbers
+the links and writes the frontend's graph format (version 0.4: positional ``widgets_values``, one input slot
+per input in the node's definition order) and the API format. Loader nodes carry the frontend's model
+download hints (``properties.models`` and the workflow-level ``models`` list: file name, URL, folder).
+The browser test (tests/test_frontend_browser.py) proves that the real frontend turns every UI file into
+exactly its API file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+
+# ---- node definitions (input order as in /object_info's input_order: required, then optional) ---------------
+
+W = "widget"
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    inputs: tuple[tuple[str, str], ...]
+    """(name, type) in definition order; type "widget:<TYPE>" marks a widget input."""
+    outputs: tuple[tuple[str, str], ...] = ()
+    seed_control: str | None = None
+    """Name of the INT widget followed by a control_after_generate value."""
+
+
+DEFS: dict[str, NodeDef] = {
+    "CLIPLoader": NodeDef((("clip_name", "widget:COMBO"), ("type", "widget:COMBO"), ("device", "widget:COMBO")),
+                          (("CLIP", "CLIP"),)),
+    "VAELoader": NodeDef((("vae_name", "widget:COMBO"),), (("VAE", "VAE"),)),
+    "VAEDecode": NodeDef((("samples", "LATENT"), ("vae", "VAE")), (("IMAGE", "IMAGE"),)),
+    "CreateVideo": NodeDef((("images", "IMAGE"), ("fps", "widget:FLOAT"), ("audio", "AUDIO")), (("VIDEO", "VIDEO"),)),
+    "SaveVideo": NodeDef((("video", "VIDEO"), ("filename_prefix", "widget:STRING"), ("format", "widget:COMBO"),
+                          ("codec", "widget:COMBO"))),
+    "EchoForcingLoadCausalDiT": NodeDef((("ckpt_name", "widget:COMBO"), ("weights", "widget:COMBO"),
+                                         ("lora_name", "widget:COMBO"), ("weight_dtype", "widget:COMBO")),
+                                        (("model", "MODEL"),)),
+    "EchoForcingScenePrompt": NodeDef((("text", "widget:STRING"), ("duration", "widget:FLOAT"),
+                                       ("transition", "widget:COMBO"), ("recall_target", "widget:STRING"),
+                                       ("label", "widget:STRING"), ("previous", "ECHO_SCENES"), ("clip", "CLIP"),
+                                       ("conditioning", "CONDITIONING")),
+                                      (("scenes", "ECHO_SCENES"),)),
+    "EchoForcingSceneScript": NodeDef((("clip", "CLIP"), ("script", "widget:STRING")), (("scenes", "ECHO_SCENES"),)),
+    "EchoForcingMemoryConfig": NodeDef((("preset", "widget:COMBO"), ("recall_matching", "widget:COMBO"),
+                                        ("phase_compression", "widget:COMBO"), ("memory_decay", "widget:COMBO"),
+                                        ("scene_pool_size", "widget:INT")),
+                                       (("config", "ECHO_MEMORY_CONFIG"),)),
+    "EchoForcingSceneRecallPool": NodeDef((("pool", "widget:COMBO"),), (("pool", "ECHO_SCENE_POOL"),)),
+    "EchoForcingSampler": NodeDef((("model", "MODEL"), ("scenes", "ECHO_SCENES"), ("seed", "widget:INT"),
+                                   ("width", "widget:INT"), ("height", "widget:INT"), ("fps", "widget:FLOAT"),
+                                   ("steps", "widget:INT"), ("shift", "widget:FLOAT"),
+                                   ("config", "ECHO_MEMORY_CONFIG"), ("pool", "ECHO_SCENE_POOL")),
+                                  (("latent", "LATENT"), ("pool", "ECHO_SCENE_POOL"), ("report", "STRING")),
+                                  seed_control="seed"),
+    "EchoForcingSaveScenePool": NodeDef((("pool", "ECHO_SCENE_POOL"), ("name", "widget:STRING"))),
+}
+
+# ---- model files (download hints) ------------------------------------------------------------------------
+
+MODELS = {
+    "dit": {"name": "self_forcing_dmd.pt", "directory": "diffusion_models",
+            "url": "https://huggingface.co/gdhe17/Self-Forcing/resolve/main/checkpoints/self_forcing_dmd.pt"},
+    "text": {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders",
+             "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+                    "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"},
+    "vae": {"name": "wan_2.1_vae.safetensors", "directory": "vae",
+            "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/"
+                   "wan_2.1_vae.safetensors"},
+}
+
+
+@dataclass
+class Node:
+    key: str
+    type: str
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)
+    """input name -> (source node key, output index)"""
+    title: str | None = None
+    column: int = 0
+    models: tuple[str, ...] = ()
+
+
+@dataclass
+class Workflow:
+    name: str
+    description: str
+    nodes: list[Node]
+
+
+def _loaders() -> list[Node]:
+    return [
+        Node("dit", "EchoForcingLoadCausalDiT", {"ckpt_name": MODELS["dit"]["name"], "weights": "auto",
+                                                 "lora_name": "none", "weight_dtype": "default"},
+             column=0, models=("dit",)),
+        Node("clip", "CLIPLoader", {"clip_name": MODELS["text"]["name"], "type": "wan", "device": "default"},
+             column=0, models=("text",)),
+        Node("vae", "VAELoader", {"vae_name": MODELS["vae"]["name"]}, column=0, models=("vae",)),
+    ]
+
+
+def _finish(sampler_links: dict, prefix: str, seed: int, memory: dict | None = None, extra: list | None = None,
+            width: int = 832, height: int = 480) -> list[Node]:
+    nodes = []
+    if memory is not None:
+        nodes.append(Node("memory", "EchoForcingMemoryConfig", {"preset": "echo-forcing",
+                                                                "recall_matching": "preset default",
+                                                                "phase_compression": "preset default",
+                                                                "memory_decay": "preset default",
+                                                                "scene_pool_size": 0, **memory}, column=2))
+        sampler_links = {**sampler_links, "config": ("memory", 0)}
+    nodes += [
+        Node("sampler", "EchoForcingSampler", {"seed": seed, "width": width, "height": height, "fps": 16.0,
+                                               "steps": 4, "shift": 5.0},
+             {"model": ("dit", 0), **sampler_links}, column=3),
+        Node("decode", "VAEDecode", {}, {"samples": ("sampler", 0), "vae": ("vae", 0)}, column=4),
+        Node("video", "CreateVideo", {"fps": 16.0}, {"images": ("decode", 0)}, column=4),
+        Node("save", "SaveVideo", {"filename_prefix": f"echo_forcing/{prefix}", "format": "auto", "codec": "auto"},
+             {"video": ("video", 0)}, column=5),
+    ]
+    return nodes + (extra or [])
+
+
+def _shots(shots: list[tuple[str, float, str, str, str]]) -> list[Node]:
+    """A chain of Scene Prompt nodes: (text, seconds, transition, recall target, label)."""
+    nodes = []
+    for i, (text, seconds, transition, target, label) in enumerate(shots):
+        links = {"clip": ("clip", 0)}
+        if i:
+            links["previous"] = (f"shot{i}", 0)
+        nodes.append(Node(f"shot{i + 1}", "EchoForcingScenePrompt",
+                          {"text": text, "duration": seconds, "transition": transition, "recall_target": target,
+                           "label": label}, links, title=f"Scene Prompt {i + 1}: {label}", column=1))
+    return nodes
+
+
+SMOOTH_SHOTS = [
+    ("Static camera. In a sunlit pottery studio with shelves of drying bowls and a large window, an old man with a "
+     "grey beard and a clay-stained apron sits at a pottery wheel and centres a lump of wet clay with both hands", 10.0,
+     "smooth", "auto", "centring"),
+    ("Static camera. In the same sunlit pottery studio, the same old man with the grey beard presses his thumbs "
+     "into the spinning clay and opens it into a wide bowl, water glistening on his hands", 10.0, "smooth", "auto",
+     "opening"),
+    ("Static camera. In the same pottery studio, the same old man lifts the walls of the bowl higher, his fingers "
+     "pulling thin even rings while the wheel spins steadily", 10.0, "smooth", "auto", "lifting"),
+    ("Static camera. In the same pottery studio, the same old man slows the wheel, smooths the rim of the tall bowl "
+     "with a wet sponge and leans back to look at it", 10.0, "smooth", "auto", "smoothing"),
+    ("Static camera. In the same pottery studio, the same old man cuts the bowl free from the wheel with a thin "
+     "wire, holding the wire taut with both hands", 10.0, "smooth", "auto", "cutting"),
+    ("Static camera. In the same pottery studio, the same old man carries the finished bowl on a wooden board to "
+     "the shelf by the window and sets it among the others", 10.0, "smooth", "auto", "shelf"),
+]
+
+HARD_CUT_SCRIPT = (
+    "Cinematic realism. A young woman with a red scarf and a grey wool coat walks along a rainy night street lit by "
+    "neon shop signs, reflections shimmering on the wet pavement[10s#] | Cinematic realism. The same young woman "
+    "with the red scarf sits at a window table in a quiet cafe at dawn, holding a cup of coffee with both hands as "
+    "steam rises[10s#] | Cinematic realism. The same young woman with the red scarf stands on a windy seaside cliff "
+    "under a pale sky, her coat flapping as waves break far below[10s#] | Cinematic realism. The same young woman "
+    "with the red scarf browses the shelves of an old bookshop with warm lamps, pulling out a worn hardback[10s#] | "
+    "Cinematic realism. The same young woman with the red scarf rides a nearly empty tram through the city at "
+    "sunset, leaning her head against the window[10s#] | Cinematic realism. The same young woman with the red scarf "
+    "climbs the stairs to a rooftop at night and looks up at fireworks bursting over the skyline[10s]; street | "
+    "cafe | cliff | bookshop | tram | rooftop")
+
+RECALL_SHOTS = [
+    ("Static shot, cinematic realism. In a greenhouse full of tall tropical plants with misted glass walls, a young "
+     "man with curly brown hair in a green apron waters rows of orchids with a brass can", 10.0, "smooth", "auto",
+     "greenhouse"),
+    ("Static shot, cinematic realism. In a busy train station hall with a high arched roof and departure boards, "
+     "the same young man with curly brown hair in a navy jacket checks a paper ticket", 10.0, "hard cut", "auto",
+     "station"),
+    ("Static shot, cinematic realism. On a snowy mountain trail between pine trees, the same young man with curly "
+     "brown hair in a red parka stops and drinks from a thermos", 10.0, "hard cut", "auto", "trail"),
+    ("Static shot, cinematic realism. Back in the greenhouse full of tall tropical plants with misted glass walls, "
+     "the same young man in the green apron repots an orchid at a wooden bench", 10.0, "recall", "greenhouse",
+     "greenhouse again"),
+    ("Static shot, cinematic realism. Back in the train station hall with the high arched roof, the same young man "
+     "in the navy jacket runs to catch a departing train", 10.0, "recall", "auto", "station again"),
+    ("Static shot, cinematic realism. Back on the snowy mountain trail between pine trees, the same young man in the "
+     "red parka reaches the summit and looks over the valley", 10.0, "recall", "3", "trail again"),
+]
+
+LONG_PROMPT = ("A drone shot gliding slowly over a winding river through an autumn forest, orange and yellow trees on "
+               "both banks, morning mist over the water, soft golden light, smooth continuous camera motion")
+
+
+def _six_shot_smooth() -> Workflow:
+    nodes = _loaders() + _shots(SMOOTH_SHOTS)
+    return Workflow("six_shot_smooth", "Six shots joined by smooth transitions: one continuous action.",
+                    nodes + _finish({"scenes": ("shot6", 0)}, "six_shot_smooth", 42, memory={}))
+
+
+def _six_shot_hard_cut() -> Workflow:
+    script = Node("script", "EchoForcingSceneScript", {"script": HARD_CUT_SCRIPT}, {"clip": ("clip", 0)},
+                  column=1)
+    return Workflow("six_shot_hard_cut", "Six shots joined by hard cuts, written as one Scene Script line (the "
+                    "official prompt format; the batch command fills this node).",
+                    [*_loaders(), script, *_finish({"scenes": ("script", 0)}, "six_shot_hard_cut", 7, memory={})])
+
+
+def _recall_abcabc() -> Workflow:
+    nodes = _loaders() + _shots(RECALL_SHOTS)
+    pool = Node("pool_in", "EchoForcingSceneRecallPool", {"pool": "new (empty)"}, column=2)
+    save = Node("pool_out", "EchoForcingSaveScenePool", {"name": "recall_abcabc"}, {"pool": ("sampler", 1)},
+                column=5)
+    return Workflow("recall_abcabc", "A-B-C-A-B-C: three places, then a return to each (by label, automatic and "
+                    "by shot number); the scene pool is saved for later jobs.",
+                    [*nodes, pool, *_finish({"scenes": ("shot6", 0), "pool": ("pool_in", 0)}, "recall_abcabc", 11,
+                                            memory={}, extra=[save])])
+
+
+def _long_video() -> Workflow:
+    shot = Node("shot1", "EchoForcingScenePrompt", {"text": LONG_PROMPT, "duration": 60.0, "transition": "smooth",
+                                                     "recall_target": "auto", "label": "river"},
+                {"clip": ("clip", 0)}, title="Scene Prompt: 60 s", column=1)
+    return Workflow("long_video_60s", "One prompt for 60 seconds (960 frames) with bounded memory.",
+                    [*_loaders(), shot, *_finish({"scenes": ("shot1", 0)}, "long_video_60s", 3, memory={})])
+
+
+WORKFLOWS = (_six_shot_smooth, _six_shot_hard_cut, _recall_abcabc, _long_video)
+
+# ---- writers ---------------------------------------------------------------------------------------------
+
+
+def api_format(flow: Workflow) -> dict:
+    ids = {n.key: str(i + 1) for i, n in enumerate(flow.nodes)}
+    out = {}
+    for n in flow.nodes:
+        inputs = dict(n.widgets)
+        inputs.update({name: [ids[src], slot] for name, (src, slot) in n.links.items()})
+        out[ids[n.key]] = {"inputs": inputs, "class_type": n.type, "_meta": {"title": n.title or n.type}}
+    return out
+
+
+def _size(node: Node) -> list[int]:
+    if node.type == "EchoForcingScenePrompt":
+        return [400, 300]
+    if node.type == "EchoForcingSceneScript":
+        return [440, 420]
+    if node.type == "EchoForcingSampler":
+        return [340, 420]
+    return [320, 60 + 26 * len([i for i in DEFS[node.type].inputs if i[1].startswith(W)]) + 26]
+
+
+def ui_format(flow: Workflow) -> dict:
+    ids = {n.key: i + 1 for i, n in enumerate(flow.nodes)}
+    links, outputs_links = [], {}
+    for n in flow.nodes:
+        definition = DEFS[n.type]
+        for name, (src, slot) in n.links.items():
+            target_slot = [i for i, _ in definition.inputs].index(name)
+            link_type = DEFS[flow.nodes[ids[src] - 1].type].outputs[slot][1]
+            links.append([len(links) + 1, ids[src], slot, ids[n.key], target_slot, link_type])
+            outputs_links.setdefault((ids[src], slot), []).append(len(links))
+    column_y: dict[int, int] = {}
+    nodes = []
+    for order, n in enumerate(flow.nodes):
+        definition = DEFS[n.type]
+        size = _size(n)
+        y = column_y.get(n.column, 40)
+        column_y[n.column] = y + size[1] + 60
+        inputs = []
+        for name, kind in definition.inputs:
+            link = next((lk[0] for lk in links if lk[3] == ids[n.key] and lk[1:3] and
+                         definition.inputs[lk[4]][0] == name), None)
+            if kind.startswith(W):
+                if name not in n.widgets and link is None:
+                    continue  # an optional widget left out (the frontend still builds it with its default)
+                inputs.append({"localized_name": name, "name": name, "type": kind.split(":", 1)[1],
+                               "widget": {"name": name}, "link": link})
+            else:
+                inputs.append({"localized_name": name, "name": name, "type": kind, "link": link})
+        outputs = [{"localized_name": name, "name": name, "type": kind,
+                    "links": outputs_links.get((ids[n.key], slot), [])}
+                   for slot, (name, kind) in enumerate(definition.outputs)]
+        widgets = []
+        for name, kind in definition.inputs:
+            if kind.startswith(W) and name in n.widgets:
+                widgets.append(n.widgets[name])
+                if name == definition.seed_control:
+                    widgets.append("fixed")
+        properties = {"Node name for S&R": n.type}
+        if n.models:
+            properties["models"] = [MODELS[m] for m in n.models]
+        node = {"id": ids[n.key], "type": n.type, "pos": [40 + 460 * n.column, y], "size": size, "flags": {},
+                "order": order, "mode": 0, "inputs": inputs, "outputs": outputs, "properties": properties,
+                "widgets_values": widgets}
+        if n.title:
+            node["title"] = n.title
+        nodes.append(node)
+    return {
+        "id": f"echo-forcing-{flow.name.replace('_', '-')}",
+        "revision": 0,
+        "last_node_id": len(nodes),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}, "echo_forcing": {"description": flow.description}},
+        "models": [MODELS[m] for m in ("dit", "text", "vae")],
+        "version": 0.4,
+    }
+
+
+def render(folder: Path = WORKFLOWS_DIR) -> dict[Path, str]:
+    """File path -> JSON text of every workflow file."""
+    files = {}
+    for make in WORKFLOWS:
+        flow = make()
+        files[folder / f"{flow.name}.json"] = json.dumps(ui_format(flow), indent=1, ensure_ascii=False) + "\n"
+        files[folder / "api" / f"{flow.name}.json"] = json.dumps(api_format(flow), indent=1,
+                                                                 ensure_ascii=False) + "\n"
+    return files
+
+
+def write(folder: Path = WORKFLOWS_DIR, check: bool = False) -> list[Path]:
+    """Write the files (atomically), or with ``check`` return those that differ from what would be written."""
+    stale = []
+    for path, text in render(folder).items():
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(path)
+        if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.partial")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+    return stale
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("workflows", help="write the example workflows (UI and API format) into workflows/",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="only report files that are out of date (exit 1 if any)")
+
+    def run(args) -> int:
+        stale = write(check=args.check)
+        for path in stale:
+            print(("out of date: " if args.check else "wrote ") + str(path.relative_to(WORKFLOWS_DIR.parent)))
+        return 1 if args.check and stale else 0
+    p.set_defaults(func=run)

@@ -1,0 +1,93 @@
+"""The shipped example workflows: up to date with their generator, UI and API formats in agreement, model
+download hints on every loader. (The real frontend and the real queue check them in the real-host tests.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from echo_forcing.cli import workflows as gen
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = ["long_video_60s", "recall_abcabc", "six_shot_hard_cut", "six_shot_smooth"]
+
+
+def load(*parts: str) -> dict:
+    return json.loads((ROOT / "workflows").joinpath(*parts).read_text(encoding="utf-8"))
+
+
+def test_the_four_workflows_are_shipped_in_both_formats_and_up_to_date():
+    assert sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == NAMES
+    assert sorted(p.stem for p in (ROOT / "workflows" / "api").glob("*.json")) == NAMES
+    assert gen.write(check=True) == [], "run: python -m echo_forcing workflows"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_links_and_widget_values_say_what_the_api_file_says(name):
+    ui, api = load(f"{name}.json"), load("api", f"{name}.json")
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert set(api) == {str(i) for i in nodes}
+    assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == len(ui["links"]) and ui["version"] == 0.4
+    for link_id, src, slot, dst, target_slot, kind in ui["links"]:
+        target = nodes[dst]
+        name_in = target["inputs"][target_slot]["name"]
+        assert target["inputs"][target_slot]["link"] == link_id
+        assert api[str(dst)]["inputs"][name_in] == [str(src), slot]
+        assert link_id in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == kind
+    for node_id, node in nodes.items():
+        definition = gen.DEFS[node["type"]]
+        assert api[str(node_id)]["class_type"] == node["type"]
+        values = iter(node["widgets_values"])
+        for input_name, kind in definition.inputs:
+            if kind.startswith("widget:"):
+                assert next(values) == api[str(node_id)]["inputs"][input_name], (node["type"], input_name)
+                if input_name == definition.seed_control:
+                    assert next(values) == "fixed"
+        assert next(values, None) is None
+        linked = {i["name"] for i in node["inputs"] if i["link"] is not None}
+        literal = {k for k, v in api[str(node_id)]["inputs"].items() if not isinstance(v, list)}
+        assert linked | literal == set(api[str(node_id)]["inputs"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_loader_names_its_file_url_and_folder(name):
+    ui = load(f"{name}.json")
+    hints = {m["name"]: m for m in ui["models"]}
+    assert set(hints) == {"self_forcing_dmd.pt", "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"}
+    for hint in hints.values():
+        assert hint["url"].startswith("https://huggingface.co/") and "/resolve/main/" in hint["url"]
+        assert hint["url"].endswith("/" + hint["name"])
+    folders = {"EchoForcingLoadCausalDiT": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
+    loaders = [n for n in ui["nodes"] if n["type"] in folders]
+    assert len(loaders) == 3
+    for node in loaders:
+        (hint,) = node["properties"]["models"]
+        assert hint["name"] == node["widgets_values"][0] and hint["directory"] == folders[node["type"]]
+
+
+def test_workflow_contents():
+    smooth, cut, recall, long = (load("api", f"{n}.json") for n in
+                                 ("six_shot_smooth", "six_shot_hard_cut", "recall_abcabc", "long_video_60s"))
+
+    def of(api, kind):
+        return [v["inputs"] for v in api.values() if v["class_type"] == kind]
+
+    assert [s["transition"] for s in of(smooth, "EchoForcingScenePrompt")] == ["smooth"] * 6
+    (script,) = of(cut, "EchoForcingSceneScript")
+    from echo_forcing.pipeline import Transition, parse_scene_script
+
+    scenes = parse_scene_script(script["script"])
+    assert len(scenes) == 6 and [s.entry for s in scenes[1:]] == [Transition.HARD_CUT] * 5
+    shots = of(recall, "EchoForcingScenePrompt")
+    assert [s["transition"] for s in shots] == ["smooth", "hard cut", "hard cut", "recall", "recall", "recall"]
+    assert [s["recall_target"] for s in shots[3:]] == ["greenhouse", "auto", "3"]
+    assert len(of(recall, "EchoForcingSaveScenePool")) == 1 and len(of(recall, "EchoForcingSceneRecallPool")) == 1
+    (only,) = of(long, "EchoForcingScenePrompt")
+    assert only["duration"] == 60.0
+    for api in (smooth, cut, recall, long):
+        (sampler,) = of(api, "EchoForcingSampler")
+        assert (sampler["width"], sampler["height"], sampler["fps"], sampler["steps"], sampler["shift"]) == (
+            832, 480, 16.0, 4, 5.0)
+        assert of(api, "CreateVideo")[0]["fps"] == 16.0 and of(api, "CLIPLoader")[0]["type"] == "wan"
