@@ -59,3 +59,97 @@ def comfy_host(tmp_path_factory) -> ComfyHost:
     paths = [os.environ.get("COMFYUI_EXTRA_PYTHONPATH", ""), str(comfy_dir), str(link_dir)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     return ComfyHost(comfy_dir, os.environ.get("COMFYUI_PYTHON", sys.executable), env)
+
+
+@dataclass(frozen=True)
+class ComfyServer:
+    """A running ComfyUI with the pack loaded from this checkout and the tiny model files."""
+
+    url: str
+    output_dir: Path
+    models_dir: Path
+    log_path: Path
+    screenshot_dir: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TINY_MODELS = {
+    "dit": "echo_forcing_tiny_dit.safetensors",
+    "dit_pt": "echo_forcing_tiny_selfforcing.pt",
+    "lora": "echo_forcing_tiny_longlive_lora.pt",
+    "clip": "echo_forcing_tiny_clip_l.safetensors",
+    "vae": "echo_forcing_tiny_wan21_vae.safetensors",
+}
+"""The files ``python -m echo_forcing tiny-models`` writes (the CLIP-L one loads with CLIPLoader type sd3)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, str]:
+    return dict(TINY_MODELS)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
+    """Start a real ComfyUI on 127.0.0.1 (a free port) with the pack loaded from this checkout through an
+    extra_model_paths entry, the tiny model files from the pack's own command, and outputs in a temp folder.
+    Screenshots go to ECHO_SCREENSHOT_DIR if set (else a temp folder)."""
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("comfy_server")
+    models = root / "models"
+    made = subprocess.run([sys.executable, "-m", "echo_forcing", "tiny-models", str(models)], capture_output=True,
+                          text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    packs = root / "custom_nodes"
+    packs.mkdir()
+    (root / "user").mkdir()
+    (packs / "EchoForcingUnderTest").symlink_to(Path(__file__).resolve().parent.parent, target_is_directory=True)
+    yaml = root / "extra_model_paths.yaml"
+    yaml.write_text("echo_forcing_tests:\n"
+                    f"    base_path: {models}\n"
+                    "    diffusion_models: diffusion_models\n    text_encoders: text_encoders\n    vae: vae\n"
+                    f"    loras: loras\n    custom_nodes: {packs}\n", encoding="utf-8")
+    port = _free_port()
+    log_path = root / "comfyui.log"
+    screenshots = Path(os.environ.get("ECHO_SCREENSHOT_DIR") or root / "screenshots")
+    screenshots.mkdir(parents=True, exist_ok=True)
+    env = dict(comfy_host.env)
+    env["PYTHONPATH"] = os.environ.get("COMFYUI_EXTRA_PYTHONPATH", "")
+    cmd = [comfy_host.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--extra-model-paths-config", str(yaml), "--output-directory",
+           str(root / "output"), "--user-directory", str(root / "user"), "--database-url", "sqlite:///:memory:"]
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(cmd, cwd=comfy_host.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    server = ComfyServer(url, root / "output", models, log_path, screenshots, process)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{server.log()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url + "/system_stats", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not answer within 120 s:\n{server.log()[-4000:]}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,305 @@
+"""Real host: a ComfyUI server with the pack loaded from this checkout, driven through its HTTP API and
+websocket exactly as the frontend and the batch command drive it (DESIGN §7.3).
+
+Every shipped API workflow is queued with the model names swapped for the tiny files of
+``python -m echo_forcing tiny-models`` (the CLIP-L-shaped text encoder loads with CLIPLoader type "sd3",
+which pads to the DiT's 4096-wide text), a 32x32 frame and short shots: the random full-size Wan VAE
+decodes about two frames a second on two CPU cores, so a six-shot video of 10 s shots (961 frames) would
+take minutes to decode. Everything else runs as shipped. Runs only when COMFYUI_DIR is set (see
+conftest.comfy_server); CI has no ComfyUI and skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+
+ROOT = Path(__file__).resolve().parent.parent
+API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
+NODE_IDS = {"EchoForcingLoadCausalDiT", "EchoForcingScenePrompt", "EchoForcingSceneScript", "EchoForcingMemoryConfig",
+            "EchoForcingSceneRecallPool", "EchoForcingSampler", "EchoForcingSaveScenePool"}
+WIDTH, HEIGHT = 32, 32
+SHOT_SECONDS = 0.75
+"""One block (12 frames at 16 fps) per shot."""
+_TAG = re.compile(r"\[(\d+\.?\d*)\s*s([#@]?)\]")
+
+pytestmark = pytest.mark.comfyui
+
+
+def tiny_workflow(path: Path, models: dict[str, str], seconds: float | None = SHOT_SECONDS) -> dict:
+    """An API workflow with the tiny model files, a small frame size and ``seconds`` per shot (None: as shipped)."""
+    prompt = json.loads(path.read_text(encoding="utf-8"))
+    for node in prompt.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "EchoForcingLoadCausalDiT":
+            inputs["ckpt_name"] = models["dit"]
+        elif kind == "UNETLoader":
+            inputs["unet_name"] = models["dit"]
+        elif kind == "CLIPLoader":
+            inputs["clip_name"], inputs["type"] = models["clip"], "sd3"
+        elif kind == "VAELoader":
+            inputs["vae_name"] = models["vae"]
+        elif kind == "EchoForcingSampler":
+            inputs["width"], inputs["height"] = WIDTH, HEIGHT
+        elif kind == "EchoForcingScenePrompt" and seconds is not None:
+            inputs["duration"] = seconds
+        elif kind == "EchoForcingSceneScript" and seconds is not None:
+            inputs["script"] = _TAG.sub(lambda m: f"[{seconds:g}s{m.group(2)}]", inputs["script"])
+    return prompt
+
+
+def node_of(prompt: dict, class_type: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
+async def _run(url: str, prompt: dict, on_event=None, timeout: float = 900) -> tuple[int, dict, list]:
+    """POST the prompt and collect websocket events until it ends. Returns (HTTP status, POST answer, events)."""
+    client_id = uuid.uuid4().hex
+    events: list[tuple[str, dict]] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as answer:
+                status, body = answer.status, await answer.json()
+            if status != 200:
+                return status, body, events
+            prompt_id = body["prompt_id"]
+
+            async def follow():
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(msg.data)
+                    event = (data["type"], data.get("data") or {})
+                    if event[1].get("prompt_id") not in (None, prompt_id):
+                        continue
+                    events.append(event)
+                    if on_event is not None:
+                        await on_event(session, event)
+                    if event[0] in ("execution_success", "execution_error", "execution_interrupted"):
+                        return
+            await asyncio.wait_for(follow(), timeout)
+    return status, body, events
+
+
+def run(url: str, prompt: dict, on_event=None) -> tuple[int, dict, list]:
+    return asyncio.run(_run(url, prompt, on_event))
+
+
+def get(url: str, path: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url + path, timeout=60) as answer:
+        return answer.read()
+
+
+def test_every_node_registers_without_import_errors(comfy_server):
+    info = json.loads(get(comfy_server.url, "/object_info"))
+    assert NODE_IDS <= set(info), NODE_IDS - set(info)
+    for node_id in NODE_IDS:
+        node = info[node_id]
+        assert node["category"] == "video/echo_forcing"
+        assert node["description"]
+        for group in ("required", "optional"):
+            for name, spec in node["input"].get(group, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    log = comfy_server.log()
+    assert "EchoForcingUnderTest" in log  # loaded from this checkout through the extra_model_paths entry
+    bad = [line for line in log.splitlines() if ("IMPORT FAILED" in line or "Cannot import" in line)
+           and "EchoForcing" in line]
+    assert not bad, bad
+    assert json.loads(get(comfy_server.url, "/models/diffusion_models")) == sorted(
+        json.loads(get(comfy_server.url, "/models/diffusion_models")))
+    assert "causal_dit" in json.loads(get(comfy_server.url, "/models"))
+    extensions = json.loads(get(comfy_server.url, "/extensions"))
+    assert any(e.startswith("/extensions/EchoForcingUnderTest/") and e.endswith(".js") for e in extensions)
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=[p.stem for p in API_WORKFLOWS])
+def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, path):
+    prompt = tiny_workflow(path, tiny_models)
+    status, body, events = run(comfy_server.url, prompt)
+    assert status == 200 and body["node_errors"] == {}, body
+    kinds = [k for k, _ in events]
+    errors = [d for k, d in events if k == "execution_error"]
+    assert kinds[-1] == "execution_success", errors[:1] or kinds[-5:]
+
+    sampler = node_of(prompt, "EchoForcingSampler")
+    plan = next(d for k, d in events if k == "echo_forcing.plan")
+    total = plan["total_blocks"]
+    assert plan["node"] == sampler and sum(s["blocks"] for s in plan["scenes"]) == total
+    progress = [d for k, d in events if k == "progress" and d.get("node") == sampler]
+    assert [p["value"] for p in progress] == list(range(1, total + 1))  # one progress event per block
+    blocks = [d["block"] for k, d in events if k == "echo_forcing.block"]
+    assert blocks == list(range(total))
+    shots = len(plan["scenes"])
+    assert len([k for k in kinds if k == "echo_forcing.switch"]) == shots - 1
+
+    executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
+    timeline = executed[sampler]["echo_timeline"][0]
+    assert timeline["total_blocks"] == total and len(timeline["scenes"]) == shots
+    saved = executed[node_of(prompt, "SaveVideo")]
+    files = saved.get("images") or saved.get("videos")
+    assert files and files[0]["filename"].endswith(".mp4")
+    video = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**files[0]))
+    assert video[4:8] == b"ftyp" and len(video) > 1000  # an mp4 container, fetched through /view
+
+    history = json.loads(get(comfy_server.url, f"/history/{body['prompt_id']}"))[body["prompt_id"]]
+    assert history["status"]["status_str"] == "success"
+    if "EchoForcingSaveScenePool" in {n["class_type"] for n in prompt.values()}:
+        text = executed[node_of(prompt, "EchoForcingSaveScenePool")]["text"][0]
+        assert text.startswith(f"saved {shots} scenes")
+        assert (comfy_server.output_dir / "echo_forcing" / "scene_pools" / "recall_abcabc.safetensors").is_file()
+
+
+def test_cancel_stops_a_long_run_between_blocks_and_the_next_run_succeeds(comfy_server, tiny_models):
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=None)
+    sampler = node_of(prompt, "EchoForcingSampler")
+    finished = []
+
+    async def interrupt_after_two_blocks(session, event):
+        if event[0] == "echo_forcing.block":
+            finished.append(event[1]["block"])
+            if len(finished) == 2:
+                async with session.post(f"{comfy_server.url}/interrupt", json={}) as answer:
+                    assert answer.status == 200
+
+    status, _, events = run(comfy_server.url, prompt, interrupt_after_two_blocks)
+    assert status == 200
+    kind, data = events[-1]
+    assert kind == "execution_interrupted" and data["node_id"] == sampler, events[-3:]
+    total = next(d["total_blocks"] for k, d in events if k == "echo_forcing.plan")
+    assert total == 80 and 2 <= len(finished) <= 3 < total  # stopped at the next check, within one block
+    # the same graph queued again (shorter, so the VAE decode stays quick) runs from scratch and succeeds
+    again = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=1.5)
+    status, _, events = run(comfy_server.url, again)
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [0, 1]
+
+
+def test_a_bad_scene_script_is_refused_at_submit_with_the_parser_message(comfy_server, tiny_models):
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_hard_cut.json"), tiny_models)
+    script = node_of(prompt, "EchoForcingSceneScript")
+    prompt[script]["inputs"]["script"] = "a fox in the snow [10x] | a lighthouse [5s]"
+    status, body, _ = run(comfy_server.url, prompt)
+    assert status == 400
+    error = body["node_errors"][script]["errors"][0]
+    assert error["type"] == "custom_validation_failed"
+    assert "bad scene script: scene 1" in error["details"] and "[10x]" in error["details"]
+
+
+def test_a_missing_model_file_is_refused_at_submit_naming_the_file(comfy_server, tiny_models):
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_smooth.json"), tiny_models)
+    loader = node_of(prompt, "EchoForcingLoadCausalDiT")
+    prompt[loader]["inputs"]["ckpt_name"] = "self_forcing_dmd.pt"
+    status, body, _ = run(comfy_server.url, prompt)
+    assert status == 400
+    details = json.dumps(body["node_errors"][loader])
+    assert "self_forcing_dmd.pt" in details and "was not found in models/causal_dit or models/diffusion_models" \
+        in details
+
+
+def test_a_wrong_text_encoder_fails_before_any_block_with_a_clear_error(comfy_server, tiny_models):
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_smooth.json"), tiny_models)
+    clip = node_of(prompt, "CLIPLoader")
+    prompt[clip]["inputs"]["type"] = "stable_diffusion"  # 768-wide CLIP-L output; the DiT takes 4096
+    status, _, events = run(comfy_server.url, prompt)
+    assert status == 200
+    kind, data = events[-1]
+    assert kind == "execution_error" and data["node_type"] == "EchoForcingSampler"
+    assert "text encoding is 768 wide but the model takes 4096" in data["exception_message"]
+    assert not [k for k, _ in events if k == "echo_forcing.block"]
+
+
+def test_batch_command_runs_prompt_lines_through_the_real_queue(comfy_server, tiny_models, tmp_path):
+    workflow = tmp_path / "hard_cut_tiny.json"
+    workflow.write_text(json.dumps(tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_hard_cut.json"), tiny_models)),
+                        encoding="utf-8")
+    prompts = tmp_path / "story.txt"
+    prompts.write_text("# two videos\n"
+                       "a fox in the snow [0.75s#] | a lighthouse at night [0.75s]; fox | light\n"
+                       "\n"
+                       "a red kite over a beach [0.75s] | the kite dips towards the waves [0.75s]\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "echo_forcing", "queue", str(prompts), "--server", comfy_server.url,
+           "--workflow", str(workflow), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    state = json.loads((out / "queue-state.json").read_text(encoding="utf-8"))
+    records = sorted(state["lines"].values(), key=lambda r: r["line"]) if "lines" in state else state
+    videos = sorted(out.glob("story-*/**/*.mp4"))
+    assert [p.parent.relative_to(out).parts[0] for p in videos] == ["story-0002", "story-0004"], records
+    assert all(p.read_bytes()[4:8] == b"ftyp" for p in videos)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # resume: nothing left to do
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert sorted(out.glob("story-*/**/*.mp4")) == videos
+    assert "skip" in again.stdout.lower() or "done" in again.stdout.lower(), again.stdout
+
+
+def test_the_workflow_generator_knows_the_real_node_definitions(comfy_server):
+    from echo_forcing.cli.workflows import DEFS
+
+    info = json.loads(get(comfy_server.url, "/object_info"))
+    for node_type, definition in DEFS.items():
+        order = info[node_type]["input_order"]
+        assert [n for n, _ in definition.inputs] == order.get("required", []) + order.get("optional", []), node_type
+        assert [(n, t) for n, t in definition.outputs] == list(zip(info[node_type]["output_name"],
+                                                                  info[node_type]["output"], strict=True)), node_type
+
+
+def _report(events: list, prompt: dict) -> dict:
+    executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
+    return executed[node_of(prompt, "EchoForcingSampler")]["echo_timeline"][0]
+
+
+def test_core_unet_loader_model_and_research_checkpoint_with_lora_give_the_same_latents_path(comfy_server,
+                                                                                              tiny_models):
+    """The sampler takes a MODEL from core Load Diffusion Model; Load Causal DiT reads the research .pt + LoRA."""
+    base = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=1.5)
+    loader = node_of(base, "EchoForcingLoadCausalDiT")
+    core = json.loads(json.dumps(base))
+    core[loader] = {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_models["dit"], "weight_dtype": "default"}}
+    research = json.loads(json.dumps(base))
+    research[loader]["inputs"].update(ckpt_name=tiny_models["dit_pt"], lora_name=tiny_models["lora"])
+    for prompt in (core, research):
+        status, body, events = run(comfy_server.url, prompt)
+        assert status == 200 and events[-1][0] == "execution_success", (body, events[-3:])
+        assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [0, 1]
+
+
+def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models):
+    pools = comfy_server.output_dir / "echo_forcing" / "scene_pools"
+    if not (pools / "recall_abcabc.safetensors").is_file():
+        status, _, events = run(comfy_server.url, tiny_workflow(API_WORKFLOWS[0].with_name("recall_abcabc.json"),
+                                                                tiny_models))
+        assert status == 200 and events[-1][0] == "execution_success"
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("recall_abcabc.json"), tiny_models)
+    pool_in = node_of(prompt, "EchoForcingSceneRecallPool")
+    prompt[pool_in]["inputs"]["pool"] = "recall_abcabc"
+    shots = [k for k, v in prompt.items() if v["class_type"] == "EchoForcingScenePrompt"]
+    # keep shots 1 and 2 only: a new place, then a recall of the greenhouse of the EARLIER job
+    prompt[node_of(prompt, "EchoForcingSampler")]["inputs"]["scenes"] = [shots[1], 0]
+    prompt[shots[1]]["inputs"].update(transition="recall", recall_target="greenhouse", label="later")
+    prompt[shots[0]]["inputs"]["label"] = "new place"
+    prompt[node_of(prompt, "EchoForcingSaveScenePool")]["inputs"]["name"] = "later_job"
+    for key in shots[2:]:
+        del prompt[key]
+    status, body, events = run(comfy_server.url, prompt)
+    assert status == 200 and events[-1][0] == "execution_success", (body, events[-3:])
+    second = _report(events, prompt)["scenes"][1]
+    assert (second["mode"], second["recalled"]) == ("recall", "greenhouse")
+    switch = next(d for k, d in events if k == "echo_forcing.switch")
+    assert switch["recalled"] == "greenhouse" and switch["mode"] == "recall"
+    assert (pools / "later_job.safetensors").is_file()
+    bad = json.loads(json.dumps(prompt))
+    bad[pool_in]["inputs"]["pool"] = "../../secrets"
+    status, body, _ = run(comfy_server.url, bad)
+    assert status == 400 and "invalid scene pool name" in json.dumps(body["node_errors"][pool_in])
