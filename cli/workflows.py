@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,7 +249,7 @@ def _size(node: Node) -> list[int]:
     if node.type == "EchoForcingSceneScript":
         return [440, 420]
     if node.type == "EchoForcingSampler":
-        return [340, 420]
+        return [440, 440]
     return [320, 60 + 26 * len([i for i in DEFS[node.type].inputs if i[1].startswith(W)]) + 26]
 
 
@@ -299,7 +300,7 @@ def ui_format(flow: Workflow) -> dict:
             node["title"] = n.title
         nodes.append(node)
     return {
-        "id": f"echo-forcing-{flow.name.replace('_', '-')}",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"echo-forcing/workflows/{flow.name}")),  # the frontend wants a UUID
         "revision": 0,
         "last_node_id": len(nodes),
         "last_link_id": len(links),

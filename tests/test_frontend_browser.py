@@ -1,0 +1,495 @@
+"""The pack in the real ComfyUI frontend, driven by headless Chromium (selenium).
+
+* Every UI-format workflow in ``workflows/*.json`` loads with no missing node types and no schema alert,
+  ``app.graphToPrompt()`` turns it into exactly its API twin ``workflows/api/<same name>`` (class types and
+  inputs; seeds and ``_meta`` ignored), which proves the UI file's positional ``widgets_values``; the scene
+  timeline on every Autoregressive Sampler is drawn with the shots, blocks and transitions that the Python
+  side (``pipeline/scene_script.py``) computes for the same inputs. Screenshots: the whole graph and a
+  close-up of each sampler, into ``comfy_server.screenshot_dir``.
+* The timeline's own logic: the script parser and block plan against the Python parser, the live updates
+  from the sampler's websocket events (``echo_forcing.plan`` / ``.block`` / ``.switch``, core ``progress``,
+  ``execution_interrupted``) and from its ``onExecuted`` result, dispatched by hand; then a real run of a
+  tiny three-shot script queued from the browser (the ``tiny_models`` files), followed event by event.
+
+Needs the ``comfy_server`` fixture (a running ComfyUI with the pack), selenium, chromium and chromedriver;
+skips with the reason when one is missing. ``CHROMIUM`` / ``CHROMEDRIVER`` may name the binaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from echo_forcing.pipeline.scene_script import Scene, Transition, parse_scene_script, scene_block_counts
+
+pytestmark = pytest.mark.comfyui
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+SAMPLER = "EchoForcingSampler"
+SEED_INPUTS = {"seed", "noise_seed"}
+PAGE_READY_S = 60
+
+
+def _is_ui_workflow(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # let the test report the broken file
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list)
+
+
+UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if _is_ui_workflow(p))
+
+
+# ------------------------------------------------------------------------------------------- browser
+
+
+def _find_binary(env: str, names: tuple[str, ...]) -> str | None:
+    """The binary named by the environment variable ``env`` (None if that file is missing), else on PATH."""
+    if os.environ.get(env):
+        return os.environ[env] if Path(os.environ[env]).is_file() else None
+    return next((shutil.which(name) for name in names if shutil.which(name)), None)
+
+
+class Page:
+    """The ComfyUI frontend in one headless Chromium tab."""
+
+    def __init__(self, driver, server):
+        self.driver = driver
+        self.server = server  # the comfy_server fixture's object (url, screenshot_dir, ...)
+        self.url = server.url
+
+    def open(self) -> None:
+        """(Re)load the frontend and wait until ``window.app`` has a graph and a canvas."""
+        self.driver.get(self.url)
+        deadline = time.monotonic() + PAGE_READY_S
+        while time.monotonic() < deadline:
+            if self.driver.execute_script(
+                    "return !!(window.app && app.graph && app.canvas && window.LiteGraph && app.api)"):
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"the ComfyUI frontend at {self.url} did not come up within {PAGE_READY_S} s")
+        self.run("await new Promise((resolve) => setTimeout(resolve, 500));")  # extensions' setup()
+
+    def run(self, body: str, *args):
+        """Run ``body`` as an async JS function body (``args`` as ``args[i]``); return its JSON result."""
+        script = (
+            "const done = arguments[arguments.length - 1];"
+            "const args = Array.from(arguments).slice(0, -1);"
+            f"(async () => {{ {body} }})().then("
+            "  (value) => done({ ok: JSON.stringify(value === undefined ? null : value) }),"
+            "  (error) => done({ error: String((error && error.stack) || error) }));"
+        )
+        answer = self.driver.execute_async_script(script, *args)
+        if "error" in answer:
+            raise AssertionError(f"JavaScript failed: {answer['error']}")
+        return json.loads(answer["ok"])
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert self.driver.save_screenshot(str(path)), f"screenshot {path} failed"
+
+
+@pytest.fixture(scope="module")
+def page(request):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test: pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = _find_binary("CHROMIUM", ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))
+    chromedriver = _find_binary("CHROMEDRIVER", ("chromedriver",))
+    if not chromium or not chromedriver:
+        pytest.skip("browser test: chromium and chromedriver are needed (apt-get install chromium chromium-driver, "
+                    "or set CHROMIUM / CHROMEDRIVER)")
+    server = request.getfixturevalue("comfy_server")
+    # Nothing over the canvas: no "Get started" templates, no missing-model downloads (the test has no real
+    # model files; missing node types are checked on their own), no minimap; and no workflow restored from the
+    # previous page (each test starts clean). Stored per user on the server.
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+                "Comfy.Minimap.Visible": False, "Comfy.Workflow.Persist": False}
+    urllib.request.urlopen(urllib.request.Request(server.url + "/settings", data=json.dumps(settings).encode(),
+                                                  method="POST"), timeout=30).read()
+    profile = request.getfixturevalue("tmp_path_factory").mktemp("chromium-profile")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", f"--user-data-dir={profile}", "--window-size=1600,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        driver.set_script_timeout(60)
+        yield Page(driver, server)
+    finally:
+        driver.quit()
+
+
+# --------------------------------------------------------------------------------- JavaScript helpers
+
+# Fit the canvas to all nodes (or to the given node ids), draw one frame synchronously, and return what
+# the timeline widget of every sampler last drew.
+DRAW_AND_READ = """
+const [ids, zoom] = args;
+const nodes = ids ? ids.map((id) => app.graph.getNodeById(id)) : app.graph.nodes;
+let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+for (const node of nodes) {
+    x0 = Math.min(x0, node.pos[0]); y0 = Math.min(y0, node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+    x1 = Math.max(x1, node.pos[0] + node.size[0]); y1 = Math.max(y1, node.pos[1] + node.size[1]);
+}
+if (nodes.length) app.canvas.ds.fitToBounds([x0 - 20, y0 - 20, x1 - x0 + 40, y1 - y0 + 40], { zoom });
+app.canvas.setDirty(true, true);
+app.canvas.draw(true, true);
+await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+return app.graph.nodes.filter((node) => node.type === "EchoForcingSampler").map((node) => {
+    const widget = node.widgets?.find((w) => w.name === "echo_timeline");
+    return { id: node.id, hasWidget: !!widget, drawCount: widget?.drawCount ?? 0,
+             state: widget?.lastState ?? null, text: widget?.lastText ?? null };
+});
+"""
+
+DISPATCH = """
+const [type, detail] = args;
+if (app.api.dispatchCustomEvent) app.api.dispatchCustomEvent(type, detail);
+else app.api.dispatchEvent(new CustomEvent(type, { detail }));
+"""
+
+
+def _sampler(page: Page, node_id: int, zoom: float = 0.9) -> dict:
+    samplers = {s["id"]: s for s in page.run(DRAW_AND_READ, [node_id], zoom)}
+    return samplers[node_id]
+
+
+def _shots(state: dict) -> list[tuple]:
+    return [((s["label"] or "").strip(), s["seconds"], s["blocks"], s["transition"]) for s in state["scenes"]]
+
+
+# --------------------------------------------------------------------------- expectations from Python
+
+
+def _entry_name(scene: Scene, index: int) -> str:
+    if index == 0:
+        return "start"
+    return "hard cut" if scene.entry is Transition.HARD_CUT else scene.entry.value
+
+
+def _script_shots(script: str, fps: float) -> list[tuple]:
+    scenes = parse_scene_script(script)
+    counts = scene_block_counts(scenes, fps)
+    return [((s.label or ""), s.duration, n, _entry_name(s, i))
+            for i, (s, n) in enumerate(zip(scenes, counts, strict=True))]
+
+
+def _expected_shots(api: dict, sampler_id: str) -> list[tuple] | None:
+    """(label, seconds, blocks, transition) per shot the sampler will generate; None when not knowable here."""
+    inputs = api[sampler_id]["inputs"]
+    fps = float(inputs.get("fps", 16))
+    link = inputs.get("scenes")
+    if not isinstance(link, list):
+        return []
+    head = api[str(link[0])]
+    if head["class_type"] == "EchoForcingSceneScript":
+        script = head["inputs"].get("script")
+        return _script_shots(script, fps) if isinstance(script, str) else None
+    if head["class_type"] != "EchoForcingScenePrompt":
+        return None
+    chain = []
+    node = head
+    while node is not None and node["class_type"] == "EchoForcingScenePrompt":
+        chain.insert(0, node["inputs"])
+        previous = node["inputs"].get("previous")
+        node = api[str(previous[0])] if isinstance(previous, list) else None
+    scenes = [Scene(prompt="shot", duration=float(p["duration"]), entry=None if i == 0 else Transition.SMOOTH)
+              for i, p in enumerate(chain)]
+    counts = scene_block_counts(scenes, fps)
+    return [((p.get("label") or "").strip(), float(p["duration"]), n, "start" if i == 0 else p["transition"])
+            for i, (p, n) in enumerate(zip(chain, counts, strict=True))]
+
+
+def _comparable(prompt: dict) -> dict:
+    """API prompt without ``_meta`` and seed values: {node id: (class_type, inputs)}."""
+    return {str(node_id): (node["class_type"], {k: v for k, v in node.get("inputs", {}).items()
+                                                if k not in SEED_INPUTS})
+            for node_id, node in prompt.items()}
+
+
+def _node_types(ui: dict) -> set[str]:
+    subgraphs = (ui.get("definitions") or {}).get("subgraphs") or []
+    subgraph_ids = {s.get("id") for s in subgraphs}
+    nodes = list(ui["nodes"]) + [n for s in subgraphs for n in s.get("nodes", [])]
+    return {n["type"] for n in nodes if n.get("type") not in subgraph_ids}
+
+
+# ---------------------------------------------------------------------------------------- workflows
+
+
+@pytest.mark.parametrize("workflow", UI_WORKFLOWS or [None], ids=[p.name for p in UI_WORKFLOWS] or ["none"])
+def test_workflow_loads_converts_and_draws_timeline(workflow, request):
+    if workflow is None:
+        pytest.fail(f"no UI-format workflow (a JSON object with a 'nodes' list) in {WORKFLOWS}")
+    ui_text = workflow.read_text(encoding="utf-8")
+    ui = json.loads(ui_text)
+    api_path = WORKFLOWS / "api" / workflow.name
+    assert api_path.is_file(), f"{workflow.name}: its API-format twin {api_path.relative_to(ROOT)} is missing"
+    api = json.loads(api_path.read_text(encoding="utf-8"))
+
+    page: Page = request.getfixturevalue("page")  # skips without a browser or a server
+    server = page.server
+    page.open()
+    registered = set(page.run("return Object.keys(LiteGraph.registered_node_types);"))
+    missing = sorted(_node_types(ui) - registered)
+    assert not missing, f"{workflow.name}: node types not registered in the frontend: {missing}"
+
+    alert = "Invalid workflow against zod schema"
+    before = page.run("return document.body.innerText;").count(alert)
+    page.run("await app.loadGraphData(JSON.parse(args[0]), true, true, args[1]);", ui_text, workflow.name)
+    text = page.run("await new Promise((resolve) => setTimeout(resolve, 300)); return document.body.innerText;")
+    rejected = text.count(alert) > before
+    assert not rejected, f"{workflow.name}: the frontend's schema check rejects it: {text[text.rfind(alert):][:400]}"
+
+    output = page.run("return (await app.graphToPrompt()).output;")
+    got, want = _comparable(output), _comparable(api)
+    assert got.keys() == want.keys(), f"{workflow.name}: node ids differ from {api_path.name}: UI gives " \
+        f"{sorted(got)}, API file has {sorted(want)}"
+    for node_id in sorted(want, key=lambda k: (len(k), k)):
+        assert got[node_id] == want[node_id], (
+            f"{workflow.name}: node {node_id} differs from {api_path.name} (the UI widgets_values are "
+            f"probably out of order)\n  UI  gives {got[node_id]}\n  API has   {want[node_id]}")
+
+    # The timeline widget is not serialized: the samplers' widgets_values round-trip unchanged.
+    saved = {str(n["id"]): n.get("widgets_values") for n in page.run("return app.graph.serialize().nodes;")}
+    for node in ui["nodes"]:
+        if node["type"] == SAMPLER:
+            assert saved[str(node["id"])] == node.get("widgets_values"), f"{workflow.name}: sampler {node['id']}"
+
+    samplers = {str(s["id"]): s for s in page.run(DRAW_AND_READ, None, 0.9)}
+    assert set(samplers) == {k for k, v in api.items() if v["class_type"] == SAMPLER}
+    for node_id, sampler in samplers.items():
+        assert sampler["hasWidget"], f"{workflow.name}: sampler {node_id} has no echo_timeline widget"
+        assert sampler["drawCount"] > 0, f"{workflow.name}: the timeline of sampler {node_id} was never drawn"
+        expected = _expected_shots(api, node_id)
+        if expected is not None:
+            assert _shots(sampler["state"]) == expected, f"{workflow.name}: sampler {node_id} timeline"
+    page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}.png")
+    for node_id in samplers:  # a close-up where the timeline is readable
+        _sampler(page, int(node_id), zoom=0.6)
+        page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}_sampler{node_id}.png")
+
+
+# ------------------------------------------------------------------------------------ timeline logic
+
+BUILD_CHAIN = """
+const [durations, transitions, labels] = args;
+app.graph.clear();
+const add = (type, x, y) => { const node = LiteGraph.createNode(type); node.pos = [x, y]; app.graph.add(node);
+                              return node; };
+const set = (node, name, value) => { node.widgets.find((w) => w.name === name).value = value; };
+let previous = null;
+const prompts = durations.map((duration, i) => {
+    const node = add("EchoForcingScenePrompt", 20 + 360 * i, 20);
+    set(node, "text", `scene ${i + 1}`); set(node, "duration", duration);
+    set(node, "transition", transitions[i]); set(node, "label", labels[i]);
+    if (previous) previous.connect(0, node, node.findInputSlot("previous"));
+    previous = node;
+    return node.id;
+});
+const sampler = add("EchoForcingSampler", 20, 420);
+if (previous) previous.connect(0, sampler, sampler.findInputSlot("scenes"));
+return { prompts, sampler: sampler.id };
+"""
+
+BUILD_SCRIPT = """
+app.graph.clear();
+const script = LiteGraph.createNode("EchoForcingSceneScript"); script.pos = [20, 20]; app.graph.add(script);
+const sampler = LiteGraph.createNode("EchoForcingSampler"); sampler.pos = [420, 20]; app.graph.add(sampler);
+script.connect(0, sampler, sampler.findInputSlot("scenes"));
+return { script: script.id, sampler: sampler.id };
+"""
+
+SET_WIDGET = "app.graph.getNodeById(args[0]).widgets.find((w) => w.name === args[1]).value = args[2];"
+
+
+def test_timeline_follows_live_events_and_result(page):
+    page.open()
+    ids = page.run(BUILD_CHAIN, [10, 10, 10], ["smooth", "hard cut", "auto"], ["Lighthouse", "", "Sea"])
+    node = ids["sampler"]
+    planned = _sampler(page, node)
+    assert planned["drawCount"] > 0
+    assert planned["state"]["source"] == "prompts"
+    assert _shots(planned["state"]) == [("Lighthouse", 10, 13, "start"), ("", 10, 13, "hard cut"),
+                                        ("Sea", 10, 14, "auto")]
+    assert planned["text"]["status"] == "planned: 3 shots · 30 s · 40 blocks"
+
+    # The server's plan wins over the local estimate (deliberately different numbers here).
+    plan = {"node": str(node), "prompt_id": "p1", "total_blocks": 40, "scenes": [
+        {"index": 0, "label": "Lighthouse", "seconds": 10, "blocks": 12, "first_block": 0, "transition": "start"},
+        {"index": 1, "label": "shot 2", "seconds": 10, "blocks": 14, "first_block": 12, "transition": "hard cut"},
+        {"index": 2, "label": "Sea", "seconds": 10, "blocks": 14, "first_block": 26, "transition": "auto"}]}
+    page.run(DISPATCH, "echo_forcing.plan", plan)
+    page.run(DISPATCH, "echo_forcing.plan", {**plan, "node": str(node + 100), "total_blocks": 7})  # other node
+    state = _sampler(page, node)["state"]
+    assert state["source"] == "server"
+    assert [(s["blocks"], s["first_block"]) for s in state["scenes"]] == [(12, 0), (14, 12), (14, 26)]
+    assert state["run"]["phase"] == "running" and state["run"]["block"] == -1
+
+    page.run(DISPATCH, "echo_forcing.block", {"node": str(node), "prompt_id": "p1", "block": 20, "total": 40,
+                                              "scene": 1, "seconds": 12.5})
+    page.run(DISPATCH, "progress", {"node": str(node), "prompt_id": "p1", "value": 3, "max": 40})  # plan wins
+    drawn = _sampler(page, node)
+    assert drawn["state"]["run"] == {"phase": "running", "block": 20, "total": 40, "scene": 1, "seconds": 12.5,
+                                     "elapsed": 12.5, "timed": 1}
+    assert drawn["text"]["status"] == "21/40 blocks · shot 2 · 12.5 s/block · ~238 s left"
+
+    page.run(DISPATCH, "echo_forcing.switch", {"node": str(node), "prompt_id": "p1", "scene": 2, "mode": "recall",
+                                               "recalled": "Lighthouse", "similarity": 0.5912})
+    drawn = _sampler(page, node)
+    assert drawn["state"]["scenes"][2]["mode"] == "recall"
+    assert drawn["text"]["notes"] == ["auto ↩ Lighthouse (0.59)"]
+    page.screenshot(Path(page.server.screenshot_dir) / "timeline_live_running.png")
+
+    result = {"echo_timeline": [{"total_blocks": 40, "scenes": [
+        {**plan["scenes"][0], "mode": "start", "recalled": None, "similarity": None, "seconds_taken": 30.0},
+        {**plan["scenes"][1], "mode": "hard cut", "recalled": None, "similarity": None, "seconds_taken": 35.0},
+        {**plan["scenes"][2], "mode": "hard cut", "recalled": None, "similarity": None, "seconds_taken": 35.5}]}],
+        "text": ["40 blocks"]}
+    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    done = _sampler(page, node)
+    assert done["state"]["source"] == "result"
+    assert done["state"]["run"]["phase"] == "done"
+    assert done["text"]["status"] == "done: 40 blocks in 100.5 s"
+    assert done["text"]["notes"] == ["auto→hard cut"]
+    page.screenshot(Path(page.server.screenshot_dir) / "timeline_live_done.png")
+
+    # A run of another prompt without a plan event (an older server): core progress drives the marker;
+    # an interrupt stops it.
+    page.run(DISPATCH, "progress", {"node": str(node), "prompt_id": "p2", "value": 5, "max": 40})
+    state = _sampler(page, node)["state"]
+    assert state["source"] == "prompts" and state["run"]["phase"] == "running" and state["run"]["block"] == 4
+    page.run(DISPATCH, "execution_interrupted", {"prompt_id": "p2", "node_id": str(node)})
+    drawn = _sampler(page, node)
+    assert drawn["state"]["run"]["phase"] == "stopped"
+    assert drawn["text"]["status"] == "stopped: 5/40 blocks done"
+
+    # Editing a shot upstream replaces the finished run by the new plan at once.
+    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    page.run(SET_WIDGET, ids["prompts"][1], "duration", 5)
+    state = _sampler(page, node)["state"]
+    assert state["source"] == "prompts"
+    assert _shots(state) == [("Lighthouse", 10, 13, "start"), ("", 5, 6, "hard cut"), ("Sea", 10, 15, "auto")]
+
+
+SCRIPTS = [
+    "A keeper climbs a lighthouse [10s#] | A night market [10s@] | Back in the lighthouse, the keeper lights "
+    "the lamp [10s]",
+    "fox in snow [4.5s] | city at night [7 s#] | fox again [6s@] | coda [2s]; Fox | City",
+    "one long take [60s]",
+    "a [10s@] | b [3s#] |",
+    "first [1s] | second [1s] | third [1s] | fourth [1s] ; one | two | three | four | five",
+]
+
+
+@pytest.mark.parametrize("fps", [16, 24])
+def test_script_parser_and_block_plan_match_python(page, fps):
+    page.open()
+    ids = page.run(BUILD_SCRIPT)
+    page.run(SET_WIDGET, ids["sampler"], "fps", fps)
+    for script in SCRIPTS:
+        page.run(SET_WIDGET, ids["script"], "script", script)
+        state = _sampler(page, ids["sampler"])["state"]
+        assert state["source"] == "script"
+        assert _shots(state) == _script_shots(script, fps), script
+
+
+def test_timeline_without_scenes_with_a_broken_script_and_through_a_reroute(page):
+    page.open()
+    lone = page.run("""app.graph.clear(); const node = LiteGraph.createNode("EchoForcingSampler");
+                       app.graph.add(node); return node.id;""")
+    drawn = _sampler(page, lone)
+    assert drawn["drawCount"] > 0 and drawn["state"]["scenes"] == []
+    assert drawn["text"]["status"] == "connect a Scene Prompt or Scene Script to scenes"
+
+    ids = page.run(BUILD_SCRIPT)
+    page.run(SET_WIDGET, ids["script"], "script", "a fox [10s#] | a city without a tag | end [5s]")
+    drawn = _sampler(page, ids["sampler"])
+    assert drawn["state"]["scenes"] == []
+    assert drawn["text"]["status"] == "script: 3 shots? (shot 2 has no [Ns] tag)"
+
+    reroute = page.run("""const reroute = LiteGraph.createNode("Reroute"); reroute.pos = [300, 300];
+                          app.graph.add(reroute); return reroute.id;""")
+    page.run("""const [script, reroute, sampler] = args.map((id) => app.graph.getNodeById(id));
+                script.connect(0, reroute, 0); reroute.connect(0, sampler, sampler.findInputSlot("scenes"));""",
+             ids["script"], reroute, ids["sampler"])
+    page.run(SET_WIDGET, ids["script"], "script", "a fox [10s#] | a city [5s]")
+    assert _shots(_sampler(page, ids["sampler"])["state"]) == _script_shots("a fox [10s#] | a city [5s]", 16)
+
+
+REAL_RUN = """
+const [models, script] = args;
+app.graph.clear();
+const add = (type, x, y, values = {}) => {
+    const node = LiteGraph.createNode(type); node.pos = [x, y]; app.graph.add(node);
+    for (const [name, value] of Object.entries(values)) node.widgets.find((w) => w.name === name).value = value;
+    return node;
+};
+const link = (from, slot, to, name) => from.connect(slot, to, to.findInputSlot(name));
+const dit = add("EchoForcingLoadCausalDiT", 20, 20, { ckpt_name: models.dit });
+const clip = add("CLIPLoader", 20, 260, { clip_name: models.clip, type: "sd3" });
+const shots = add("EchoForcingSceneScript", 20, 420, { script });
+// A fresh seed: an unchanged prompt would come from ComfyUI's cache and send no events at all.
+const sampler = add("EchoForcingSampler", 420, 20, { width: 32, height: 32, seed: Math.floor(Math.random() * 1e9) });
+const preview = add("PreviewAny", 900, 20);
+link(clip, 0, shots, "clip"); link(dit, 0, sampler, "model"); link(shots, 0, sampler, "scenes");
+link(sampler, 2, preview, "source");
+// Listeners added after the extension's run after them: they see the widget's state after each event.
+const widget = sampler.widgets.find((w) => w.name === "echo_timeline");
+window.__echoSeen = [];
+window.__echoEnd = null;
+for (const type of ["echo_forcing.plan", "echo_forcing.block", "echo_forcing.switch"]) {
+    app.api.addEventListener(type, ({ detail }) => window.__echoSeen.push(
+        [type, detail.node, widget.liveState?.source ?? null, widget.liveState?.run?.block ?? null]));
+}
+for (const type of ["execution_success", "execution_error", "execution_interrupted"]) {
+    app.api.addEventListener(type, ({ detail }) => { window.__echoEnd = [type, detail]; });
+}
+await app.queuePrompt(0, 1);
+return sampler.id;
+"""
+
+
+def test_timeline_follows_a_real_run(page, request):
+    """Queue a tiny three-shot script from the browser: the widget follows the sampler's real events."""
+    models = request.getfixturevalue("tiny_models")
+    script = "a lighthouse [1s#] | a market [1s@] | the lighthouse again [1.5s] ; Lighthouse | Market | Back"
+    page.open()
+    node = page.run(REAL_RUN, models, script)
+    deadline = time.monotonic() + 300
+    while (end := page.run("return window.__echoEnd;")) is None:
+        assert time.monotonic() < deadline, "the run did not end within 300 s"
+        time.sleep(0.5)
+    assert end[0] == "execution_success", end
+    seen = page.run("return window.__echoSeen;")
+    drawn = _sampler(page, node)
+    page.screenshot(Path(page.server.screenshot_dir) / "timeline_real_run.png")
+
+    expected = _script_shots(script, 16)
+    total = sum(shot[2] for shot in expected)
+    assert seen[0] == ["echo_forcing.plan", str(node), "server", -1]
+    blocks = [entry[3] for entry in seen if entry[0] == "echo_forcing.block"]
+    assert blocks == list(range(total)), seen
+    assert all(entry[1] == str(node) and entry[2] == "server" for entry in seen)
+    assert [entry[0] for entry in seen].count("echo_forcing.switch") == len(expected) - 1
+
+    state = drawn["state"]
+    assert state["source"] == "result" and state["run"]["phase"] == "done"
+    assert [(s["label"], s["seconds"], s["blocks"], s["transition"]) for s in state["scenes"]] == expected
+    assert [s["mode"] for s in state["scenes"]] == ["start", "hard cut", "recall"]
+    recall = state["scenes"][2]
+    assert recall["recalled"] in ("Lighthouse", "Market") and 0 < recall["similarity"] <= 1.0001
+    assert drawn["text"]["status"].startswith(f"done: {total} blocks")
+    assert drawn["text"]["notes"] == [f"↩ {recall['recalled']} ({recall['similarity']:.2f})"]
