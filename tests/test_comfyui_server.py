@@ -75,6 +75,10 @@ async def _run(url: str, prompt: dict, on_event=None, timeout: float = 900) -> t
 
             async def follow():
                 async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:  # [u32 event][u32 image type][image] (a preview)
+                        events.append(("binary", {"event": int.from_bytes(msg.data[:4], "big"),
+                                                  "jpeg": msg.data[8:10] == b"\xff\xd8"}))
+                        continue
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         continue
                     data = json.loads(msg.data)
@@ -140,6 +144,8 @@ def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, 
     assert [p["value"] for p in progress] == list(range(1, total + 1))  # one progress event per block
     blocks = [d["block"] for k, d in events if k == "echo_forcing.block"]
     assert blocks == list(range(total))
+    previews = [d for k, d in events if k == "binary"]
+    assert previews == [{"event": 1, "jpeg": True}] * total  # one latent2rgb JPEG preview per block
     shots = len(plan["scenes"])
     assert len([k for k in kinds if k == "echo_forcing.switch"]) == shots - 1
 
