@@ -266,19 +266,34 @@ def _report(events: list, prompt: dict) -> dict:
     return executed[node_of(prompt, "EchoForcingSampler")]["echo_timeline"][0]
 
 
-def test_core_unet_loader_model_and_research_checkpoint_with_lora_give_the_same_latents_path(comfy_server,
-                                                                                              tiny_models):
-    """The sampler takes a MODEL from core Load Diffusion Model; Load Causal DiT reads the research .pt + LoRA."""
+def test_same_latents_from_core_unet_loader_and_load_causal_dit_and_research_checkpoints_load(comfy_server,
+                                                                                                tiny_models):
+    """The sampler takes a MODEL from core Load Diffusion Model and gives the same latents as with Load Causal
+    DiT on the same file and on the same weights as a Self-Forcing .pt; the .pt + LongLive LoRA loads too."""
+    from safetensors.torch import load as load_safetensors
+
     base = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=1.5)
-    loader = node_of(base, "EchoForcingLoadCausalDiT")
-    core = json.loads(json.dumps(base))
-    core[loader] = {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_models["dit"], "weight_dtype": "default"}}
-    research = json.loads(json.dumps(base))
-    research[loader]["inputs"].update(ckpt_name=tiny_models["dit_pt"], lora_name=tiny_models["lora"])
-    for prompt in (core, research):
+    loader, sampler = node_of(base, "EchoForcingLoadCausalDiT"), node_of(base, "EchoForcingSampler")
+    variants = {"core": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_models["dit"],
+                                                                "weight_dtype": "default"}},
+                "pack": base[loader],
+                "research": {**base[loader], "inputs": {**base[loader]["inputs"], "ckpt_name": tiny_models["dit_pt"]}},
+                "lora": {**base[loader], "inputs": {**base[loader]["inputs"], "ckpt_name": tiny_models["dit_pt"],
+                                                    "lora_name": tiny_models["lora"]}}}
+    latents = {}
+    for tag, loader_node in variants.items():
+        prompt = {**json.loads(json.dumps(base)), loader: loader_node,
+                  "99": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
+                                                                "filename_prefix": f"echo_forcing/latent_{tag}"}}}
         status, body, events = run(comfy_server.url, prompt)
-        assert status == 200 and events[-1][0] == "execution_success", (body, events[-3:])
-        assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [0, 1]
+        assert status == 200 and events[-1][0] == "execution_success", (tag, body, events[-3:])
+        saved = next(d["output"]["latents"][0] for k, d in events if k == "executed" and d["node"] == "99")
+        data = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**saved))
+        latents[tag] = load_safetensors(data)["latent_tensor"]
+    assert list(latents["core"].shape) == [1, 16, 6, 4, 4]  # raw VAE-space LATENT [B, 16, T, H/8, W/8]
+    assert latents["core"].isfinite().all()
+    assert (latents["core"] == latents["pack"]).all() and (latents["pack"] == latents["research"]).all()
+    assert not (latents["lora"] == latents["research"]).all()  # the LoRA was merged
 
 
 def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models):
