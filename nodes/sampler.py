@@ -166,5 +166,6 @@ class AutoregressiveSampler(io.ComfyNode):
         report = build_report(scenes, blocks, settings, fps, choice.preset, choice.options(), result, log, notes)
         latent = {"samples": to_comfy_latent(result.latents).to(mm.intermediate_device())}
         out_pool = result.pool if result.pool is not None else (pool if pool is not None else ScenePool())
-        return io.NodeOutput(latent, out_pool, report_text(report),
-                             ui={"echo_timeline": [timeline(report)], "text": [report_text(report).split("\n\n")[0]]})
+        text = report_text(report)
+        return io.NodeOutput(latent, out_pool, text,
+                             ui={"echo_timeline": [timeline(report)], "text": [text.split("\n\n")[0]]})
