@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchmark_report import commit, hardware, write_section
 
 from echo_forcing.memory import make_policy, preset_names
 from echo_forcing.models import WAN21_T2V_1_3B, CausalWan, WanConfig, WanDiT, random_wan_state_dict
@@ -38,21 +38,6 @@ def _proc_status(field: str) -> float | None:
     except OSError:
         return None
     return None
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def build_model(cfg: WanConfig, device: torch.device, dtype: torch.dtype) -> tuple[CausalWan, object]:
@@ -101,7 +86,7 @@ def run(model: CausalWan, text, device: torch.device, frames: int, height: int, 
 
 def markdown(results: list[dict], device: torch.device, command: str) -> str:
     lines = [
-        f"Measured {datetime.date.today().isoformat()} at commit `{_commit()}` on {_hardware(device)}, "
+        f"Measured {datetime.date.today().isoformat()} at commit `{commit()}` on {hardware(device)}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         f"Command: `{command}`. Video FPS = 12 video frames per block / mean time of the last 3 blocks "
         "(cache full); text encoding and VAE decoding excluded. Memory: peak GPU allocation per block on a GPU, "
@@ -140,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device("cuda" if args.full else "cpu")
     cfg, dtype = (WAN21_T2V_1_3B, torch.bfloat16) if args.full else (TINY, torch.float32)
-    print(f"{cfg.signature} on {_hardware(device)}, {dtype}, {args.width}x{args.height}")
+    print(f"{cfg.signature} on {hardware(device)}, {dtype}, {args.width}x{args.height}")
     presets = preset_names() if args.presets == "all" else [p.strip() for p in args.presets.split(",")]
     with torch.inference_mode():
         model, text = build_model(cfg, device, dtype)
@@ -151,22 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.markdown:
-        _write_section(args.markdown, "GPU, full 1.3B shapes" if args.full else "CPU, tiny model", text)
+        write_section(args.markdown, "GPU, full 1.3B shapes" if args.full else "CPU, tiny model", text)
     return 0
-
-
-def _write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the ``## <title>`` section of a markdown file, keeping the other sections."""
-    head = f"## {title}\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if head in text:
-        before, rest = text.split(head, 1)
-        following = rest.find("\n## ")
-        after = rest[following + 1:] if following >= 0 else ""
-        text = before + head + "\n" + body + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + head + "\n" + body
-    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
