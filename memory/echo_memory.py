@@ -83,7 +83,7 @@ class EchoMemoryState(MemoryState):
                            or cfg.mode(m).decay.target is DecayTarget.OLD_RECENT) for m in active)
         self.features = self._features()
         self.pool_entries: list[PoolEntry] = list(self.base_pool.entries)
-        self.signature: PoolSignature | None = self.base_pool.signature
+        self.signature: PoolSignature | None = None  # this run's, from the layers at the first registration
         self.scene_select: LayerFrames | None = None  # first frame of the latest scene (per layer)
         self.smooth_select: LayerFrames | None = None
         self.smooth_recall: LayerFrames | None = None
@@ -237,8 +237,9 @@ class EchoMemoryState(MemoryState):
                                                  old.feature, old.scene, old.source)
         if self.signature is None:
             layer = self.layers[0]
-            self.signature = PoolSignature(len(self.layers), layer.heads, layer.head_dim,
-                                           str(layer.dtype).replace("torch.", ""), layer.grid)
+            self.signature = PoolSignature.of(len(self.layers), layer.heads, layer.head_dim, layer.dtype, layer.grid)
+            if self.base_pool.signature is not None:  # a loaded pool, checked after the first block, before any recall
+                self.base_pool.signature.require(self.signature, "the scene pool")
 
     def _register_recall(self, scene: int) -> None:
         frames = []

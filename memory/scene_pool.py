@@ -42,9 +42,21 @@ class PoolSignature:
     dtype: str
     grid: tuple[int, int]
 
+    @classmethod
+    def of(cls, layers: int, heads: int, head_dim: int, dtype: torch.dtype | str, grid) -> PoolSignature:
+        """The signature of a run: ``dtype`` as a torch dtype or its name ("bfloat16")."""
+        return cls(layers, heads, head_dim, str(dtype).replace("torch.", ""), tuple(grid))
+
     def describe(self) -> str:
         return (f"{self.layers} layers, {self.heads}x{self.head_dim} heads, {self.dtype}, "
                 f"{self.grid[0]}x{self.grid[1]} tokens per frame")
+
+    def require(self, expected: PoolSignature, source: str) -> None:
+        """Refuse a pool made with another model, dtype or frame size than this run (``expected``)."""
+        if self != expected:
+            raise ScenePoolError(
+                f"{source} was saved from a different model or resolution ({self.describe()}); this run needs "
+                f"{expected.describe()}. Use a pool saved with the same model and size, or start a new pool.")
 
 
 @dataclass(frozen=True, repr=False)
@@ -148,13 +160,9 @@ class ScenePool:
                     raise ScenePoolError(f"{path.name} is a scene pool of format version {meta.get('version')}; "
                                          f"this pack reads version {VERSION}")
                 raw = json.loads(meta["signature"])
-                signature = PoolSignature(raw["layers"], raw["heads"], raw["head_dim"], raw["dtype"],
-                                          tuple(raw["grid"]))
-                if expected is not None and signature != expected:
-                    raise ScenePoolError(
-                        f"{path.name} was saved from a different model or resolution ({signature.describe()}); "
-                        f"this run needs {expected.describe()}. Use a pool saved with the same model and size, "
-                        "or start a new pool.")
+                signature = PoolSignature.of(raw["layers"], raw["heads"], raw["head_dim"], raw["dtype"], raw["grid"])
+                if expected is not None:
+                    signature.require(expected, path.name)
                 entries = []
                 for i, record in enumerate(json.loads(meta["entries"])):
                     frames = {}

@@ -8,7 +8,7 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..memory import PoolSignature, PresetChoice, ScenePool, ScenePoolError, memory_footprint
+from ..memory import PoolSignature, PresetChoice, ScenePool, memory_footprint
 from ..models import CausalWan, evenly_spaced_steps
 from ..models.block_forward import module_config
 from ..pipeline import (
@@ -128,13 +128,9 @@ class AutoregressiveSampler(io.ComfyNode):
                  f"{choice.preset}"] if choice.ignored else []
         dtype, device = _compute_dtype(model), mm.get_torch_device()
         grid = (settings.latent_size[0] // cfg.patch_size[1], settings.latent_size[1] // cfg.patch_size[2])
-        if pool is not None and choice.is_echo and pool.signature is not None:
-            expected = PoolSignature(cfg.num_layers, cfg.num_heads, cfg.head_dim, str(dtype).replace("torch.", ""),
-                                     grid)
-            if pool.signature != expected:
-                raise ScenePoolError(f"the scene pool was made with another model or size ({pool.signature.describe()})"
-                                     f"; this run needs {expected.describe()}. Use the same model, dtype and size, "
-                                     "or a new pool.")
+        if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
+            pool.signature.require(PoolSignature.of(cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype, grid),
+                                   "the scene pool")
         if pool is not None and not choice.is_echo and len(pool):
             notes.append(f"the scene pool is used by Echo-Forcing presets only; ignored by {choice.preset}")
         encoder = scenes.encoder()

@@ -196,3 +196,14 @@ def test_pool_from_another_model_or_a_broken_file_is_refused(model, tmp_path):
         ScenePool.load(tmp_path / "missing.safetensors")
     with pytest.raises(ScenePoolError, match="no model signature"):
         ScenePool().save(tmp_path / "empty.safetensors")
+
+
+def test_a_pool_from_another_model_is_refused_by_the_memory_before_any_recall(model):
+    pool = _run(model, EchoMemory(encode_text=encode), entries=(None, "hardcut"), blocks=(1, 1)).pool
+    foreign = ScenePool(pool.entries, pool.max_size, PoolSignature(30, 12, 128, "bfloat16", (30, 52)))
+    blocks_done = []
+    with pytest.raises(ScenePoolError, match=r"the scene pool was saved from a different model .*this run needs 2 "):
+        settings = RolloutSettings(num_frames=6, height=32, width=48, seed=9)
+        rollout(model, _scenes(model, [None, "recall"], [1, 1]), settings,
+                EchoMemory(encode_text=encode, pool=foreign), on_block=blocks_done.append)
+    assert blocks_done == []  # refused at the end of the first block, before it is reported or a recall runs
