@@ -109,20 +109,16 @@ def _loaders() -> list[Node]:
     ]
 
 
-def _finish(sampler_links: dict, prefix: str, seed: int, memory: dict | None = None, extra: list | None = None,
-            width: int = 832, height: int = 480) -> list[Node]:
-    nodes = []
-    if memory is not None:
-        nodes.append(Node("memory", "EchoForcingMemoryConfig", {"preset": "echo-forcing",
-                                                                "recall_matching": "preset default",
-                                                                "phase_compression": "preset default",
-                                                                "memory_decay": "preset default",
-                                                                "scene_pool_size": 0, **memory}, column=2))
-        sampler_links = {**sampler_links, "config": ("memory", 0)}
-    nodes += [
-        Node("sampler", "EchoForcingSampler", {"seed": seed, "width": width, "height": height, "fps": 16.0,
-                                               "steps": 4, "shift": 5.0},
-             {"model": ("dit", 0), **sampler_links}, column=3),
+def _finish(sampler_links: dict, prefix: str, seed: int, extra: list | None = None) -> list[Node]:
+    """Echo Memory Config, the sampler (832x480, 16 fps, 4 steps, shift 5), decode, video and save."""
+    nodes = [
+        Node("memory", "EchoForcingMemoryConfig", {"preset": "echo-forcing", "recall_matching": "preset default",
+                                                   "phase_compression": "preset default",
+                                                   "memory_decay": "preset default", "scene_pool_size": 0},
+             column=2),
+        Node("sampler", "EchoForcingSampler", {"seed": seed, "width": 832, "height": 480, "fps": 16.0, "steps": 4,
+                                               "shift": 5.0},
+             {"model": ("dit", 0), **sampler_links, "config": ("memory", 0)}, column=3),
         Node("decode", "VAEDecode", {}, {"samples": ("sampler", 0), "vae": ("vae", 0)}, column=4),
         Node("video", "CreateVideo", {"fps": 16.0}, {"images": ("decode", 0)}, column=4),
         Node("save", "SaveVideo", {"filename_prefix": f"echo_forcing/{prefix}", "format": "auto", "codec": "auto"},
@@ -198,7 +194,7 @@ LONG_PROMPT = ("A drone shot gliding slowly over a winding river through an autu
 def _six_shot_smooth() -> Workflow:
     nodes = _loaders() + _shots(SMOOTH_SHOTS)
     return Workflow("six_shot_smooth", "Six shots joined by smooth transitions: one continuous action.",
-                    nodes + _finish({"scenes": ("shot6", 0)}, "six_shot_smooth", 42, memory={}))
+                    nodes + _finish({"scenes": ("shot6", 0)}, "six_shot_smooth", 42))
 
 
 def _six_shot_hard_cut() -> Workflow:
@@ -206,7 +202,7 @@ def _six_shot_hard_cut() -> Workflow:
                   column=1)
     return Workflow("six_shot_hard_cut", "Six shots joined by hard cuts, written as one Scene Script line (the "
                     "official prompt format; the batch command fills this node).",
-                    [*_loaders(), script, *_finish({"scenes": ("script", 0)}, "six_shot_hard_cut", 7, memory={})])
+                    [*_loaders(), script, *_finish({"scenes": ("script", 0)}, "six_shot_hard_cut", 7)])
 
 
 def _recall_abcabc() -> Workflow:
@@ -217,7 +213,7 @@ def _recall_abcabc() -> Workflow:
     return Workflow("recall_abcabc", "A-B-C-A-B-C: three places, then a return to each (by label, automatic and "
                     "by shot number); the scene pool is saved for later jobs.",
                     [*nodes, pool, *_finish({"scenes": ("shot6", 0), "pool": ("pool_in", 0)}, "recall_abcabc", 11,
-                                            memory={}, extra=[save])])
+                                            extra=[save])])
 
 
 def _long_video() -> Workflow:
@@ -225,7 +221,7 @@ def _long_video() -> Workflow:
                                                      "recall_target": "auto", "label": "river"},
                 {"clip": ("clip", 0)}, title="Scene Prompt: 60 s", column=1)
     return Workflow("long_video_60s", "One prompt for 60 seconds (960 frames) with bounded memory.",
-                    [*_loaders(), shot, *_finish({"scenes": ("shot1", 0)}, "long_video_60s", 3, memory={})])
+                    [*_loaders(), shot, *_finish({"scenes": ("shot1", 0)}, "long_video_60s", 3)])
 
 
 WORKFLOWS = (_six_shot_smooth, _six_shot_hard_cut, _recall_abcabc, _long_video)
@@ -255,7 +251,7 @@ def _size(node: Node) -> list[int]:
 
 def ui_format(flow: Workflow) -> dict:
     ids = {n.key: i + 1 for i, n in enumerate(flow.nodes)}
-    links, outputs_links = [], {}
+    links, outputs_links, input_links = [], {}, {}
     for n in flow.nodes:
         definition = DEFS[n.type]
         for name, (src, slot) in n.links.items():
@@ -263,6 +259,7 @@ def ui_format(flow: Workflow) -> dict:
             link_type = DEFS[flow.nodes[ids[src] - 1].type].outputs[slot][1]
             links.append([len(links) + 1, ids[src], slot, ids[n.key], target_slot, link_type])
             outputs_links.setdefault((ids[src], slot), []).append(len(links))
+            input_links[(n.key, name)] = len(links)
     column_y: dict[int, int] = {}
     nodes = []
     for order, n in enumerate(flow.nodes):
@@ -272,8 +269,7 @@ def ui_format(flow: Workflow) -> dict:
         column_y[n.column] = y + size[1] + 60
         inputs = []
         for name, kind in definition.inputs:
-            link = next((lk[0] for lk in links if lk[3] == ids[n.key] and lk[1:3] and
-                         definition.inputs[lk[4]][0] == name), None)
+            link = input_links.get((n.key, name))
             if kind.startswith(W):
                 if name not in n.widgets and link is None:
                     continue  # an optional widget left out (the frontend still builds it with its default)

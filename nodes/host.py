@@ -12,6 +12,7 @@ import folder_paths
 import torch
 
 from ..pipeline import BlockEvent
+from ..pipeline.run_report import mode_name
 
 CAUSAL_DIT_FOLDER = "causal_dit"
 """Extra model folder for causal students (``models/causal_dit``); ``diffusion_models`` works too."""
@@ -121,7 +122,7 @@ class BlockProgress:
         if event.switch:
             s = event.switch
             self.event("echo_forcing.switch", {
-                "scene": event.scene, "mode": {"hardcut": "hard cut"}.get(s.get("mode"), s.get("mode")),
+                "scene": event.scene, "mode": mode_name(s.get("mode")),
                 "recalled": s.get("recalled"), "similarity": s.get("similarity")})
         frame = event.latents[:1, -1]  # [1, C, h, w], normalised (the space KSampler previews)
         preview = self.previewer.decode_latent_to_preview_image("JPEG", frame)

@@ -14,7 +14,6 @@ from ..models.block_forward import module_config
 from ..pipeline import (
     BlockLog,
     RolloutInputError,
-    RolloutScene,
     RolloutSettings,
     SceneList,
     build_report,
@@ -25,7 +24,7 @@ from ..pipeline import (
     timeline,
     to_comfy_latent,
 )
-from ..pipeline.rollout import MAX_SEED
+from ..pipeline.rollout import MAX_SEED, token_grid
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType, Scenes
 
@@ -127,7 +126,7 @@ class AutoregressiveSampler(io.ComfyNode):
         notes = [f"option(s) {', '.join(choice.ignored)} apply to Echo-Forcing presets only; ignored by "
                  f"{choice.preset}"] if choice.ignored else []
         dtype, device = _compute_dtype(model), mm.get_torch_device()
-        grid = (settings.latent_size[0] // cfg.patch_size[1], settings.latent_size[1] // cfg.patch_size[2])
+        grid = token_grid(cfg.patch_size, settings)
         if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
             pool.signature.require(PoolSignature.of(cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype, grid),
                                    "the scene pool")
@@ -147,9 +146,7 @@ class AutoregressiveSampler(io.ComfyNode):
         mm.load_models_gpu([model], memory_required=footprint.device_bytes + ACTIVATION_FACTOR * block_bytes)
         causal = CausalWan(tree, dtype=dtype, device=device)
         texts = [causal.encode_text(s.text[:, :text_len]) for s in scenes.shots]
-        rollout_scenes = [RolloutScene(text, n, s.scene.prompt, None if s.scene.entry is None else s.scene.entry.value,
-                                       s.scene.recall_target, scenes.title(i))
-                          for i, (s, text, n) in enumerate(zip(scenes.shots, texts, blocks, strict=True))]
+        rollout_scenes = scenes.rollout_scenes(texts, blocks)
         log = BlockLog()
         progress = host.BlockProgress(cls.hidden.unique_id if cls.hidden else None, settings.num_blocks, log)
         progress.event("echo_forcing.plan", {"total_blocks": settings.num_blocks,

@@ -171,8 +171,9 @@ class RolloutResult:
     """The scene pool after the video (a new object; the input pool is not changed)."""
 
 
-def _token_grid(model: CausalWan, settings: RolloutSettings) -> tuple[int, int]:
-    _, ph, pw = model.config.patch_size
+def token_grid(patch_size: tuple[int, int, int], settings: RolloutSettings) -> tuple[int, int]:
+    """Tokens per latent frame ``(h, w)`` for a model's ``(t, h, w)`` patch (30x52 at 480x832)."""
+    _, ph, pw = patch_size
     h, w = settings.latent_size
     if h % ph or w % pw:
         raise RolloutInputError(f"latent size {h}x{w} is not divisible by the model's patch {ph}x{pw}")
@@ -211,7 +212,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     if model.config.in_dim != model.config.out_dim:
         raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} latent channels; "
                                 "a causal student predicts the same channels it reads")
-    grid = _token_grid(model, settings)
+    grid = token_grid(model.config.patch_size, settings)
     cache.check_length(settings.num_frames, settings.frames_per_block)
     state = cache.create(model.config.num_layers, [s.info() for s in scenes])
 

@@ -15,8 +15,12 @@ from .latents import video_frames
 from .rollout import BlockEvent, RolloutResult, RolloutSettings
 from .scene_list import TRANSITION_NAMES, SceneList
 
-MODE_NAMES = {"smooth": "smooth", "hardcut": "hard cut", "recall": "recall"}
-"""Memory transition modes (memory.config.TransitionMode values) as artists read them."""
+MODE_NAMES = {t.value: name for t, name in TRANSITION_NAMES.items()}
+"""Transition modes by value ("hardcut", as memory.config.TransitionMode spells them) as artists read them."""
+
+
+def mode_name(mode: str | None) -> str | None:
+    return MODE_NAMES.get(mode, mode)
 
 
 @dataclass
@@ -62,7 +66,7 @@ def build_report(scenes: SceneList, blocks: Sequence[int], settings: RolloutSett
         shots.append({
             **entry,
             "prompt": shot.prompt,
-            "mode": MODE_NAMES.get(switch.get("mode"), switch.get("mode")) if i else "start",
+            "mode": mode_name(switch.get("mode")) if i else "start",
             "recalled": switch.get("recalled"),
             "similarity": _round(switch.get("similarity")),
             "rope_jump": switch.get("jump"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .rollout import RolloutScene
 from .scene_script import Scene, SceneScriptError, Transition
 
 TRANSITIONS: dict[str, Transition] = {
@@ -164,6 +165,13 @@ class SceneList:
         if not scenes:
             raise SceneListError("the scene script holds no scene")
         return cls(tuple(Shot(s, t.detach().to("cpu"), encoder) for s, t in zip(scenes, texts, strict=True)))
+
+    def rollout_scenes(self, texts: Sequence, blocks: Sequence[int]) -> list[RolloutScene]:
+        """The rollout's scenes: each shot with its encoded text (``CausalWan.encode_text``) and block count,
+        titled as reports name it (its label, else "shot N")."""
+        return [RolloutScene(text, n, s.scene.prompt, None if s.scene.entry is None else s.scene.entry.value,
+                             s.scene.recall_target, self.title(i))
+                for i, (s, text, n) in enumerate(zip(self.shots, texts, blocks, strict=True))]
 
     def encoder(self) -> object | None:
         """The text encoder of the first shot that has one (for 'Similar' recall matching)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from echo_forcing.cli import tiny_models as tiny_files
 from echo_forcing.models import WanConfig, WanDiT, random_wan_state_dict
 
 
@@ -84,13 +85,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-TINY_MODELS = {
-    "dit": "echo_forcing_tiny_dit.safetensors",
-    "dit_pt": "echo_forcing_tiny_selfforcing.pt",
-    "lora": "echo_forcing_tiny_longlive_lora.pt",
-    "clip": "echo_forcing_tiny_clip_l.safetensors",
-    "vae": "echo_forcing_tiny_wan21_vae.safetensors",
-}
+TINY_MODELS = {key: Path(path).name for key, path in (
+    ("dit", tiny_files.DIT_FILE), ("dit_pt", tiny_files.SELF_FORCING_FILE), ("lora", tiny_files.LORA_FILE),
+    ("clip", tiny_files.CLIP_FILE), ("vae", tiny_files.VAE_FILE))}
 """The files ``python -m echo_forcing tiny-models`` writes (the CLIP-L one loads with CLIPLoader type sd3)."""
 
 
@@ -117,10 +114,7 @@ def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     (root / "user").mkdir()
     (packs / "EchoForcingUnderTest").symlink_to(Path(__file__).resolve().parent.parent, target_is_directory=True)
     yaml = root / "extra_model_paths.yaml"
-    yaml.write_text("echo_forcing_tests:\n"
-                    f"    base_path: {models}\n"
-                    "    diffusion_models: diffusion_models\n    text_encoders: text_encoders\n    vae: vae\n"
-                    f"    loras: loras\n    custom_nodes: {packs}\n", encoding="utf-8")
+    yaml.write_text(tiny_files.extra_model_paths_snippet(models) + f"    custom_nodes: {packs}\n", encoding="utf-8")
     port = _free_port()
     log_path = root / "comfyui.log"
     screenshots = Path(os.environ.get("ECHO_SCREENSHOT_DIR") or root / "screenshots")

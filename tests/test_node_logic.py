@@ -22,7 +22,6 @@ from echo_forcing.memory.config import DecayStrategy, MatchMethod, TransitionMod
 from echo_forcing.models import CausalWan, evenly_spaced_steps
 from echo_forcing.pipeline import (
     BlockLog,
-    RolloutScene,
     RolloutSettings,
     SceneList,
     SceneListError,
@@ -222,9 +221,7 @@ def story_run(tiny_dit):
     blocks = scene_block_counts(shots.scenes, fps=16)
     settings = RolloutSettings(num_frames=sum(blocks) * 3, height=32, width=32, seed=3)
     policy = PresetChoice(recall_matching="idf").build()
-    scenes = [RolloutScene(model.encode_text(s.text), n, s.scene.prompt,
-                           None if s.scene.entry is None else s.scene.entry.value, s.scene.recall_target,
-                           shots.title(i)) for i, (s, n) in enumerate(zip(shots.shots, blocks, strict=True))]
+    scenes = shots.rollout_scenes([model.encode_text(s.text) for s in shots.shots], blocks)
     log = BlockLog()
     events = []
     result = rollout(model, scenes, settings, policy, on_block=lambda e: (log.add(e), events.append(e)))
