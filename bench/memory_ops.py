@@ -36,13 +36,14 @@ from benchmark_report import commit, hardware, write_section
 
 from echo_forcing.memory import EchoMemoryConfig, TransitionMode
 from echo_forcing.memory.decay import apply_decay, difference_rates, estimate_rates, start_decay
+from echo_forcing.memory.echo_memory import layer_recall_frame
 from echo_forcing.memory.hierarchical_memory import EchoLayerMemory
 from echo_forcing.memory.phase_compression import PhaseCalibration, drift_gate, select_tokens, summarize
-from echo_forcing.memory.recall_frames import recall_frame
 from echo_forcing.memory.relative_rope import key_positions, query_positions
 from echo_forcing.memory.rolling_anchors import anchor_group
 from echo_forcing.models import BlockCall
 from echo_forcing.models.attention import attention
+from echo_forcing.models.block_forward import weigh_window
 from echo_forcing.models.rope import Rope3D
 
 HEADS, HEAD_DIM = 12, 128  # Wan2.1-1.3B
@@ -180,8 +181,11 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
         Op("relative RoPE", "rotate the window's keys",
            f"`Rope3D.apply`, {n_keys:,} keys", every, CALLS_PER_BLOCK, True,
            lambda: rope.apply(window.k, window.k_time, GRID).type_as(v)),
-        Op("relative RoPE", "rotation table", "`Rope3D.frequencies`, complex128", every,
-           CALLS_PER_BLOCK, True, lambda: rope.frequencies(window.k_time, GRID, device), part_of_above=True),
+        Op("relative RoPE", "rotation table", "`Rope3D.rotation`, complex64, kept between calls", every,
+           CALLS_PER_BLOCK, True, lambda: rope.rotation(window.k_time, GRID, device), part_of_above=True),
+        Op("relative RoPE", "for comparison: the same rotation in complex128 (the official code's)",
+           f"`Rope3D.apply` on float64 keys, {n_keys:,} keys, cast back", every, CALLS_PER_BLOCK, True,
+           lambda: rope.apply(window.k.double(), window.k_time, GRID).type_as(v), part_of_above=True),
         Op("relative RoPE", "rotate the queries", f"`Rope3D.apply`, {n_queries:,} queries", every,
            CALLS_PER_BLOCK, True, lambda: rope.apply(q, window.q_time, GRID).type_as(v)),
         Op("rolling anchors", "next anchor group", f"`AnchorPool.group`, {BLOCK_FRAMES} pool frames to the device",
@@ -213,17 +217,9 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
            "every block (context pass) of a multi-shot video", 1, True,
            lambda: layer._collect(q_clean, k_clean, v_clean, p)),
         Op("recall frames", "fusion",
-           f"`recall_frame`, {len(layer.recall_frames)} candidate frames + cast", "once per scene (last block)", 1,
-           False, lambda: recall_fusion(layer)),
+           f"`layer_recall_frame`, {len(layer.recall_frames)} candidate frames, on the device, cast",
+           "once per scene (last block)", 1, False, lambda: layer_recall_frame(layer)),
     ]
-
-
-def recall_fusion(layer: EchoLayerMemory) -> tuple[torch.Tensor, torch.Tensor]:
-    """``EchoMemoryState._register_recall`` for one layer."""
-    cfg = layer.config
-    made = recall_frame(layer.recall_frames, layer.q_sum.to("cpu"), layer.q_count, cfg.recall_fusion,
-                        cfg.recall_base_frame_weight)
-    return made[0].to(layer.dtype), made[1].to(layer.dtype)
 
 
 def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
@@ -240,12 +236,11 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
     window = layer.update(q, k, v, call(last, context_pass=False))
     if window.weights is None:
         raise RuntimeError("the decay left no weights on the window")
-    device, dtype = inputs.device, inputs.dtype
+    dtype = inputs.dtype
 
-    def weigh() -> tuple[torch.Tensor, torch.Tensor]:  # models/block_forward.py, CausalWan.__call__ (there the
-        # keys are the rotated copy of window.k: same shape and dtype, so the same cost)
-        w = window.weights.to(device=device, dtype=dtype)[None, :, None, None]
-        return window.k * w, window.v * w
+    def weigh() -> tuple[torch.Tensor, torch.Tensor]:  # as CausalWan calls it (there the keys are the rotated
+        # copy of window.k: same shape and dtype, so the same cost)
+        return weigh_window(window.k, window, dtype)
 
     when = "every call, in the 5 blocks after a smooth / recall switch (1 block after a hard cut)"
     new_first = layer.block_frame(0)[0][:p].unsqueeze(0)
@@ -255,8 +250,9 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
            lambda: difference_rates(new_first, layer.k[:, :p], decay.min_rate, decay.max_rate)),
         Op("decay", "weight update", f"`apply_decay`, {BLOCK_FRAMES * p:,} old tokens",
            "5 blocks after a smooth / recall switch", 1, False, lambda: apply_decay(layer)),
-        Op("decay", "weighting the window", f"keys, values x weights (inline in `CausalWan`), "
-           f"{window.k.shape[1]:,} keys (an upper bound: those blocks' windows hold 4 to 18 frames)", when,
+        Op("decay", "weighting the window", f"`weigh_window`: the {window.weighted_tokens:,} old tokens x weights, "
+           f"the rest of the {window.k.shape[1]:,} keys and values copied (an upper bound: those blocks' windows "
+           "hold 4 to 18 frames)", when,
            CALLS_PER_BLOCK, False, weigh),
     ]
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DecayConfig, DecayStrategy, DecayTarget
+from .devices import to_device
 from .hierarchical_memory import EchoLayerMemory
 
 
@@ -68,7 +69,7 @@ def estimate_rates(layer: EchoLayerMemory, decay: DecayConfig, select_k: torch.T
     ref = min(p, reference_tokens, layer.config.frames_per_block * p)
     new_first = layer.block_frame(0)[0][:ref].unsqueeze(0)
     old = select_k[:ref].unsqueeze(0) if decay.target is DecayTarget.OLD_RECENT else layer.k[:, :ref]
-    rates = difference_rates(new_first, old.to(new_first.device), decay.min_rate, decay.max_rate)
+    rates = difference_rates(new_first, to_device(old, new_first.device), decay.min_rate, decay.max_rate)
     repeats = -(-layer.decay_count // ref)
     span = slice(layer.decay_start, layer.decay_start + layer.decay_count)
     layer.decay_rates[span] = rates.repeat(repeats)[:layer.decay_count]

@@ -24,6 +24,7 @@ import torch
 
 from .config import DecayTarget, EchoMemoryConfig, JumpStrategy, OldMemorySource, TransitionMode
 from .decay import apply_decay, estimate_rates, evict_step
+from .devices import to_device, to_storage
 from .hierarchical_memory import EchoLayerMemory
 from .recall_frames import recall_frame
 from .routing import TextEncoder, auto_route, best, paper_recall_jump, prompt_features, rank, similarity_jump
@@ -32,6 +33,8 @@ from .state import BlockReport, MemoryState, SceneInfo
 from .transitions import enter_scene
 
 AUTO = "auto"
+CPU = torch.device("cpu")
+"""Where the scene pool keeps its frames (saved with the pool, shared between runs)."""
 
 
 class SceneMemoryError(ValueError):
@@ -57,6 +60,17 @@ class EchoMemory:
 
     def create(self, num_layers: int, scenes: Sequence[SceneInfo] | None = None) -> EchoMemoryState:
         return EchoMemoryState(self, num_layers, list(scenes or []))
+
+
+def layer_recall_frame(layer: EchoLayerMemory) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One layer's Scene Recall Frame of the running scene: fused on the compute device from the recorded
+    candidates, returned in the layer's dtype on the CPU (where the scene pool keeps its frames)."""
+    cfg = layer.config
+    candidates = [(to_device(k, layer.device), to_device(v, layer.device)) for k, v in layer.recall_frames]
+    made = recall_frame(candidates, layer.q_sum, layer.q_count, cfg.recall_fusion, cfg.recall_base_frame_weight)
+    if made is None:
+        return None
+    return to_storage(made[0].to(layer.dtype), CPU), to_storage(made[1].to(layer.dtype), CPU)
 
 
 def _entry_mode(entry: str | None) -> TransitionMode | str | None:
@@ -195,7 +209,7 @@ class EchoMemoryState(MemoryState):
                 for i, layer in enumerate(self.layers):
                     estimate_rates(layer, decay, self.scene_select[i][0] if self.scene_select else None)
             if self.keep_select or not self.needs_recall_frames:
-                self.scene_select = tuple((k.to("cpu", copy=True), v.to("cpu", copy=True))
+                self.scene_select = tuple((to_storage(k, CPU), to_storage(v, CPU))
                                           for k, v in (layer.block_frame(0) for layer in self.layers))
                 if self.pending_smooth_select:
                     self.smooth_select, self.pending_smooth_select = self.scene_select, False
@@ -244,11 +258,10 @@ class EchoMemoryState(MemoryState):
     def _register_recall(self, scene: int) -> None:
         frames = []
         for layer in self.layers:
-            made = recall_frame(layer.recall_frames, layer.q_sum.to("cpu"), layer.q_count, self.config.recall_fusion,
-                                self.config.recall_base_frame_weight)
+            made = layer_recall_frame(layer)
             if made is None:
                 raise SceneMemoryError(f"scene {scene + 1} recorded nothing to build its recall frame from")
-            frames.append((made[0].to(layer.dtype), made[1].to(layer.dtype)))
+            frames.append(made)
         recall = tuple(frames)
         self._register(scene, recall=recall)
         if self.pending_smooth_recall:

@@ -33,6 +33,7 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import EchoMemoryConfig
+from .devices import to_storage
 from .phase_compression import (
     CandidateHistory,
     PhaseCalibration,
@@ -143,6 +144,9 @@ class EchoLayerMemory:
             k_time=key_positions(end, cfg.budget_frames, self.jump, cfg.transition_frames),
             q_time=query_positions(slot_time, f, cfg.budget_frames, self.jump, cfg.transition_frames),
             weights=weights,
+            # weighted tokens only ever move towards the front (rolls and drops shift slots left, writes reset
+            # weights to 1), so the end of the decay span set at the switch bounds them
+            weighted_tokens=None if weights is None else self.decay_start + self.decay_count,
         )
 
     def _slots(self, first: int, count: int) -> slice:
@@ -212,8 +216,8 @@ class EchoLayerMemory:
                 break
             if index < cfg.recall_source_frames and index % cfg.recall_stride == 0:
                 frame = self._slots(i, 1)
-                self.recall_frames.append((k[0, frame].to(self.storage, copy=True),
-                                           v[0, frame].to(self.storage, copy=True)))
+                self.recall_frames.append((to_storage(k[0, frame], self.storage),
+                                           to_storage(v[0, frame], self.storage)))
             self.recorded_frames += 1
 
     def clear_scene_collection(self) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.rope import split_channels
+from .devices import gather_to_device, to_device
 
 OFFSETS = (1, 2, 4, 8, 16)
 
@@ -220,7 +221,7 @@ class CandidateHistory:
         """Summaries of the frames stored before the calibration was ready (keys streamed frame by frame)."""
         for slot in self.slots():
             if not self.summarized[slot]:
-                keys = self.k[slot].to(self.device, non_blocking=True)
+                keys = to_device(self.k[slot], self.device)
                 self.summary[slot] = summarize(keys, calibration, amplitude_compensation)
                 self.summarized[slot] = True
 
@@ -245,10 +246,9 @@ class CandidateHistory:
         slots = torch.tensor(self.slots(), device=indices.device)
         physical = slots[indices // p] * p + indices % p
         self.counts.view(-1)[physical] += 1
-        where = physical.to(self.storage)
-        k = self.k.view(-1, *self.k.shape[2:]).index_select(0, where)
-        v = self.v.view(-1, *self.v.shape[2:]).index_select(0, where)
-        return k.unsqueeze(0).to(self.device, non_blocking=True), v.unsqueeze(0).to(self.device, non_blocking=True)
+        k = gather_to_device(self.k.view(-1, *self.k.shape[2:]), physical, self.device)
+        v = gather_to_device(self.v.view(-1, *self.v.shape[2:]), physical, self.device)
+        return k.unsqueeze(0), v.unsqueeze(0)
 
     def chosen_counts(self) -> torch.Tensor:
         """How often each token (time order) was chosen, ``[size * P]``."""

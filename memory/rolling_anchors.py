@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import AnchorOrder
+from .devices import gather_to_device
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,10 @@ class AnchorPool:
 
     def group(self, group: AnchorGroup) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[1, 3*P, H, d]`` of a group, frames in insertion order, on the compute device."""
-        order = group.frames()
-        k = self.k[order].reshape(1, -1, *self.k.shape[2:])
-        v = self.v[order].reshape(1, -1, *self.v.shape[2:])
-        return k.to(self.device, non_blocking=True), v.to(self.device, non_blocking=True)
+        order = torch.tensor(group.frames())
+        k = gather_to_device(self.k, order, self.device).reshape(1, -1, *self.k.shape[2:])
+        v = gather_to_device(self.v, order, self.device).reshape(1, -1, *self.v.shape[2:])
+        return k, v
 
     @property
     def storage_bytes(self) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from .config import DecayTarget, ModeConfig, TransitionMode
 from .decay import start_decay
+from .devices import to_device
 from .hierarchical_memory import EchoLayerMemory
 from .phase_compression import PhaseCalibration
 
@@ -36,8 +37,8 @@ def enter_scene(layer: EchoLayerMemory, mode: TransitionMode, cfg: ModeConfig,
     recall_tokens = 0
     if old_frame is not None:
         k, v = old_frame
-        layer.k[0, :p] = k.to(layer.device, layer.dtype, non_blocking=True)
-        layer.v[0, :p] = v.to(layer.device, layer.dtype, non_blocking=True)
+        layer.k[0, :p] = to_device(k, layer.device, layer.dtype)
+        layer.v[0, :p] = to_device(v, layer.device, layer.dtype)
         write, recall_tokens = 1, p
     recent = min(cfg.old_recent_frames, previous_end) if mode is TransitionMode.SMOOTH else 0
     if recent:

@@ -7,6 +7,10 @@ and casts the two raw parameters (``blocks.N.modulation``, ``head.modulation``) 
 device, so it runs unchanged on the pack's ``WanDiT`` and on ComfyUI's Wan model inside a ModelPatcher
 (where LoRA patches, fp8 weights and low-VRAM casting live in those submodules).
 
+``compile=True`` runs the two tensor-only halves of every layer (norms, projections, attention, FFN) through
+``torch.compile``; off by default (compiling takes a while, and ComfyUI's own patching of modules, such as
+low-VRAM casting, may not trace). Tests check it gives the same latents.
+
 Per call (SPEC §1.1, §1.5): per-frame timesteps -> sinusoid (float64, cos half first) -> time embedding
 -> 6 modulation vectors per frame; per layer the adaLN-modulated self-attention over the window the
 layer's memory returns (see ``models.seam``), text cross-attention over the cached 512 text keys/values,
@@ -24,7 +28,7 @@ from torch import nn
 from .attention import attention
 from .config import WanConfig
 from .rope import Rope3D
-from .seam import BlockCall, LayerMemory
+from .seam import AttentionWindow, BlockCall, LayerMemory
 
 
 def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -53,8 +57,45 @@ def module_config(dit: nn.Module) -> WanConfig:
     return WanConfig.from_state_dict({name: p.shape for name, p in dit.named_parameters()})
 
 
+def _frames(y: torch.Tensor, f: int) -> torch.Tensor:
+    """``[B, F*P, C]`` -> ``[B, F, P, C]`` (tokens grouped by latent frame)."""
+    return y.unflatten(1, (f, -1))
+
+
 def _first_weight(dit: nn.Module) -> torch.Tensor:
     return dit.patch_embedding.weight
+
+
+def weigh_window(keys: torch.Tensor, window: AttentionWindow, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated ``keys`` and the window's values scaled by its per-token weights. Only the span that may differ
+    from 1 (``window.weighted_tokens``) is multiplied; the cache's own tensors are never changed."""
+    values = window.v
+    if window.weights is None:
+        return keys, values
+    n = keys.shape[1] if window.weighted_tokens is None else min(window.weighted_tokens, keys.shape[1])
+    if n <= 0:
+        return keys, values
+    w = window.weights[:n].to(device=keys.device, dtype=dtype)[None, :, None, None]
+    if n == keys.shape[1]:
+        return keys * w, values * w
+    return torch.cat((keys[:, :n] * w, keys[:, n:]), dim=1), torch.cat((values[:, :n] * w, values[:, n:]), dim=1)
+
+
+COMPILE_RECOMPILE_LIMIT = 64
+"""Graphs torch.compile may keep per layer function: one per window length and call kind (the window grows
+by a block at a time until the cache is full, a LongLive re-cache has its own length)."""
+
+
+def compile_layer_functions(*functions: Callable) -> tuple[Callable, ...]:
+    """``torch.compile`` the per-layer tensor functions of the block forward (the memory update, the RoPE and
+    the weighting between them stay eager). The layers share the compiled graphs: their modules are traced
+    as inputs, so 30 layers compile once per shape. Triton on a GPU, C++ on the CPU (needs a compiler)."""
+    import torch._dynamo
+
+    limit = getattr(torch._dynamo.config, "recompile_limit", None)
+    name = "recompile_limit" if limit is not None else "cache_size_limit"
+    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), COMPILE_RECOMPILE_LIMIT))
+    return tuple(torch.compile(fn, dynamic=False) for fn in functions)
 
 
 class CausalWan:
@@ -62,7 +103,8 @@ class CausalWan:
 
     def __init__(self, dit: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  config: WanConfig | None = None,
-                 attention_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = attention):
+                 attention_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = attention,
+                 compile: bool = False):
         self.dit = dit
         self.config = config or module_config(dit)
         weight = _first_weight(dit)
@@ -72,6 +114,10 @@ class CausalWan:
         self.device = torch.device(device) if device is not None else weight.device
         self.attention = attention_fn
         self.rope = Rope3D(self.config.head_dim)
+        self.compiled = compile
+        self._layer_in, self._layer_out = self._layer_inputs, self._layer_outputs
+        if compile:
+            self._layer_in, self._layer_out = compile_layer_functions(self._layer_inputs, self._layer_outputs)
 
     def _param(self, p: torch.Tensor) -> torch.Tensor:
         return p.to(device=self.device, dtype=self.dtype)
@@ -104,51 +150,53 @@ class CausalWan:
         if len(memories) != cfg.num_layers:
             raise ValueError(f"{len(memories)} layer memories for a {cfg.num_layers}-layer model")
         b, f = latents.shape[:2]
-        n, d = cfg.num_heads, cfg.head_dim
 
         x = dit.patch_embedding(latents.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=self.dtype))
         grid = tuple(x.shape[3:])  # [B, dim, F, h, w]
         if x.shape[2] != f or grid != call.grid:
             raise ValueError(f"latent grid {tuple(x.shape[2:])} does not match the call ({f}, {call.grid})")
         x = x.flatten(2).transpose(1, 2)  # [B, L, dim]
-        per_frame = call.frame_tokens
 
         t = timesteps.reshape(b, f).to(self.device)
         e = dit.time_embedding(sinusoidal_embedding(cfg.freq_dim, t.flatten()).to(self.dtype))  # [B*F, dim]
         e0 = dit.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, f))  # [B, F, 6, dim]
 
-        def frames(y: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, F, h*w, C]
-            return y.unflatten(1, (f, per_frame))
-
         for block, memory, text_k, text_v in zip(dit.blocks, memories, text.k, text.v, strict=True):
-            mod = (self._param(block.modulation).unsqueeze(1) + e0).chunk(6, dim=2)  # 6 x [B, F, 1, dim]
-
-            sa = block.self_attn
-            y = (frames(block.norm1(x)) * (1 + mod[1]) + mod[0]).flatten(1, 2)
-            q = sa.norm_q(sa.q(y)).view(b, -1, n, d)
-            k = sa.norm_k(sa.k(y)).view(b, -1, n, d)
-            v = sa.v(y).view(b, -1, n, d)
+            q, k, v, mod = self._layer_in(block, x, e0, f)
             window = memory.update(q, k, v, call)
             q = self.rope.apply(q, window.q_time, grid).type_as(v)
             keys = window.k if window.keys_rotated else self.rope.apply(window.k, window.k_time, grid).type_as(v)
-            values = window.v
-            if window.weights is not None:
-                w = window.weights.to(device=self.device, dtype=self.dtype)[None, :, None, None]
-                keys, values = keys * w, values * w
-            y = sa.o(self.attention(q, keys, values).flatten(2))
-            x = x + (frames(y) * mod[2]).flatten(1, 2)
-
-            ca = block.cross_attn
-            cq = ca.norm_q(ca.q(block.norm3(x))).view(b, -1, n, d)
-            x = x + ca.o(self.attention(cq, text_k, text_v).flatten(2))
-
-            y = block.ffn((frames(block.norm2(x)) * (1 + mod[4]) + mod[3]).flatten(1, 2))
-            x = x + (frames(y) * mod[5]).flatten(1, 2)
+            keys, values = weigh_window(keys, window, self.dtype)
+            x = self._layer_out(block, x, q, keys, values, mod, text_k, text_v, f)
 
         head = dit.head
         hmod = (self._param(head.modulation).unsqueeze(1) + e.unflatten(0, (b, f)).unsqueeze(2)).chunk(2, dim=2)
-        out = head.head(frames(head.norm(x)) * (1 + hmod[1]) + hmod[0])  # [B, F, h*w, C*pt*ph*pw]
+        out = head.head(_frames(head.norm(x), f) * (1 + hmod[1]) + hmod[0])  # [B, F, h*w, C*pt*ph*pw]
         return self._unpatchify(out, grid)
+
+    def _layer_inputs(self, block: nn.Module, x: torch.Tensor, e0: torch.Tensor, f: int) -> tuple:
+        """Pre-RoPE q, k, v ``[B, L, heads, head_dim]`` of one layer's self-attention and its 6 modulations."""
+        b, n, d = x.shape[0], self.config.num_heads, self.config.head_dim
+        mod = (self._param(block.modulation).unsqueeze(1) + e0).chunk(6, dim=2)  # 6 x [B, F, 1, dim]
+        sa = block.self_attn
+        y = (_frames(block.norm1(x), f) * (1 + mod[1]) + mod[0]).flatten(1, 2)
+        q = sa.norm_q(sa.q(y)).view(b, -1, n, d)
+        k = sa.norm_k(sa.k(y)).view(b, -1, n, d)
+        v = sa.v(y).view(b, -1, n, d)
+        return q, k, v, mod
+
+    def _layer_outputs(self, block: nn.Module, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
+                       values: torch.Tensor, mod: tuple, text_k: torch.Tensor, text_v: torch.Tensor,
+                       f: int) -> torch.Tensor:
+        """The rest of one layer: self-attention over the window, text cross-attention and the FFN."""
+        b, n, d = x.shape[0], self.config.num_heads, self.config.head_dim
+        sa, ca = block.self_attn, block.cross_attn
+        y = sa.o(self.attention(q, keys, values).flatten(2))
+        x = x + (_frames(y, f) * mod[2]).flatten(1, 2)
+        cq = ca.norm_q(ca.q(block.norm3(x))).view(b, -1, n, d)
+        x = x + ca.o(self.attention(cq, text_k, text_v).flatten(2))
+        y = block.ffn((_frames(block.norm2(x), f) * (1 + mod[4]) + mod[3]).flatten(1, 2))
+        return x + (_frames(y, f) * mod[5]).flatten(1, 2)
 
     def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``[B, F, h*w, C*pt*ph*pw]`` -> ``[B, F*pt, C, h*ph, w*pw]``."""

@@ -3,17 +3,27 @@
 A head of dimension ``d`` is viewed as ``c = d/2`` complex channels made of ADJACENT pairs (element 2i is
 the real part, 2i+1 the imaginary part). The channels are split into temporal ``c - 2*floor(c/3)``, height
 ``floor(c/3)`` and width ``floor(c/3)`` groups (22/21/21 at d = 128) with frequencies
-``theta^(-2i/dim_part)``. Rotations are done in float64 complex arithmetic and cast back, exactly like the
-Self-Forcing and Echo-Forcing code.
+``theta^(-2i/dim_part)``. The tables are built in float64 (like the Self-Forcing and Echo-Forcing code). The
+official code also multiplies in complex128; here the product is complex64 for float32/bf16/fp16 tensors
+(float64 tensors keep complex128): about 5x less time and memory traffic on the hot path of every call, and
+the result differs from the float64 product by at most one float32 rounding step (the parity tests hold
+with unchanged tolerances; in bf16 one element in 40,000 lands on the neighbouring bf16 value).
 
 Positions are free: every key frame carries its own temporal position (absolute frame index for
 Self-Forcing, slot-derived relative time for Echo-Forcing), spatial positions are the row/column of the
-token inside its frame. The tables grow on demand, so long videos never run off the end of a table.
+token inside its frame. The tables grow on demand, so long videos never run off the end of a table. The
+rotation of a whole window is kept for the last few position lists asked for, on the device: a cache that
+is full asks for the same window positions (0..20) in every call of every layer, so the table is built once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
+
+ROTATIONS_KEPT = 8
+"""Recently used per-token rotation tables kept per ``Rope3D`` (a 21-frame window at 30x52 is 8 MiB)."""
 
 
 def rope_frequencies(num_positions: int, dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -41,6 +51,7 @@ class Rope3D:
         self._tables: list[torch.Tensor] = []
         self._grow(initial_positions)
         self._spatial: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._rotations: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def _grow(self, n: int) -> None:
         ct, ch, cw = self.channels
@@ -58,6 +69,7 @@ class Rope3D:
                 size *= 2
             self._grow(size)
             self._spatial.clear()
+            self._rotations.clear()
 
     def _spatial_table(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """``[h*w, ch + cw]`` complex128 rotations of the height and width channels."""
@@ -83,11 +95,29 @@ class Rope3D:
         freqs = torch.cat([temporal.view(f, 1, -1).expand(f, hw, -1), spatial.view(1, hw, -1).expand(f, hw, -1)], -1)
         return freqs.reshape(f * hw, 1, -1)
 
+    def rotation(self, frame_positions: torch.Tensor, grid: tuple[int, int], device: torch.device,
+                 dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+        """``frequencies`` as ``dtype`` on ``device``, kept for the last ``ROTATIONS_KEPT`` position lists."""
+        key = (tuple(frame_positions.tolist()), tuple(grid), str(device), dtype)
+        table = self._rotations.get(key)
+        if table is None:
+            table = self.frequencies(frame_positions, grid, device).to(dtype)
+            self._rotations[key] = table
+            if len(self._rotations) > ROTATIONS_KEPT:
+                self._rotations.popitem(last=False)
+        else:
+            self._rotations.move_to_end(key)
+        return table
+
     def apply(self, x: torch.Tensor, frame_positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Rotate ``x`` ``[B, F*h*w, heads, head_dim]`` whose frame ``i`` sits at temporal ``frame_positions[i]``."""
+        """Rotate ``x`` ``[B, F*h*w, heads, head_dim]`` whose frame ``i`` sits at temporal ``frame_positions[i]``.
+
+        float64 tensors are rotated in complex128, all others in complex64; the result has ``x``'s dtype."""
         b, length, heads, d = x.shape
         if length != frame_positions.numel() * grid[0] * grid[1]:
             raise ValueError(f"{length} tokens do not match {frame_positions.numel()} frames of {grid[0]}x{grid[1]}")
-        freqs = self.frequencies(frame_positions, grid, x.device)
-        xc = torch.view_as_complex(x.to(torch.float64).reshape(b, length, heads, d // 2, 2))
+        wide = x.dtype == torch.float64
+        freqs = self.rotation(frame_positions, grid, x.device, torch.complex128 if wide else torch.complex64)
+        real = x if wide else x.to(torch.float32)
+        xc = torch.view_as_complex(real.reshape(b, length, heads, d // 2, 2))
         return torch.view_as_real(xc * freqs).flatten(3).type_as(x)

@@ -55,6 +55,9 @@ class AttentionWindow:
     """Temporal RoPE position of every query frame, long ``[num_frames]``."""
     weights: torch.Tensor | None = None
     """Per-key-token weight ``[S]`` multiplying the rotated keys and the values; None means all ones."""
+    weighted_tokens: int | None = None
+    """Only the first ``weighted_tokens`` keys may have a weight other than 1 (None: any of them), so the DiT
+    scales that span and leaves the rest of the window as it is (multiplying by 1 is exact)."""
     keys_rotated: bool = False
     """The keys already carry their RoPE (a policy that keeps rotated keys, e.g. token-level compression
     whose tokens keep their own positions); the DiT then rotates only the queries."""

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from ..memory.devices import synchronize
 from ..memory.scene_pool import ScenePool
 from ..memory.state import BlockReport, MemoryState, SceneInfo
 from ..models.block_forward import CausalWan, TextContext
@@ -264,6 +265,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
                                     seconds, report, switch if block_in_scene == 0 else None))
             index += 1
 
+    synchronize(model.device)  # asynchronous copies into pinned memory (scene pool frames) are complete
     result.cache_bytes = state.device_bytes
     result.storage_bytes = state.storage_bytes
     result.pool = state.result_pool()
