@@ -238,9 +238,10 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
         raise RuntimeError("the decay left no weights on the window")
     dtype = inputs.dtype
 
-    def weigh() -> tuple[torch.Tensor, torch.Tensor]:  # as CausalWan calls it (there the keys are the rotated
-        # copy of window.k: same shape and dtype, so the same cost)
-        return weigh_window(window.k, window, dtype)
+    rotated = window.k.clone()  # stands for the fresh rotated keys CausalWan passes (scaled in place)
+
+    def weigh() -> tuple[torch.Tensor, torch.Tensor]:  # as CausalWan calls it
+        return weigh_window(rotated, window, dtype, keys_owned=True)
 
     when = "every call, in the 5 blocks after a smooth / recall switch (1 block after a hard cut)"
     new_first = layer.block_frame(0)[0][:p].unsqueeze(0)
@@ -250,9 +251,9 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
            lambda: difference_rates(new_first, layer.k[:, :p], decay.min_rate, decay.max_rate)),
         Op("decay", "weight update", f"`apply_decay`, {BLOCK_FRAMES * p:,} old tokens",
            "5 blocks after a smooth / recall switch", 1, False, lambda: apply_decay(layer)),
-        Op("decay", "weighting the window", f"`weigh_window`: the {window.weighted_tokens:,} old tokens x weights, "
-           f"the rest of the {window.k.shape[1]:,} keys and values copied (an upper bound: those blocks' windows "
-           "hold 4 to 18 frames)", when,
+        Op("decay", "weighting the window", f"`weigh_window`: the {window.weighted_tokens:,} old tokens x weights "
+           f"(keys in place), the rest of the {window.k.shape[1]:,} values copied (an upper bound: those blocks' "
+           "windows hold 4 to 18 frames)", when,
            CALLS_PER_BLOCK, False, weigh),
     ]
 

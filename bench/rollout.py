@@ -38,6 +38,9 @@ from echo_forcing.models.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import BlockEvent, RolloutSettings, parse_scene_script, rollout, scenes_for_script
 
 TINY = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
+PARITY = WanConfig(dim=1536, ffn_dim=256, num_heads=12, num_layers=1, text_dim=64, in_dim=4, out_dim=4)
+"""One layer of the real 12 x 128 heads (the parity fixtures' model): the CPU side-by-side with the official code."""
+MODELS = {"tiny": TINY, "parity": PARITY, "full": WAN21_T2V_1_3B}
 FPS = 16
 SHOTS = (
     ("A lighthouse keeper in a yellow raincoat climbs the spiral stairs at dusk", ""),
@@ -81,7 +84,7 @@ def run_once(job: dict) -> dict:
     """Build the model, run one preset on one script and measure it (called in a fresh process)."""
     full = job["full"]
     device = torch.device("cuda" if full else "cpu")
-    cfg, dtype = (WAN21_T2V_1_3B, torch.bfloat16) if full else (TINY, torch.float32)
+    cfg, dtype = MODELS[job["model"]], torch.bfloat16 if full else torch.float32
     dit = WanDiT.from_state_dict(random_wan_state_dict(cfg, seed=0, dtype=dtype, device=device), dtype=dtype,
                                  device=device)
     model = CausalWan(dit, dtype=dtype, device=device, compile=job["compile"])
@@ -205,6 +208,9 @@ def targets(results: list[dict], full: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="full Wan2.1-1.3B shapes in bf16 (needs a GPU)")
+    parser.add_argument("--model", choices=("tiny", "parity"), default="tiny",
+                        help="CPU model: tiny (2 layers of 2 heads) or parity (1 layer of the real 12 heads, the "
+                             "shape of the side-by-side with the official code)")
     parser.add_argument("--presets", default="self-forcing,echo-forcing",
                         help=f"comma-separated cache presets, or 'all' ({', '.join(preset_names())})")
     parser.add_argument("--compile", action="store_true", help="also run echo-forcing with torch.compile")
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device("cuda" if args.full else "cpu")
     presets = preset_names() if args.presets == "all" else [p.strip() for p in args.presets.split(",")]
-    common = {"full": args.full, "height": args.height, "width": args.width, "compile": False}
+    common = {"full": args.full, "model": "full" if args.full else args.model, "height": args.height,
+              "width": args.width, "compile": False}
     jobs = [{**common, "label": p, "preset": p, "seconds": SCRIPT_SECONDS} for p in presets]
     if args.compile:
         jobs.append({**common, "label": "echo-forcing, torch.compile", "preset": "echo-forcing",
@@ -241,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{job['label']}: {six_shot_script(job['seconds'])[:80]}...", flush=True)
         results.append(spawn(job))
     command = "python bench/rollout.py" + (" --full" if args.full else "") + (" --compile" if args.compile else "") + (
-        f" --presets {args.presets}" if args.presets != "self-forcing,echo-forcing" else "")
+        f" --presets {args.presets}" if args.presets != "self-forcing,echo-forcing" else "") + (
+        f" --model {args.model}" if args.model != "tiny" and not args.full else "") + (
+        " --no-long" if args.no_long else "")
     text = markdown(results, device, command)
     print()
     print(text)
     if args.markdown:
-        write_section(args.markdown, "GPU, full 1.3B shapes" if args.full else "CPU, tiny model", text)
+        title = "GPU, full 1.3B shapes" if args.full else f"CPU, {args.model} model"
+        write_section(args.markdown, title, text)
     return 0
 
 

@@ -66,9 +66,11 @@ def _first_weight(dit: nn.Module) -> torch.Tensor:
     return dit.patch_embedding.weight
 
 
-def weigh_window(keys: torch.Tensor, window: AttentionWindow, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def weigh_window(keys: torch.Tensor, window: AttentionWindow, dtype: torch.dtype,
+                 keys_owned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotated ``keys`` and the window's values scaled by its per-token weights. Only the span that may differ
-    from 1 (``window.weighted_tokens``) is multiplied; the cache's own tensors are never changed."""
+    from 1 (``window.weighted_tokens``) is multiplied (x 1 is exact, so the result is the same); ``keys`` is
+    scaled in place when the caller owns it (a fresh rotation), the cache's own tensors are never changed."""
     values = window.v
     if window.weights is None:
         return keys, values
@@ -76,9 +78,14 @@ def weigh_window(keys: torch.Tensor, window: AttentionWindow, dtype: torch.dtype
     if n <= 0:
         return keys, values
     w = window.weights[:n].to(device=keys.device, dtype=dtype)[None, :, None, None]
-    if n == keys.shape[1]:
-        return keys * w, values * w
-    return torch.cat((keys[:, :n] * w, keys[:, n:]), dim=1), torch.cat((values[:, :n] * w, values[:, n:]), dim=1)
+    if keys_owned:
+        keys[:, :n] *= w
+    elif n == keys.shape[1]:
+        keys = keys * w
+    else:
+        keys = torch.cat((keys[:, :n] * w, keys[:, n:]), dim=1)
+    values = values * w if n == values.shape[1] else torch.cat((values[:, :n] * w, values[:, n:]), dim=1)
+    return keys, values
 
 
 COMPILE_RECOMPILE_LIMIT = 64
@@ -166,7 +173,7 @@ class CausalWan:
             window = memory.update(q, k, v, call)
             q = self.rope.apply(q, window.q_time, grid).type_as(v)
             keys = window.k if window.keys_rotated else self.rope.apply(window.k, window.k_time, grid).type_as(v)
-            keys, values = weigh_window(keys, window, self.dtype)
+            keys, values = weigh_window(keys, window, self.dtype, keys_owned=not window.keys_rotated)
             x = self._layer_out(block, x, q, keys, values, mod, text_k, text_v, f)
 
         head = dit.head

@@ -73,6 +73,10 @@ def test_weighting_only_the_decay_span_equals_weighting_the_whole_window():
                                   torch.float32)
     assert torch.equal(full_k, span_k) and torch.equal(full_v, span_v)  # x 1.0 is exact
     assert torch.equal(v, before)  # the cache's values are never scaled in place
+    owned = rotated.clone()
+    own_k, own_v = weigh_window(owned, AttentionWindow(k, v, None, torch.arange(3), weights, weighted_tokens=36),
+                                torch.float32, keys_owned=True)
+    assert own_k is owned and torch.equal(own_k, full_k) and torch.equal(own_v, full_v)
     nothing_k, nothing_v = weigh_window(rotated, AttentionWindow(k, v, None, torch.arange(3), weights,
                                                                  weighted_tokens=0), torch.float32)
     assert nothing_k is rotated and nothing_v is v
