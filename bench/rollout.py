@@ -56,6 +56,11 @@ SCRIPT_SECONDS = (1.5, 1.5, 1.5, 1.5, 1.5, 6.0)
 MINUTE_SECONDS = (10.0,) * 6
 """The 60 s six-shot video of the peak-memory target."""
 GB = 1e9
+MMAP_THRESHOLD = 1 << 20
+"""CPU runs: glibc serves allocations of 1 MiB and more with mmap and returns them on free. By default its
+threshold grows up to 32 MiB as tensors are freed, large tensors then come from the heap, and the peak RSS
+depends on fragmentation (+-5 % between runs of the same video); a fixed threshold makes RSS follow the memory
+the run actually holds."""
 CACHE_FRAMES = 21
 """The working cache of both default presets; a block that ends with this many frames attended a full cache."""
 
@@ -138,6 +143,8 @@ def spawn(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = dict(os.environ)
+        if not job["full"]:  # measure what the run holds, not what glibc's heap keeps after frees (see below)
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
         subprocess.run([sys.executable, __file__, "--worker", json.dumps(job), "--worker-out", str(out)],
                        check=True, env=env)
         return json.loads(out.read_text())
@@ -163,7 +170,8 @@ def markdown(results: list[dict], device: torch.device, command: str) -> str:
         "all video frames / the whole rollout (switches, warm-up and the first, cheaper blocks included). Text "
         "encoding and VAE decoding are not included. "
         + ("Peak memory: `torch.cuda.max_memory_allocated` over the run (weights included)." if full else
-           "Peak memory: the process's peak resident set size (weights, Python and torch included)."), "",
+           "Peak memory: the process's peak resident set size (weights, Python and torch included; glibc's "
+           f"`MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}`, so freed tensors leave the RSS)."), "",
         "| run | latent frames (blocks per shot) | first block | full-cache block | vs self-forcing | video FPS "
         "| overall FPS | memory state on device | off device | peak memory |",
         "|---|---|---|---|---|---|---|---|---|---|",
