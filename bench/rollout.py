@@ -108,7 +108,6 @@ def run_once(job: dict) -> dict:
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    weights_mib = (torch.cuda.memory_allocated(device) if cuda else 0) / 2**20
 
     def on_block(event: BlockEvent) -> None:
         memory = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _proc_status("VmRSS")
@@ -132,7 +131,6 @@ def run_once(job: dict) -> dict:
         "full_cache_block_s": per_block, "fps": 4 * settings.frames_per_block / per_block,
         "overall_fps": video / total, "total_s": total, "video_frames": video,
         "cache_mib": result.cache_bytes / 2**20, "storage_mib": result.storage_bytes / 2**20,
-        "weights_mib": weights_mib,
         "peak_mib": max(r["memory_mib"] or 0 for r in rows) if cuda else _proc_status("VmHWM"),
         "switches": [s.get("mode", "new prompt") for s in result.switches],
     }

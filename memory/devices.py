@@ -15,11 +15,6 @@ from __future__ import annotations
 import torch
 
 
-def asynchronous(a: torch.device, b: torch.device) -> bool:
-    """Copies between ``a`` and ``b`` go through pinned memory (one is CUDA, the other the CPU)."""
-    return {a.type, b.type} == {"cpu", "cuda"}
-
-
 def to_storage(x: torch.Tensor, storage: torch.device) -> torch.Tensor:
     """A copy of ``x`` on ``storage`` (pinned and asynchronous from a GPU to the CPU)."""
     if x.device.type == "cuda" and storage.type == "cpu":

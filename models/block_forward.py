@@ -71,21 +71,20 @@ def weigh_window(keys: torch.Tensor, window: AttentionWindow, dtype: torch.dtype
     """Rotated ``keys`` and the window's values scaled by its per-token weights. Only the span that may differ
     from 1 (``window.weighted_tokens``) is multiplied (x 1 is exact, so the result is the same); ``keys`` is
     scaled in place when the caller owns it (a fresh rotation), the cache's own tensors are never changed."""
-    values = window.v
     if window.weights is None:
-        return keys, values
+        return keys, window.v
     n = keys.shape[1] if window.weighted_tokens is None else min(window.weighted_tokens, keys.shape[1])
     if n <= 0:
-        return keys, values
+        return keys, window.v
     w = window.weights[:n].to(device=keys.device, dtype=dtype)[None, :, None, None]
+
+    def scaled(t: torch.Tensor) -> torch.Tensor:  # a new tensor: the first n tokens x w, the rest as they are
+        return t * w if n == t.shape[1] else torch.cat((t[:, :n] * w, t[:, n:]), dim=1)
+
     if keys_owned:
         keys[:, :n] *= w
-    elif n == keys.shape[1]:
-        keys = keys * w
-    else:
-        keys = torch.cat((keys[:, :n] * w, keys[:, n:]), dim=1)
-    values = values * w if n == values.shape[1] else torch.cat((values[:, :n] * w, values[:, n:]), dim=1)
-    return keys, values
+        return keys, scaled(window.v)
+    return scaled(keys), scaled(window.v)
 
 
 COMPILE_RECOMPILE_LIMIT = 64
@@ -99,9 +98,9 @@ def compile_layer_functions(*functions: Callable) -> tuple[Callable, ...]:
     as inputs, so 30 layers compile once per shape. Triton on a GPU, C++ on the CPU (needs a compiler)."""
     import torch._dynamo
 
-    limit = getattr(torch._dynamo.config, "recompile_limit", None)
-    name = "recompile_limit" if limit is not None else "cache_size_limit"
-    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), COMPILE_RECOMPILE_LIMIT))
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), COMPILE_RECOMPILE_LIMIT))
     return tuple(torch.compile(fn, dynamic=False) for fn in functions)
 
 
