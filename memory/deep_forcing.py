@@ -56,7 +56,7 @@ from ..models.rope import Rope3D, split_channels
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import SELF_FORCING_FRAMES, CacheLengthError
-from .state import MemoryState, SceneInfo, tensor_bytes
+from .state import FrameBuffer, MemoryState, SceneInfo, tensor_bytes
 
 FUSIONS = ("sum", "max")
 
@@ -119,29 +119,25 @@ def temporal_shift(k: torch.Tensor, delta: int, theta: float = 10000.0) -> torch
     return torch.view_as_real(xc).flatten(3).type_as(k)
 
 
-class DeepForcingLayerCache:
+class DeepForcingLayerCache(FrameBuffer):
     """One layer's Deep Forcing buffer: rotated keys, values, and per token its selection count and position."""
 
     def __init__(self, config: DeepForcingCacheConfig, ropes: dict[int, Rope3D] | None = None):
+        super().__init__(config.buffer_frames)  # keys stored ROTATED
         self.config = config
         self._ropes = ropes if ropes is not None else {}
-        self.k: torch.Tensor | None = None  # [B, 21 * P, H, D], ROTATED keys
-        self.v: torch.Tensor | None = None
         self.uses: torch.Tensor | None = None  # [B, 21 * P] times each token was selected
         self.token_time: torch.Tensor | None = None  # [B, 21 * P] temporal position each key is rotated at
         self.q_window: torch.Tensor | None = None  # [B, recent * P, H, D] rotated queries, oldest first
         self.q_filled = 0
-        self.local_end = 0  # frames filled
-        self.global_end = 0
         self.sink_offset = 0  # temporal position of sink frame 0
         self.compressions = 0
 
     def allocate(self, like: torch.Tensor, grid: tuple[int, int]) -> None:
+        super().allocate(like, grid)
         b, _, h, d = like.shape
-        p = grid[0] * grid[1]
-        tokens = self.config.buffer_frames * p
-        self.k = torch.zeros((b, tokens, h, d), dtype=like.dtype, device=like.device)
-        self.v = torch.zeros_like(self.k)
+        p = self.frame_tokens
+        tokens = self.buffer_frames * p
         self.uses = torch.zeros((b, tokens), dtype=torch.int32, device=like.device)
         self.token_time = torch.zeros((b, tokens), dtype=torch.int32, device=like.device)
         self.q_window = torch.zeros((b, self.config.recent_frames * p, h, d), dtype=like.dtype, device=like.device)
@@ -237,14 +233,9 @@ class DeepForcingLayerCache:
             self.token_time[:, span] = positions.to(torch.int32).repeat_interleave(p).to(self.token_time.device)
             self.local_end = end
         self.global_end = max(self.global_end, call.end_frame)
-        end = self.local_end
-        return AttentionWindow(k=self.k[:, :end * p], v=self.v[:, :end * p], k_time=None, q_time=positions,
-                               keys_rotated=True)
+        return self.window(positions, None, keys_rotated=True)
 
     @property
     def device_bytes(self) -> int:
         return tensor_bytes(self.k, self.v, self.uses, self.token_time, self.q_window)
 
-    @property
-    def storage_bytes(self) -> int:
-        return 0

@@ -48,7 +48,7 @@ import torch
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError, evict_slots
-from .state import MemoryState, SceneInfo, tensor_bytes
+from .state import FrameBuffer, MemoryState, SceneInfo
 
 HARD_CUT = "hardcut"
 FLUSH_ON = ("hardcut", "every")
@@ -127,26 +127,14 @@ class InfinityRopeState(MemoryState):
                 layer.cut = False
 
 
-class InfinityRopeLayerCache:
+class InfinityRopeLayerCache(FrameBuffer):
     """One layer's Infinity-RoPE buffer: pre-RoPE keys and values, positions from the slot index."""
 
     def __init__(self, config: InfinityRopeCacheConfig):
+        super().__init__(config.local_attn_size)
         self.config = config
-        cap = config.local_attn_size
-        self.k: torch.Tensor | None = None  # [B, cap * P, H, D]
-        self.v: torch.Tensor | None = None
-        self.frame_src = torch.full((cap,), -1, dtype=torch.long)  # frame of the video in each slot (-1: never)
-        self.local_end = 0
-        self.global_end = 0
+        self.frame_src = torch.full((config.local_attn_size,), -1, dtype=torch.long)  # video frame per slot (-1: none)
         self.cut = False  # the RoPE cut is armed (first block of a hard-cut scene)
-        self.frame_tokens = 0
-
-    def allocate(self, like: torch.Tensor, grid: tuple[int, int]) -> None:
-        b, _, h, d = like.shape
-        self.frame_tokens = grid[0] * grid[1]
-        shape = (b, self.config.local_attn_size * self.frame_tokens, h, d)
-        self.k = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        self.v = torch.zeros(shape, dtype=like.dtype, device=like.device)
 
     def flush(self) -> None:
         """KV flush: keep the sink and the last ``flush_keep_frames`` frames (slots right after the sink)."""
@@ -194,12 +182,5 @@ class InfinityRopeLayerCache:
             q_time = torch.arange(call.start_frame, call.end_frame)
         else:
             q_time = torch.arange(cap - f, cap)
-        return AttentionWindow(k=self.k[:, :end * p], v=self.v[:, :end * p], k_time=k_time, q_time=q_time)
+        return self.window(q_time, k_time)
 
-    @property
-    def device_bytes(self) -> int:
-        return tensor_bytes(self.k, self.v)
-
-    @property
-    def storage_bytes(self) -> int:
-        return 0

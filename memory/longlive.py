@@ -49,7 +49,7 @@ import torch
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError, evict_slots
-from .state import MemoryState, SceneInfo, tensor_bytes
+from .state import FrameBuffer, MemoryState, SceneInfo
 
 
 @dataclass(frozen=True)
@@ -105,24 +105,14 @@ class LongLiveState(MemoryState):
         return self.config.recache_frames
 
 
-class LongLiveLayerCache:
+class LongLiveLayerCache(FrameBuffer):
     """One layer's LongLive buffer: pre-RoPE keys/values plus the absolute frame (= position) of each slot."""
 
     def __init__(self, config: LongLiveCacheConfig):
+        super().__init__(config.local_attn_size)
         self.config = config
-        self.k: torch.Tensor | None = None  # [B, local_attn_size * P, H, D]
-        self.v: torch.Tensor | None = None
         self.frame_pos = torch.zeros(config.local_attn_size, dtype=torch.long)  # absolute frame of each slot
-        self.local_end = 0  # frames filled in the buffer
-        self.global_end = 0  # absolute end frame of the last write
         self.write_from_zero = False  # set by a switch without global sink: the re-cache call fills slot 0 on
-
-    def allocate(self, like: torch.Tensor, grid: tuple[int, int]) -> None:
-        """Allocate the buffer for keys shaped like ``like`` ``[B, *, H, D]`` with ``grid`` tokens per frame."""
-        b, _, h, d = like.shape
-        shape = (b, self.config.local_attn_size * grid[0] * grid[1], h, d)
-        self.k = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        self.v = torch.zeros(shape, dtype=like.dtype, device=like.device)
 
     def restart_for_recache(self) -> None:
         """A switch without global sink: zero the buffer; the next (re-cache) call writes from slot 0."""
@@ -172,14 +162,4 @@ class LongLiveLayerCache:
                 if recompute and slot < sink and int(self.frame_pos[slot]) != frame:
                     continue  # a recompute never overwrites the sink with other frames
                 self._write(slot, k[:, i * p:(i + 1) * p], v[:, i * p:(i + 1) * p], frame, p)
-        end = self.local_end
-        return AttentionWindow(k=self.k[:, :end * p], v=self.v[:, :end * p], k_time=self.frame_pos[:end].clone(),
-                               q_time=torch.arange(call.start_frame, call.end_frame))
-
-    @property
-    def device_bytes(self) -> int:
-        return tensor_bytes(self.k, self.v)
-
-    @property
-    def storage_bytes(self) -> int:
-        return 0
+        return self.window(torch.arange(call.start_frame, call.end_frame), self.frame_pos[:self.local_end].clone())

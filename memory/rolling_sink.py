@@ -47,7 +47,7 @@ import torch
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError, evict_slots
-from .state import MemoryState, SceneInfo, tensor_bytes
+from .state import FrameBuffer, MemoryState, SceneInfo, tensor_bytes
 
 GROUP = 3
 """Frames per pool group = frames per block (Rolling Sink's layout is built from 3-frame groups)."""
@@ -94,28 +94,23 @@ class RollingSinkCacheConfig:
         return MemoryState([RollingSinkLayerCache(self) for _ in range(num_layers)])
 
 
-class RollingSinkLayerCache:
+class RollingSinkLayerCache(FrameBuffer):
     """One layer's Rolling Sink buffer and pool, keys pre-RoPE."""
 
     def __init__(self, config: RollingSinkCacheConfig):
+        super().__init__(config.budget_frames)
         self.config = config
         cap = config.budget_frames
-        self.k: torch.Tensor | None = None  # [B, cap * P, H, D]
-        self.v: torch.Tensor | None = None
         self.pool_k: torch.Tensor | None = None  # [B, pool_frames * P, H, D], clean pre-RoPE frames 0..pool-1
         self.pool_v: torch.Tensor | None = None
         self.frame_pos = torch.zeros(cap, dtype=torch.long)  # temporal position of each slot
         self.frame_src = torch.full((cap,), -1, dtype=torch.long)  # which frame of the video each slot holds
-        self.local_end = 0
-        self.global_end = 0
         self.pending: int | None = None  # start frame R of the block whose slots get the next pool group
 
     def allocate(self, like: torch.Tensor, grid: tuple[int, int]) -> None:
+        super().allocate(like, grid)
         b, _, h, d = like.shape
-        p = grid[0] * grid[1]
-        cfg = self.config
-        self.k = torch.zeros((b, cfg.budget_frames * p, h, d), dtype=like.dtype, device=like.device)
-        self.v = torch.zeros_like(self.k)
+        p, cfg = self.frame_tokens, self.config
         storage = torch.device("cpu") if like.device.type == "cuda" else like.device
         pin = like.device.type == "cuda"
         shape = (b, cfg.pool_frames * p, h, d)
@@ -165,13 +160,7 @@ class RollingSinkLayerCache:
                     self.pool_v[:, frame * p:(frame + 1) * p] = v[:, i * p:(i + 1) * p].to(self.pool_v.device)
             if call.start_frame >= cap:
                 self.pending = call.start_frame - GROUP
-        return AttentionWindow(k=self.k[:, :end * p], v=self.v[:, :end * p], k_time=self.frame_pos[:end].clone(),
-                               q_time=torch.arange(call.start_frame, call.end_frame))
-
-    @property
-    def device_bytes(self) -> int:
-        """Persistent bytes on the compute device (the working buffer)."""
-        return tensor_bytes(self.k, self.v)
+        return self.window(torch.arange(call.start_frame, call.end_frame), self.frame_pos[:end].clone())
 
     @property
     def storage_bytes(self) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .state import MemoryState, tensor_bytes
+from .state import FrameBuffer, MemoryState
 
 SELF_FORCING_FRAMES = 21
 """Latent frames Self-Forcing was trained on (its global cache holds 21 x 1560 = 32760 tokens)."""
@@ -95,24 +95,13 @@ class SelfForcingCacheConfig:
         return MemoryState([SelfForcingLayerCache(self) for _ in range(num_layers)])
 
 
-class SelfForcingLayerCache:
+class SelfForcingLayerCache(FrameBuffer):
     """One layer's Self-Forcing cache: pre-RoPE keys and values plus the absolute frame index of each slot."""
 
     def __init__(self, config: SelfForcingCacheConfig):
+        super().__init__(config.buffer_frames)
         self.config = config
-        self.k: torch.Tensor | None = None  # [B, buffer_frames * P, H, D]
-        self.v: torch.Tensor | None = None
         self.frame_pos = torch.zeros(config.buffer_frames, dtype=torch.long)  # absolute frame of each slot
-        self.local_end = 0  # frames filled in the buffer
-        self.global_end = 0  # absolute end frame of the last write
-
-    def allocate(self, k: torch.Tensor, grid: tuple[int, int]) -> None:
-        """Allocate the buffer for keys shaped like ``k`` ``[B, *, H, d]`` and ``grid`` tokens per frame."""
-        b, _, h, d = k.shape
-        frame_tokens = grid[0] * grid[1]
-        shape = (b, self.config.buffer_frames * frame_tokens, h, d)
-        self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
-        self.v = torch.zeros(shape, dtype=k.dtype, device=k.device)
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: BlockCall) -> AttentionWindow:
         p, f = call.frame_tokens, call.num_frames
@@ -132,12 +121,4 @@ class SelfForcingLayerCache:
         self.v[:, (end - f) * p:end * p] = v
         self.frame_pos[end - f:end] = torch.arange(call.start_frame, call.end_frame)
         self.local_end, self.global_end = end, call.end_frame
-        return AttentionWindow(
-            k=self.k[:, :end * p], v=self.v[:, :end * p],
-            k_time=self.frame_pos[:end].clone(),
-            q_time=torch.arange(call.start_frame, call.end_frame),
-        )
-
-    @property
-    def device_bytes(self) -> int:
-        return tensor_bytes(self.k, self.v)
+        return self.window(torch.arange(call.start_frame, call.end_frame), self.frame_pos[:end].clone())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.seam import AttentionWindow
 from .scene_pool import ScenePool
 
 
@@ -77,3 +78,37 @@ class MemoryState:
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class FrameBuffer:
+    """What the baseline layer caches share: a buffer of ``buffer_frames`` whole frames of keys and values on
+    the compute device (allocated at the first call, shaped like its keys), filled up to ``local_end`` frames,
+    and the window over the filled part. Subclasses add their own per-slot state and write rules."""
+
+    def __init__(self, buffer_frames: int):
+        self.buffer_frames = buffer_frames
+        self.k: torch.Tensor | None = None  # [B, buffer_frames * P, H, D]
+        self.v: torch.Tensor | None = None
+        self.frame_tokens = 0
+        self.local_end = 0  # frames filled in the buffer
+        self.global_end = 0  # absolute end frame of the last write
+
+    def allocate(self, like: torch.Tensor, grid: tuple[int, int]) -> None:
+        """Allocate the buffer for keys shaped like ``like`` ``[B, *, H, D]`` with ``grid`` tokens per frame."""
+        b, _, h, d = like.shape
+        self.frame_tokens = grid[0] * grid[1]
+        self.k = torch.zeros((b, self.buffer_frames * self.frame_tokens, h, d), dtype=like.dtype, device=like.device)
+        self.v = torch.zeros_like(self.k)
+
+    def window(self, q_time: torch.Tensor, k_time: torch.Tensor | None, **options) -> AttentionWindow:
+        """The filled frames ``[0, local_end)`` as the window to attend."""
+        tokens = self.local_end * self.frame_tokens
+        return AttentionWindow(k=self.k[:, :tokens], v=self.v[:, :tokens], k_time=k_time, q_time=q_time, **options)
+
+    @property
+    def device_bytes(self) -> int:
+        return tensor_bytes(self.k, self.v)
+
+    @property
+    def storage_bytes(self) -> int:
+        return 0
