@@ -50,6 +50,7 @@ from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError, evict_slots
 from .state import FrameBuffer, MemoryState, SceneInfo
+from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, unified_times
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class LongLiveCacheConfig:
     (their first ``sink_size`` frames) become the new sink."""
     recache_frames: int = 12
     """Latent frames re-encoded with the new prompt at a switch (0 switches the re-cache off)."""
+    rope: str = "absolute"
+    """"absolute": keys and queries at their frame index (the code); "unified": the unified relative RoPE
+    recipe (memory/unified_rope.py): sink at 0..2, the newest frame's id stops at 20."""
+    rope_frames: int = PRETRAINED_FRAMES
+    """Unified RoPE: frames of the model's trained range (the newest id stops at rope_frames - 1)."""
 
     def __post_init__(self):
         check_int("local_attn_size", self.local_attn_size, 1, None)
@@ -74,6 +80,9 @@ class LongLiveCacheConfig:
             raise ConfigError(f"global_sink must be True or False, got {self.global_sink!r}")
         check_int("recache_frames", self.recache_frames, 0, self.local_attn_size,
                    f" (at most local_attn_size={self.local_attn_size}: the re-cache call writes into the buffer)")
+        if self.rope not in ROPE_MODES:
+            raise ConfigError(f"rope must be one of {', '.join(ROPE_MODES)}, got {self.rope!r}")
+        check_int("rope_frames", self.rope_frames, 1, None)
 
     def check_length(self, num_frames: int, frames_per_block: int) -> None:
         """Any length fits; the buffer must hold the sink and one block."""
@@ -162,4 +171,10 @@ class LongLiveLayerCache(FrameBuffer):
                 if recompute and slot < sink and int(self.frame_pos[slot]) != frame:
                     continue  # a recompute never overwrites the sink with other frames
                 self._write(slot, k[:, i * p:(i + 1) * p], v[:, i * p:(i + 1) * p], frame, p)
-        return self.window(torch.arange(call.start_frame, call.end_frame), self.frame_pos[:self.local_end].clone())
+        q_time, k_time = torch.arange(call.start_frame, call.end_frame), self.frame_pos[:self.local_end].clone()
+        if self.config.rope == "unified":
+            sink = self.frame_pos[:min(self.config.sink_size, self.local_end)]
+            newest = max(int(k_time.max()), call.end_frame - 1)
+            q_time = unified_times(q_time, sink, newest, self.local_end, self.config.rope_frames)
+            k_time = unified_times(k_time, sink, newest, self.local_end, self.config.rope_frames)
+        return self.window(q_time, k_time)

@@ -10,9 +10,16 @@ a validated configuration that says what it keeps (SPEC §5.3, §6; docs/BASELIN
 | rolling-sink       | sink 15 (replayed pool of frames 0..17) + recent 3 + block 3      | new text only            |
 | deep-forcing       | deep sink 12 + 9 frames of participative compression (5 + 4)      | new text only            |
 | infinity-rope      | rolling 21, block-relative positions                              | KV flush at a hard cut   |
+| tethercache        | sink 3 + memory 14 (GRAB, TAME) + recent 4 (1 + block), slots     | new text only            |
 
 ``make_policy(name, **options)`` builds a preset's policy; options are the fields of its config (and, for
 Echo-Forcing, ``encode_text``, ``pool`` and ``storage`` of ``EchoMemory``).
+
+Positions: ``rope="unified"`` (the unified relative RoPE recipe, memory/unified_rope.py) is an option of the
+presets whose positions would otherwise leave the trained range or that share its layout: self-forcing,
+longlive (absolute by default) and tethercache (slots by default; the same ids with its 21-frame budget).
+The others have their own position rules (echo-forcing and infinity-rope are slot-relative already;
+rolling-sink replays its sink at positions its walk assigns; deep-forcing stores keys rotated).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from .infinity_rope import InfinityRopeCacheConfig
 from .longlive import LongLiveCacheConfig
 from .rolling_sink import RollingSinkCacheConfig
 from .self_forcing import SelfForcingCacheConfig
+from .tethercache import TetherCacheConfig
 
 
 def echo_paper_config() -> EchoMemoryConfig:
@@ -106,7 +114,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("infinity-rope", "Infinity-RoPE (R21)",
            "rolling 21 frames with block-relative positions; KV flush to sink + last frame at a hard cut",
            _plain(InfinityRopeCacheConfig)),
+    Preset("tethercache", "TetherCache (S3 + M14 + R4)",
+           "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "
+           "(0.35 blend towards the sink and memory statistics) + recent 4 (1 previous + block), slot positions",
+           _plain(TetherCacheConfig)),
 )}
+
+UNIFIED_ROPE_PRESETS = ("self-forcing", "longlive", "tethercache")
+"""Presets with the ``rope="unified"`` option (see the module docstring)."""
+ROPE_CHOICES = ("unified",)
 
 
 def preset_names() -> list[str]:
@@ -141,13 +157,15 @@ class PresetChoice:
     """"difference-aware" or "off" (old memory keeps full weight until it is evicted)."""
     pool_size: int = 0
     """Most scenes the scene pool keeps (0 = preset default)."""
+    rope: str = PRESET_DEFAULT
+    """"unified": the unified relative RoPE recipe, for the presets in ``UNIFIED_ROPE_PRESETS``."""
 
     def __post_init__(self):
         if str(self.preset).lower() not in PRESETS:
             raise ConfigError(f"unknown cache preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         object.__setattr__(self, "preset", str(self.preset).lower())
         for name, allowed in (("recall_matching", ("similar", "idf")), ("compression", ("on", "off")),
-                              ("decay", ("difference-aware", "off"))):
+                              ("decay", ("difference-aware", "off")), ("rope", ROPE_CHOICES)):
             value = getattr(self, name)
             if value not in (PRESET_DEFAULT, *allowed):
                 raise ConfigError(f"{name} must be {PRESET_DEFAULT!r} or one of {', '.join(allowed)}; got {value!r}")
@@ -160,20 +178,25 @@ class PresetChoice:
 
     def options(self) -> dict:
         """The options that were set (not left at the preset default)."""
-        out = {n: getattr(self, n) for n in ("recall_matching", "compression", "decay") if getattr(self, n) !=
-               PRESET_DEFAULT}
+        out = {n: getattr(self, n) for n in ("recall_matching", "compression", "decay", "rope") if getattr(self, n)
+               != PRESET_DEFAULT}
         if self.pool_size:
             out["pool_size"] = self.pool_size
         return out
 
     @property
     def ignored(self) -> list[str]:
-        return [] if self.is_echo else sorted(self.options())
+        """The options that were set but do not apply to this preset."""
+        applies = {"rope"} if self.preset in UNIFIED_ROPE_PRESETS else set()
+        if self.is_echo:
+            applies = {"recall_matching", "compression", "decay", "pool_size"}
+        return sorted(set(self.options()) - applies)
 
     def build(self, encode_text=None, pool=None, storage=None):
         """The cache policy (Echo-Forcing also gets the text encoder, the scene pool and the storage device)."""
         if not self.is_echo:
-            return make_policy(self.preset)
+            unified = self.rope != PRESET_DEFAULT and self.preset in UNIFIED_ROPE_PRESETS
+            return make_policy(self.preset, **({"rope": self.rope} if unified else {}))
         policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage)
         cfg = policy.config
         changes = {}

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
+from .config import ConfigError, check_int
 from .state import FrameBuffer, MemoryState
+from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, unified_times
 
 SELF_FORCING_FRAMES = 21
 """Latent frames Self-Forcing was trained on (its global cache holds 21 x 1560 = 32760 tokens)."""
@@ -59,6 +61,11 @@ class SelfForcingCacheConfig:
     local_attn_size: int | None = None
     sink_size: int = 0
     capacity: int = SELF_FORCING_FRAMES
+    rope: str = "absolute"
+    """"absolute": keys and queries at their frame index (the code); "unified": the unified relative RoPE
+    recipe (memory/unified_rope.py), ids within the trained range however long the video."""
+    rope_frames: int = PRETRAINED_FRAMES
+    """Unified RoPE: frames of the model's trained range (the newest id stops at rope_frames - 1)."""
 
     def __post_init__(self):
         if self.local_attn_size is not None and self.local_attn_size < 1:
@@ -70,6 +77,9 @@ class SelfForcingCacheConfig:
         if self.local_attn_size is not None and self.sink_size >= self.local_attn_size:
             raise ValueError(f"sink_size ({self.sink_size}) must be smaller than local_attn_size "
                              f"({self.local_attn_size})")
+        if self.rope not in ROPE_MODES:
+            raise ConfigError(f"rope must be one of {', '.join(ROPE_MODES)}, got {self.rope!r}")
+        check_int("rope_frames", self.rope_frames, 1, None)
 
     @property
     def rolling(self) -> bool:
@@ -121,4 +131,10 @@ class SelfForcingLayerCache(FrameBuffer):
         self.v[:, (end - f) * p:end * p] = v
         self.frame_pos[end - f:end] = torch.arange(call.start_frame, call.end_frame)
         self.local_end, self.global_end = end, call.end_frame
-        return self.window(torch.arange(call.start_frame, call.end_frame), self.frame_pos[:end].clone())
+        q_time, k_time = torch.arange(call.start_frame, call.end_frame), self.frame_pos[:end].clone()
+        if self.config.rope == "unified":
+            sink = self.frame_pos[:min(self.config.sink_size, end)]
+            newest = int(k_time.max())
+            q_time = unified_times(q_time, sink, newest, end, self.config.rope_frames)
+            k_time = unified_times(k_time, sink, newest, end, self.config.rope_frames)
+        return self.window(q_time, k_time)
