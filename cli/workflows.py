@@ -53,7 +53,7 @@ DEFS: dict[str, NodeDef] = {
     "EchoForcingSceneScript": NodeDef((("clip", "CLIP"), ("script", "widget:STRING")), (("scenes", "ECHO_SCENES"),)),
     "EchoForcingMemoryConfig": NodeDef((("preset", "widget:COMBO"), ("recall_matching", "widget:COMBO"),
                                         ("phase_compression", "widget:COMBO"), ("memory_decay", "widget:COMBO"),
-                                        ("scene_pool_size", "widget:INT")),
+                                        ("scene_pool_size", "widget:INT"), ("rope_positions", "widget:COMBO")),
                                        (("config", "ECHO_MEMORY_CONFIG"),)),
     "EchoForcingSceneRecallPool": NodeDef((("pool", "widget:COMBO"),), (("pool", "ECHO_SCENE_POOL"),)),
     "EchoForcingSampler": NodeDef((("model", "MODEL"), ("scenes", "ECHO_SCENES"), ("seed", "widget:INT"),
@@ -114,7 +114,8 @@ def _finish(sampler_links: dict, prefix: str, seed: int, extra: list | None = No
     nodes = [
         Node("memory", "EchoForcingMemoryConfig", {"preset": "echo-forcing", "recall_matching": "preset default",
                                                    "phase_compression": "preset default",
-                                                   "memory_decay": "preset default", "scene_pool_size": 0},
+                                                   "memory_decay": "preset default", "scene_pool_size": 0,
+                                                   "rope_positions": "preset default"},
              column=2),
         Node("sampler", "EchoForcingSampler", {"seed": seed, "width": 832, "height": 480, "fps": 16.0, "steps": 4,
                                                "shift": 5.0},

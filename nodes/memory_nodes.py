@@ -6,6 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..memory import PRESET_DEFAULT, PRESETS, PresetChoice, ScenePool, ScenePoolError, pool_file, pool_names
+from ..memory.presets import ROPE_CHOICES, UNIFIED_ROPE_PRESETS
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType
 
@@ -46,6 +47,13 @@ class EchoMemoryConfig(io.ComfyNode):
                 io.Int.Input("scene_pool_size", default=0, min=0, max=1024,
                              tooltip="Most finished scenes kept for recalls (oldest dropped). 0 = the preset's "
                                      "default (64)."),
+                io.Combo.Input("rope_positions", options=[PRESET_DEFAULT, *ROPE_CHOICES], default=PRESET_DEFAULT,
+                               optional=True,
+                               tooltip="Where the model places remembered frames in time. unified: the first "
+                                       "frames stay at the start and the newest frame never moves past the 21 "
+                                       "frames the model was trained on, however long the video (Echo-Infinity's "
+                                       "recipe). For " + ", ".join(UNIFIED_ROPE_PRESETS) + " only; the other "
+                                       "presets have their own rule."),
             ],
             outputs=[MemoryConfig.Output(display_name="config",
                                          tooltip="Connect to the Autoregressive Sampler's config input.")],
@@ -53,8 +61,9 @@ class EchoMemoryConfig(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset: str, recall_matching: str, phase_compression: str, memory_decay: str,
-                scene_pool_size: int) -> io.NodeOutput:
-        return io.NodeOutput(PresetChoice(preset, recall_matching, phase_compression, memory_decay, scene_pool_size))
+                scene_pool_size: int, rope_positions: str = PRESET_DEFAULT) -> io.NodeOutput:
+        return io.NodeOutput(PresetChoice(preset, recall_matching, phase_compression, memory_decay, scene_pool_size,
+                                          rope_positions))
 
 
 class SceneRecallPool(io.ComfyNode):

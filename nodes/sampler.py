@@ -123,8 +123,8 @@ class AutoregressiveSampler(io.ComfyNode):
         if width_of_text != cfg.text_dim:
             raise RolloutInputError(f"the shots' text encoding is {width_of_text} wide but the model takes "
                                     f"{cfg.text_dim}; use the text encoder the model was trained with (umT5-XXL)")
-        notes = [f"option(s) {', '.join(choice.ignored)} apply to Echo-Forcing presets only; ignored by "
-                 f"{choice.preset}"] if choice.ignored else []
+        notes = [f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored"
+                 ] if choice.ignored else []
         dtype, device = _compute_dtype(model), mm.get_torch_device()
         grid = token_grid(cfg.patch_size, settings)
         if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
