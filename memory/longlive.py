@@ -50,7 +50,7 @@ from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError, evict_slots
 from .state import FrameBuffer, MemoryState, SceneInfo
-from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, unified_times
+from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, check_rope, unified_window
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,7 @@ class LongLiveCacheConfig:
             raise ConfigError(f"global_sink must be True or False, got {self.global_sink!r}")
         check_int("recache_frames", self.recache_frames, 0, self.local_attn_size,
                    f" (at most local_attn_size={self.local_attn_size}: the re-cache call writes into the buffer)")
-        if self.rope not in ROPE_MODES:
-            raise ConfigError(f"rope must be one of {', '.join(ROPE_MODES)}, got {self.rope!r}")
-        check_int("rope_frames", self.rope_frames, 1, None)
+        check_rope(self.rope, ROPE_MODES, self.rope_frames)
 
     def check_length(self, num_frames: int, frames_per_block: int) -> None:
         """Any length fits; the buffer must hold the sink and one block."""
@@ -173,8 +171,5 @@ class LongLiveLayerCache(FrameBuffer):
                 self._write(slot, k[:, i * p:(i + 1) * p], v[:, i * p:(i + 1) * p], frame, p)
         q_time, k_time = torch.arange(call.start_frame, call.end_frame), self.frame_pos[:self.local_end].clone()
         if self.config.rope == "unified":
-            sink = self.frame_pos[:min(self.config.sink_size, self.local_end)]
-            newest = max(int(k_time.max()), call.end_frame - 1)
-            q_time = unified_times(q_time, sink, newest, self.local_end, self.config.rope_frames)
-            k_time = unified_times(k_time, sink, newest, self.local_end, self.config.rope_frames)
+            q_time, k_time = unified_window(q_time, k_time, self.config.sink_size, self.config.rope_frames)
         return self.window(q_time, k_time)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError, check_int
 from .state import FrameBuffer, MemoryState
-from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, unified_times
+from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, check_rope, unified_window
 
 SELF_FORCING_FRAMES = 21
 """Latent frames Self-Forcing was trained on (its global cache holds 21 x 1560 = 32760 tokens)."""
@@ -77,9 +76,7 @@ class SelfForcingCacheConfig:
         if self.local_attn_size is not None and self.sink_size >= self.local_attn_size:
             raise ValueError(f"sink_size ({self.sink_size}) must be smaller than local_attn_size "
                              f"({self.local_attn_size})")
-        if self.rope not in ROPE_MODES:
-            raise ConfigError(f"rope must be one of {', '.join(ROPE_MODES)}, got {self.rope!r}")
-        check_int("rope_frames", self.rope_frames, 1, None)
+        check_rope(self.rope, ROPE_MODES, self.rope_frames)
 
     @property
     def rolling(self) -> bool:
@@ -133,8 +130,5 @@ class SelfForcingLayerCache(FrameBuffer):
         self.local_end, self.global_end = end, call.end_frame
         q_time, k_time = torch.arange(call.start_frame, call.end_frame), self.frame_pos[:end].clone()
         if self.config.rope == "unified":
-            sink = self.frame_pos[:min(self.config.sink_size, end)]
-            newest = int(k_time.max())
-            q_time = unified_times(q_time, sink, newest, end, self.config.rope_frames)
-            k_time = unified_times(k_time, sink, newest, end, self.config.rope_frames)
+            q_time, k_time = unified_window(q_time, k_time, self.config.sink_size, self.config.rope_frames)
         return self.window(q_time, k_time)

@@ -58,7 +58,7 @@ from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
 from .self_forcing import CacheLengthError
 from .state import BlockReport, FrameBuffer, MemoryState, SceneInfo
-from .unified_rope import PRETRAINED_FRAMES, unified_slot_times
+from .unified_rope import PRETRAINED_FRAMES, check_rope, unified_slot_times
 
 TETHER_ROPE_MODES = ("slot", "unified")
 STD_FLOOR = 1e-6
@@ -103,9 +103,7 @@ class TetherCacheConfig:
             raise ConfigError(f"tau must lie in 0..1, got {self.tau!r}")
         if self.score_temperature <= 0:
             raise ConfigError(f"score_temperature must be > 0, got {self.score_temperature!r}")
-        if self.rope not in TETHER_ROPE_MODES:
-            raise ConfigError(f"rope must be one of {', '.join(TETHER_ROPE_MODES)}, got {self.rope!r}")
-        check_int("rope_frames", self.rope_frames, 1, None)
+        check_rope(self.rope, TETHER_ROPE_MODES, self.rope_frames)
 
     @property
     def memory_size(self) -> int:
@@ -204,11 +202,10 @@ class TetherCacheLayer(FrameBuffer):
         # call says otherwise (it sizes the buffer before allocating it)
         super().__init__(config.budget_size + SPARE_FRAMES)
         self.config = config
-        self.frame_src = torch.full((config.budget_size,), -1, dtype=torch.long)  # video frame of each slot
+        self.frame_src = torch.full((self.buffer_frames,), -1, dtype=torch.long)  # video frame of each slot
         self.filled = False  # the budget was full at a context pass (memory seeded)
         self.memory_used = 0  # memory slots holding a member
-        self.pending = 0  # frames waiting in the spare slots for the next admission
-        self.pending_src = torch.empty(0, dtype=torch.long)
+        self.pending = 0  # frames waiting in the spare slots (from slot budget_size on) for the next admission
         self.last_admitted = 0  # pending frames admitted at the last admission
         self.last_scores: torch.Tensor | None = None  # GRAB scores of the last admission (diagnostics, tests)
 
@@ -224,12 +221,14 @@ class TetherCacheLayer(FrameBuffer):
         """Move ``count`` slots from ``src`` to ``dst`` (keys, values and frame indices)."""
         for buf in (self.k, self.v):
             self._frames(buf, dst, count).copy_(self._frames(buf, src, count).clone())
+        self.frame_src[dst:dst + count] = self.frame_src[src:src + count].clone()
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: BlockCall) -> AttentionWindow:
         cfg, f = self.config, call.num_frames
         budget, sink, recent = cfg.budget_size, cfg.sink_size, cfg.recent_size
         if self.k is None:
             self.buffer_frames = budget + f
+            self.frame_src = torch.full((self.buffer_frames,), -1, dtype=torch.long)
             self.allocate(k, call.grid)
         if call.end_frame > self.global_end:  # the first call of a block
             if self.local_end + f <= budget:  # warm-up: append
@@ -240,11 +239,9 @@ class TetherCacheLayer(FrameBuffer):
                                            f"{recent} frames (budget {budget}, filled to {self.local_end})")
                 first_recent = budget - recent
                 self._copy(budget, first_recent, f)
-                self.pending_src = self.frame_src[first_recent:first_recent + f].clone()
                 self.pending = f
                 if recent > f:
                     self._copy(first_recent, first_recent + f, recent - f)
-                    self.frame_src[first_recent:budget - f] = self.frame_src[first_recent + f:budget].clone()
                 end = budget
             self.local_end, self.global_end = end, call.end_frame
         end = self.local_end
@@ -269,17 +266,17 @@ class TetherCacheLayer(FrameBuffer):
         cfg, p = self.config, self.frame_tokens
         sink, used, pending = cfg.sink_size, self.memory_used, self.pending
         b, _, h, d = self.k.shape
-        spare = self.buffer_frames - pending  # first spare slot (= budget)
+        spare = cfg.budget_size  # the first spare slot
         # mean key of every candidate frame: the members (slots sink..sink+used) then the pending frames
         members = self._frames(self.k, sink, used).reshape(b, used, p, h, d)
         waiting = self._frames(self.k, spare, pending).reshape(b, pending, p, h, d)
         frame_keys = torch.cat([members.mean(dim=2, dtype=torch.float32), waiting.mean(dim=2, dtype=torch.float32)],
                                dim=1)
-        frames = torch.cat([self.frame_src[sink:sink + used], self.pending_src])
+        frames = torch.cat([self.frame_src[sink:sink + used], self.frame_src[spare:spare + pending]])
         if frames.numel() > cfg.memory_size:
             scores = grab_scores(q, frame_keys, frames, cfg.alpha, cfg.score_temperature)
             keep = grab_keep(scores, cfg.memory_size)
-            self.last_scores = scores.cpu()
+            self.last_scores = scores
         else:
             keep = list(range(frames.numel()))
             self.last_scores = None
@@ -292,13 +289,12 @@ class TetherCacheLayer(FrameBuffer):
             if index < used:
                 if sink + index != slot:
                     self._copy(slot, sink + index, 1)
-                    self.frame_src[slot] = self.frame_src[sink + index].clone()
             else:
                 src = spare + index - used
                 for buf, stats in zip((self.k, self.v), trusted or (None, None), strict=True):
                     frame = self._frames(buf, src, 1)
                     self._frames(buf, slot, 1).copy_(tame(frame, stats, cfg.tau) if stats is not None else frame)
-                self.frame_src[slot] = self.pending_src[index - used]
+                self.frame_src[slot] = self.frame_src[src]
             slot += 1
         kept = slot - sink
         if kept < cfg.memory_size:  # fewer members than slots: the rest are empty

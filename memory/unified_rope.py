@@ -21,10 +21,19 @@ from __future__ import annotations
 
 import torch
 
+from .config import ConfigError, check_int
+
 PRETRAINED_FRAMES = 21
 """Latent frames the Self-Forcing family was trained on: temporal ids 0..20."""
 ROPE_MODES = ("absolute", "unified")
 """Position modes of presets whose keys sit at absolute frame indices (Self-Forcing, LongLive)."""
+
+
+def check_rope(rope: str, modes: tuple[str, ...], rope_frames: int) -> None:
+    """Validate a preset's ``rope`` mode and ``rope_frames`` fields."""
+    if rope not in modes:
+        raise ConfigError(f"rope must be one of {', '.join(modes)}, got {rope!r}")
+    check_int("rope_frames", rope_frames, 1, None)
 
 
 def newest_id(newest_frame: int, window_frames: int, max_frames: int = PRETRAINED_FRAMES) -> int:
@@ -56,3 +65,14 @@ def unified_slot_times(window_frames: int, sink_size: int, newest_frame: int,
     times = torch.arange(window_frames) + (top - (window_frames - 1))
     times[:min(sink_size, window_frames)] = torch.arange(min(sink_size, window_frames))
     return times
+
+
+def unified_window(q_time: torch.Tensor, k_time: torch.Tensor, sink_size: int,
+                   max_frames: int = PRETRAINED_FRAMES) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window of absolute positions (``k_time``: each slot's frame, the first ``sink_size`` slots the sink;
+    ``q_time``: the call's frames) in unified ids: ``(q_time, k_time)``."""
+    window = k_time.numel()
+    sink = k_time[:min(sink_size, window)]
+    newest = max(int(k_time.max()), int(q_time.max()))
+    return (unified_times(q_time, sink, newest, window, max_frames),
+            unified_times(k_time, sink, newest, window, max_frames))

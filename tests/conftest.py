@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -29,6 +30,46 @@ def tiny_state_dict(tiny_config) -> dict[str, torch.Tensor]:
 @pytest.fixture()
 def tiny_dit(tiny_state_dict) -> WanDiT:
     return WanDiT.from_state_dict(tiny_state_dict)
+
+
+class LoggedCall(NamedTuple):
+    call: object  # models.BlockCall
+    k_time: list[int] | None
+    q_time: list[int]
+    frames: list[int] | None
+    """The video frame in each window slot (the cache's per-slot frame array), when the cache keeps one."""
+
+
+class RecordingPolicy:
+    """Wraps a cache policy; logs every call of layer 0 as a ``LoggedCall`` in ``log``."""
+
+    def __init__(self, policy):
+        self.policy, self.log = policy, []
+
+    def check_length(self, num_frames, frames_per_block):
+        self.policy.check_length(num_frames, frames_per_block)
+
+    def create(self, num_layers, scenes=None):
+        state = self.policy.create(num_layers, scenes)
+        layer = state.layers[0]
+        inner = layer.update
+
+        def update(q, k, v, call):
+            window = inner(q, k, v, call)
+            k_time = None if window.k_time is None else window.k_time.tolist()
+            slots = getattr(layer, "frame_src", getattr(layer, "frame_pos", None))
+            frames = None if slots is None or k_time is None else slots[:len(k_time)].tolist()
+            self.log.append(LoggedCall(call, k_time, window.q_time.tolist(), frames))
+            return window
+
+        layer.update = update
+        return state
+
+
+@pytest.fixture()
+def recording():
+    """``recording(policy)``: the policy wrapped so that every call of layer 0 is logged (``.log``)."""
+    return RecordingPolicy
 
 
 @dataclass(frozen=True)

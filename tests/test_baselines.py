@@ -514,30 +514,6 @@ def test_memory_is_bounded_and_matches_the_footprint(policy):
 
 # --- end to end with the tiny model -------------------------------------------------------------------------
 
-class _Recording:
-    """Wraps a policy; records (call, k_time, q_time) of layer 0 for every call."""
-
-    def __init__(self, policy):
-        self.policy, self.log = policy, []
-
-    def check_length(self, num_frames, frames_per_block):
-        self.policy.check_length(num_frames, frames_per_block)
-
-    def create(self, num_layers, scenes=None):
-        state = self.policy.create(num_layers, scenes)
-        layer = state.layers[0]
-        inner = layer.update
-
-        def update(q, k, v, call):
-            window = inner(q, k, v, call)
-            k_time = None if window.k_time is None else window.k_time.tolist()
-            self.log.append((call, k_time, window.q_time.tolist()))
-            return window
-
-        layer.update = update
-        return state
-
-
 def _texts(model, n):
     gen = torch.Generator().manual_seed(5)
     return [model.encode_text(torch.randn(1, 4, model.config.text_dim, generator=gen)) for _ in range(n)]
@@ -571,15 +547,15 @@ def test_longlive_single_prompt_equals_a_rolling_self_forcing_cache_with_sink(mo
     assert torch.equal(rollout(model, text, _settings(5), LongLiveCacheConfig()).latents, reference)
 
 
-def test_longlive_rollout_recaches_at_every_switch(model):
+def test_longlive_rollout_recaches_at_every_switch(model, recording):
     texts = _texts(model, 3)
     scenes = [RolloutScene(texts[0], 5), RolloutScene(texts[1], 3, entry="smooth"),
               RolloutScene(texts[2], 2, entry="hardcut")]
-    policy = _Recording(LongLiveCacheConfig())
+    policy = recording(LongLiveCacheConfig())
     result = rollout(model, scenes, _settings(10), policy)
     assert torch.isfinite(result.latents).all()
     assert [r["recache_frames"] for r in result.switches] == [12, 12]
-    recaches = [(c, k, q) for c, k, q in policy.log if c.num_frames != 3]
+    recaches = [(c, k, q) for c, k, q, _ in policy.log if c.num_frames != 3]
     assert [(c.start_frame, c.num_frames, c.timestep, c.context_pass) for c, _, _ in recaches] == [
         (3, 12, 0.0, True), (12, 12, 0.0, True)]
     assert recaches[0][1] == [0, 1, 2, *range(6, 15)] and recaches[0][2] == list(range(3, 15))
@@ -587,16 +563,16 @@ def test_longlive_rollout_recaches_at_every_switch(model):
     assert len(policy.log) == 10 * 5 + 2
 
 
-def test_infinity_rope_rollout_cuts_the_first_block_of_a_hard_cut_only(model):
+def test_infinity_rope_rollout_cuts_the_first_block_of_a_hard_cut_only(model, recording):
     texts = _texts(model, 3)
     scenes = [RolloutScene(texts[0], 3, prompt="a"), RolloutScene(texts[1], 2, prompt="b", entry="hardcut"),
               RolloutScene(texts[2], 2, prompt="c", entry="smooth")]
-    policy = _Recording(InfinityRopeCacheConfig())
+    policy = recording(InfinityRopeCacheConfig())
     result = rollout(model, scenes, _settings(7), policy)
     assert torch.isfinite(result.latents).all()
     assert [r["flushed_to"] for r in result.switches] == [2, None]
     by_block = {}
-    for call, k_time, q_time in policy.log:
+    for call, k_time, q_time, _ in policy.log:
         by_block.setdefault(call.start_frame, []).append((k_time, q_time))
     assert by_block[9] == [([0, 1, 45, 46, 47], [45, 46, 47])] * 5
     assert by_block[12] == [(list(range(8)), [5, 6, 7])] * 5

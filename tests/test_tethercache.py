@@ -218,31 +218,6 @@ def test_memory_is_bounded_and_matches_the_footprint():
 
 # --- unified relative RoPE -----------------------------------------------------------------------------------
 
-class _Recording:
-    """Wraps a policy; records (call, k_time, q_time, slot frames) of layer 0 for every call."""
-
-    def __init__(self, policy):
-        self.policy, self.log = policy, []
-
-    def check_length(self, num_frames, frames_per_block):
-        self.policy.check_length(num_frames, frames_per_block)
-
-    def create(self, num_layers, scenes=None):
-        state = self.policy.create(num_layers, scenes)
-        layer = state.layers[0]
-        inner = layer.update
-
-        def update(q, k, v, call):
-            window = inner(q, k, v, call)
-            slots = layer.frame_src if hasattr(layer, "frame_src") else layer.frame_pos
-            self.log.append((call, window.k_time.tolist(), window.q_time.tolist(),
-                             slots[:len(window.k_time)].tolist()))
-            return window
-
-        layer.update = update
-        return state
-
-
 def test_newest_id_grows_to_the_trained_range_then_stays():
     assert [newest_id(f, 12) for f in (0, 11, 19, 20, 21, 500)] == [0, 11, 19, 20, 20, 20]
     assert newest_id(500, 30) == 29  # a window longer than the range keeps distinct ids
@@ -274,8 +249,8 @@ def _run(model, policy, blocks, scenes=1):
     LongLiveCacheConfig(rope="unified"),
     TetherCacheConfig(budget_size=12, sink_size=3, recent_size=3, rope="unified"),
 ], ids=["self-forcing", "longlive", "tethercache-12"])
-def test_unified_positions_over_a_long_rollout(model, policy):
-    rec = _Recording(policy)
+def test_unified_positions_over_a_long_rollout(model, policy, recording):
+    rec = recording(policy)
     _run(model, rec, blocks=40, scenes=3)  # 120 latent frames, two prompt switches (LongLive re-caches)
     newest_seen = []
     slot_ids = isinstance(policy, TetherCacheConfig)  # its memory frames are not contiguous in time
