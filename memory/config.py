@@ -69,6 +69,13 @@ class MatchMethod(str, Enum):
     IDF = "idf"  # TF-IDF over the scene prompts, no encoder
 
 
+class MatchScope(str, Enum):
+    """Which prompts the recall-matching features are computed over (IDF statistics, common-word filter)."""
+
+    VIDEO = "video"  # official: every prompt of the video, so a later shot's prompt can change an earlier recall
+    SO_FAR = "so-far"  # the shots up to the one being entered (and the pool's): no shot depends on later ones
+
+
 class AnchorOrder(str, Enum):
     PING_PONG = "ping-pong"  # the official code: 3-frame groups 3,2,1,0 (reversed) then 0,1,2,3, period 8 blocks
     PAPER = "paper"  # the paper's eq. (1): u_r = (r S) mod N, groups reversed on even updates
@@ -193,6 +200,8 @@ class EchoMemoryConfig:
     """Scene Recall Frame = w * first frame + (1 - w) * fusion (official 0.9; paper 0 = pure fusion)."""
     pool_size: int = 64
     match_method: MatchMethod = MatchMethod.SIMILAR
+    match_scope: MatchScope = MatchScope.VIDEO
+    """The prompts recall matching compares over: the whole video (official) or the shots so far."""
     exclude_previous_scene: bool = False
     """Recall never picks the scene just before (paper: i* != t-1); the official code allows it."""
     transition_frames: int = 3
@@ -203,6 +212,7 @@ class EchoMemoryConfig:
         object.__setattr__(self, "anchor_order", AnchorOrder(self.anchor_order))
         object.__setattr__(self, "recall_fusion", RecallFusion(self.recall_fusion))
         object.__setattr__(self, "match_method", MatchMethod(self.match_method))
+        object.__setattr__(self, "match_scope", MatchScope(self.match_scope))
         modes = {TransitionMode(k): v for k, v in self.modes.items()}
         object.__setattr__(self, "modes", modes)
         fpb = self.frames_per_block

@@ -142,6 +142,10 @@ class DeepForcingLayerCache(FrameBuffer):
         self.token_time = torch.zeros((b, tokens), dtype=torch.int32, device=like.device)
         self.q_window = torch.zeros((b, self.config.recent_frames * p, h, d), dtype=like.dtype, device=like.device)
 
+    def snapshot_fields(self) -> dict:
+        """All fields but the RoPE tables (a cache of a deterministic function, kept by the fresh state)."""
+        return {k: v for k, v in vars(self).items() if k != "_ropes"}
+
     def _rope(self, head_dim: int) -> Rope3D:
         if head_dim not in self._ropes:
             self._ropes[head_dim] = Rope3D(head_dim)

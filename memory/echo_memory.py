@@ -18,11 +18,19 @@ Which old frame a transition carries (official defaults, old-memory source "comp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from .config import DecayTarget, EchoMemoryConfig, JumpStrategy, OldMemorySource, TransitionMode
+from .config import (
+    DecayTarget,
+    EchoMemoryConfig,
+    JumpStrategy,
+    MatchMethod,
+    MatchScope,
+    OldMemorySource,
+    TransitionMode,
+)
 from .decay import apply_decay, estimate_rates, evict_step
 from .devices import to_device, to_storage
 from .hierarchical_memory import EchoLayerMemory
@@ -61,6 +69,11 @@ class EchoMemory:
     def create(self, num_layers: int, scenes: Sequence[SceneInfo] | None = None) -> EchoMemoryState:
         return EchoMemoryState(self, num_layers, list(scenes or []))
 
+    def check_scenes(self, scenes: Sequence[SceneInfo]) -> None:
+        """Refuse a scene plan this memory cannot carry out (transitions, recall targets, a missing text
+        encoder) before any model is loaded; the same checks run again when the rollout creates its state."""
+        EchoMemoryState(self, 0, list(scenes), compute_features=False)
+
 
 def layer_recall_frame(layer: EchoLayerMemory) -> tuple[torch.Tensor, torch.Tensor] | None:
     """One layer's Scene Recall Frame of the running scene: fused on the compute device from the recorded
@@ -80,7 +93,7 @@ def _entry_mode(entry: str | None) -> TransitionMode | str | None:
 
 
 class EchoMemoryState(MemoryState):
-    def __init__(self, policy: EchoMemory, num_layers: int, scenes: list[SceneInfo]):
+    def __init__(self, policy: EchoMemory, num_layers: int, scenes: list[SceneInfo], compute_features: bool = True):
         cfg = policy.config
         super().__init__([EchoLayerMemory(cfg, policy.storage) for _ in range(num_layers)])
         self.policy, self.config = policy, cfg
@@ -88,14 +101,16 @@ class EchoMemoryState(MemoryState):
         self.entries = [_entry_mode(s.entry) for s in self.scenes]
         self.base_pool = policy.pool or ScenePool(max_size=cfg.pool_size)
         self._validate()
-        active = [m for m in self.entries[1:] if m is not None]
-        self.needs_recall_frames = any(
-            m == AUTO or (cfg.mode(m).use_old_memory and cfg.mode(m).old_memory_source is OldMemorySource.COMPRESS)
-            for m in active)
-        self.keep_select = any(
-            m != AUTO and (cfg.mode(m).old_memory_source is OldMemorySource.SELECT
-                           or cfg.mode(m).decay.target is DecayTarget.OLD_RECENT) for m in active)
-        self.features = self._features()
+        # What each scene records for later switches follows from the config alone, not from the
+        # transitions this script happens to use: the shots of a video then leave the same memory whatever
+        # comes after them, so a later job can append shots (or change later ones) and reuse them.
+        modes = list(cfg.modes.values())
+        self.needs_recall_frames = any(m.use_old_memory and m.old_memory_source is OldMemorySource.COMPRESS
+                                       for m in modes)
+        self.keep_select = any(m.old_memory_source is OldMemorySource.SELECT or m.decay.target is
+                               DecayTarget.OLD_RECENT for m in modes)
+        self._scoped_features: dict[int, list] = {}
+        self.features = self._features(compute_features)
         self.pool_entries: list[PoolEntry] = list(self.base_pool.entries)
         self.signature: PoolSignature | None = None  # this run's, from the layers at the first registration
         self.scene_select: LayerFrames | None = None  # first frame of the latest scene (per layer)
@@ -142,16 +157,40 @@ class EchoMemoryState(MemoryState):
                 return j
         return None
 
-    def _features(self) -> list[torch.Tensor]:
-        """Routing features of this video's scenes, then of loaded pool entries (one document set)."""
-        needed = any(m in (TransitionMode.RECALL, AUTO) for m in self.entries)
-        if not needed:
+    def _features(self, compute: bool = True) -> list[torch.Tensor]:
+        """Routing features of the whole video's scenes, then of loaded pool entries (one document set; the
+        official scope). Empty when no scene routes; with the "so-far" scope computed per switch instead."""
+        self.routes = any(m in (TransitionMode.RECALL, AUTO) for m in self.entries)
+        if not self.routes:
             return []
-        prompts = [s.prompt for s in self.scenes] + [e.prompt for e in self.base_pool.entries]
+        if self.config.match_method is MatchMethod.SIMILAR and self.policy.encode_text is None:
+            raise SceneMemoryError("'Similar' recall matching needs a text encoder; connect one or choose IDF "
+                                   "matching")
+        if self.config.match_scope is MatchScope.SO_FAR or not compute:
+            return []
+        return self._document_features(len(self.scenes))
+
+    def _document_features(self, scenes: int) -> list[torch.Tensor]:
+        prompts = [s.prompt for s in self.scenes[:scenes]] + [e.prompt for e in self.base_pool.entries]
         try:
             return prompt_features(prompts, self.config.match_method, self.policy.encode_text)
         except ValueError as err:
             raise SceneMemoryError(str(err)) from None
+
+    def features_at(self, scene: int) -> list[torch.Tensor | None]:
+        """The routing features a decision at scene ``scene`` sees, indexed like the whole video's (this
+        video's scenes, then the loaded pool's entries); with the "so-far" scope, computed over the scenes
+        up to ``scene`` and the pool (later scenes are None). Empty when no scene routes."""
+        if not self.routes:
+            return []
+        if self.config.match_scope is MatchScope.VIDEO:
+            return self.features
+        cached = self._scoped_features.get(scene)
+        if cached is None:
+            made = self._document_features(scene + 1)
+            cached = made[:scene + 1] + [None] * (len(self.scenes) - scene - 1) + made[scene + 1:]
+            self._scoped_features = {scene: cached}
+        return cached
 
     # ---- hooks ----------------------------------------------------------------------------------------------
 
@@ -160,7 +199,7 @@ class EchoMemoryState(MemoryState):
         route_jump = None
         target = self.scenes[scene].recall_target
         if mode == AUTO:
-            route = auto_route(scene, self.features[:len(self.scenes)])
+            route = auto_route(scene, self.features_at(scene)[:len(self.scenes)])
             mode, route_jump = route.mode, route.jump
             if target is None and route.target is not None:
                 target = route.target
@@ -229,6 +268,26 @@ class EchoMemoryState(MemoryState):
     def result_pool(self) -> ScenePool:
         return self.base_pool.with_entries(self.pool_entries, self.signature)
 
+    # ---- shot boundaries ------------------------------------------------------------------------------------
+
+    _BOUNDARY = ("pool_entries", "signature", "scene_select", "smooth_select", "smooth_recall",
+                 "pending_smooth_select", "pending_smooth_recall", "scene_modes")
+
+    def boundary_fields(self) -> dict:
+        return {name: getattr(self, name) for name in self._BOUNDARY}
+
+    def resume_fields(self, fields: dict) -> None:
+        """Take over what the shots so far decided. Their routing features are this plan's: features are
+        computed over all prompts of a video (official), so a pool entry of an earlier shot gets the value a
+        run of the whole new script would have given it."""
+        for name in self._BOUNDARY:
+            setattr(self, name, fields[name])
+        done = fields["scene_modes"]  # modes of the shots so far; None after them
+        self.scene_modes = [done[i] if i < len(done) else None for i in range(len(self.scenes))]
+        self.pool_entries = [e if e.source or e.scene is None else
+                             replace(e, feature=self.features_at(e.scene)[e.scene] if self.routes else None)
+                             for e in self.pool_entries]
+
     # ---- scene pool -----------------------------------------------------------------------------------------
 
     def _pool_index(self, scene: int) -> int | None:
@@ -241,7 +300,7 @@ class EchoMemoryState(MemoryState):
         info = self.scenes[scene]
         index = self._pool_index(scene)
         if index is None:
-            feature = self.features[scene] if self.features else None
+            feature = self.features_at(scene)[scene] if self.routes else None
             entry = PoolEntry(info.label or f"scene {scene + 1}", info.prompt, recall, select, feature, scene)
             self.pool_entries.append(entry)
             self.pool_entries = self.pool_entries[-self.config.pool_size:]
@@ -315,8 +374,8 @@ class EchoMemoryState(MemoryState):
             pool = [e for e in pool if not (e.scene == scene - 1 and not e.source)]
         if not pool:
             raise SceneMemoryError(f"scene {scene + 1} is a recall but the scene pool holds no earlier scene")
-        features = [self._entry_feature(e) for e in pool]
-        candidates = rank(self.features[scene], features)
+        known = self.features_at(scene)
+        candidates = rank(known[scene], [self._entry_feature(e, known) for e in pool])
         chosen = best(candidates)
         if target is not None:
             wanted = self._resolve_target(target, scene)
@@ -328,10 +387,10 @@ class EchoMemoryState(MemoryState):
         entry = pool[chosen.key]
         return getattr(entry, kind), chosen.similarity, candidates, entry
 
-    def _entry_feature(self, entry: PoolEntry) -> torch.Tensor:
+    def _entry_feature(self, entry: PoolEntry, known: list[torch.Tensor | None]) -> torch.Tensor:
         if not entry.source and entry.scene is not None:
-            return self.features[entry.scene]
-        return self.features[len(self.scenes) + self.base_pool.entries.index(entry)]
+            return known[entry.scene]
+        return known[len(self.scenes) + self.base_pool.entries.index(entry)]
 
     def _resolve_target(self, target, scene: int) -> PoolEntry | None:
         if isinstance(target, int):

@@ -23,6 +23,9 @@ class MemoryFootprint:
     """Persistent bytes kept off the compute device (anchor pools, candidate histories, scene pool)."""
     working_cache_bytes: int
     """Keys and values of a 21-frame cache in every layer (the reference)."""
+    boundary_bytes: int = 0
+    """CPU bytes of the memory snapshot a shot boundary keeps (``memory.snapshot``; the latents of the shots
+    done and the shared scene-pool frames come on top)."""
 
     @property
     def device_ratio(self) -> float:
@@ -47,4 +50,8 @@ def memory_footprint(policy, num_layers: int, heads: int, head_dim: int, dtype: 
         # recall candidates of the running scene + one recall frame per finished scene, keys and values
         storage += 2 * frame_bytes * num_layers * (candidates + scenes)
     working = 2 * 21 * frame_bytes * num_layers
-    return MemoryFootprint(state.device_bytes, storage, working)
+    if echo:  # a boundary comes after a shot: count the frames a full cache keeps
+        for layer in state.layers:
+            layer.local_end = layer.config.budget_frames
+    boundary = state.snapshot(copy=False).nbytes
+    return MemoryFootprint(state.device_bytes, storage, working, boundary)

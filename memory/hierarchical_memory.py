@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import EchoMemoryConfig
+from .config import EchoMemoryConfig, OldMemorySource
 from .devices import to_storage
 from .phase_compression import (
     CandidateHistory,
@@ -248,6 +248,43 @@ class EchoLayerMemory:
         self._reset_weights(self._slots(end - count, count))
         self.local_end = end - count
         return count
+
+    # ---- shot boundaries (memory.snapshot) ------------------------------------------------------------------
+
+    _REBUILT = ("k", "v", "weights", "decay_mask", "decay_rates", "pool", "history", "calibration", "omega",
+                "offsets", "q_sum", "recall_frames")
+    """Fields ``allocate`` makes anew; at a shot boundary only the frames below are read from them."""
+
+    def boundary_slots(self) -> list[int]:
+        """The slots ``memory.transitions.enter_scene`` (and the RESINK source) can read at a shot's first
+        block: slot 0 when a mode re-sinks it, and the last frames a smooth transition carries."""
+        cfg = self.config
+        recent = min(max(m.old_recent_frames for m in cfg.modes.values()), self.local_end)
+        slots = list(range(self.local_end - recent, self.local_end))
+        if self.local_end and any(m.old_memory_source is OldMemorySource.RESINK for m in cfg.modes.values()):
+            slots = sorted({0, *slots})
+        return slots
+
+    def snapshot_fields(self) -> dict:
+        """What a shot boundary needs: the plain fields plus the frames of ``boundary_slots`` (2 of 21 with
+        the defaults); the rest of the cache, the anchor pool, the history and the calibration are reset by
+        ``enter_scene`` before anything reads them. Only valid between two shots."""
+        fields = {k: v for k, v in vars(self).items() if k not in self._REBUILT}
+        if self.allocated:
+            fields["boundary_frames"] = {slot: (self.k[:, self._slots(slot, 1)], self.v[:, self._slots(slot, 1)])
+                                         for slot in self.boundary_slots()}
+        return fields
+
+    def restore_fields(self, fields: dict) -> None:
+        frames = fields.pop("boundary_frames", None)
+        self.__dict__.update(fields)
+        if self.allocated:
+            like = torch.empty(1, 0, self.heads, self.head_dim, dtype=self.dtype, device=self.device)
+            self.allocate(like, self.grid)
+            for slot, (k, v) in frames.items():
+                self.k[:, self._slots(slot, 1)] = k
+                self.v[:, self._slots(slot, 1)] = v
+            self.recall_frames = []
 
     # ---- memory accounting ----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .config import (
     DecayStrategy,
     EchoMemoryConfig,
     JumpStrategy,
+    MatchScope,
     RopeJumpConfig,
     TransitionMode,
 )
@@ -120,6 +121,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            _plain(TetherCacheConfig)),
 )}
 
+RECALL_SCOPES = {"whole video": MatchScope.VIDEO, "shots so far": MatchScope.SO_FAR}
+"""The recall-matching scopes as artists name them."""
 UNIFIED_ROPE_PRESETS = ("self-forcing", "longlive", "tethercache")
 """Presets with the ``rope="unified"`` option (see the module docstring)."""
 ROPE_CHOICES = ("unified",)
@@ -159,13 +162,17 @@ class PresetChoice:
     """Most scenes the scene pool keeps (0 = preset default)."""
     rope: str = PRESET_DEFAULT
     """"unified": the unified relative RoPE recipe, for the presets in ``UNIFIED_ROPE_PRESETS``."""
+    recall_scope: str = PRESET_DEFAULT
+    """"whole video" (official: matching statistics over every prompt) or "shots so far" (a shot's recall
+    never depends on later shots, so shots before an edit or an appended shot can be reused)."""
 
     def __post_init__(self):
         if str(self.preset).lower() not in PRESETS:
             raise ConfigError(f"unknown cache preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         object.__setattr__(self, "preset", str(self.preset).lower())
         for name, allowed in (("recall_matching", ("similar", "idf")), ("compression", ("on", "off")),
-                              ("decay", ("difference-aware", "off")), ("rope", ROPE_CHOICES)):
+                              ("decay", ("difference-aware", "off")), ("rope", ROPE_CHOICES),
+                              ("recall_scope", tuple(RECALL_SCOPES))):
             value = getattr(self, name)
             if value not in (PRESET_DEFAULT, *allowed):
                 raise ConfigError(f"{name} must be {PRESET_DEFAULT!r} or one of {', '.join(allowed)}; got {value!r}")
@@ -178,8 +185,8 @@ class PresetChoice:
 
     def options(self) -> dict:
         """The options that were set (not left at the preset default)."""
-        out = {n: getattr(self, n) for n in ("recall_matching", "compression", "decay", "rope") if getattr(self, n)
-               != PRESET_DEFAULT}
+        out = {n: getattr(self, n) for n in ("recall_matching", "compression", "decay", "rope", "recall_scope")
+               if getattr(self, n) != PRESET_DEFAULT}
         if self.pool_size:
             out["pool_size"] = self.pool_size
         return out
@@ -189,7 +196,7 @@ class PresetChoice:
         """The options that were set but do not apply to this preset."""
         applies = {"rope"} if self.preset in UNIFIED_ROPE_PRESETS else set()
         if self.is_echo:
-            applies = {"recall_matching", "compression", "decay", "pool_size"}
+            applies = {"recall_matching", "compression", "decay", "pool_size", "recall_scope"}
         return sorted(set(self.options()) - applies)
 
     def build(self, encode_text=None, pool=None, storage=None):
@@ -206,6 +213,8 @@ class PresetChoice:
             changes["compression"] = self.compression == "on"
         if self.pool_size:
             changes["pool_size"] = self.pool_size
+        if self.recall_scope != PRESET_DEFAULT:
+            changes["match_scope"] = RECALL_SCOPES[self.recall_scope]
         cfg = replace(cfg, **changes) if changes else cfg
         if self.decay == "off":
             for mode in TransitionMode:

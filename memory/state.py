@@ -15,6 +15,7 @@ import torch
 
 from ..models.seam import AttentionWindow
 from .scene_pool import ScenePool
+from .snapshot import MemorySnapshot, capture, restore
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,24 @@ class MemoryState:
     def result_pool(self) -> ScenePool | None:
         """The scene pool after the video (a new object), or None for policies without one."""
         return None
+
+    # ---- shot boundaries (memory.snapshot) -------------------------------------------------------------------
+
+    def boundary_fields(self) -> dict:
+        """The scene-level state the video so far decided (not derived from the plan), for a snapshot taken
+        between two shots. The layers are captured whole (or as their ``snapshot_fields`` say)."""
+        return {}
+
+    def resume_fields(self, fields: dict) -> None:
+        """Take over ``boundary_fields`` of a snapshot (this state is fresh, made for the new plan)."""
+
+    def snapshot(self, copy: bool = True) -> MemorySnapshot:
+        """This state between two shots, in CPU memory (``memory.snapshot``)."""
+        return capture(self, copy)
+
+    def resume(self, snapshot: MemorySnapshot) -> None:
+        """Continue from ``snapshot``: this state must be fresh (no block run yet) and of the same policy."""
+        restore(snapshot, self)
 
     @property
     def device_bytes(self) -> int:

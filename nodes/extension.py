@@ -23,6 +23,9 @@ NODES: list[type[io.ComfyNode]] = [
 
 
 class EchoForcingExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        host.register_routes()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         host.register_folders()
         return list(NODES)

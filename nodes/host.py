@@ -4,6 +4,8 @@ websocket events the timeline widget listens to (web/echo_timeline.js)."""
 from __future__ import annotations
 
 import os
+import uuid
+import weakref
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -13,6 +15,7 @@ import torch
 
 from ..pipeline import BlockEvent
 from ..pipeline.run_report import mode_name
+from ..pipeline.shot_boundary import ShotBoundary
 
 CAUSAL_DIT_FOLDER = "causal_dit"
 """Extra model folder for causal students (``models/causal_dit``); ``diffusion_models`` works too."""
@@ -104,12 +107,12 @@ def prompt_id() -> str | None:
 class BlockProgress:
     """``on_block`` for the rollout: progress bar, a latent2rgb preview of the block's last frame, events."""
 
-    def __init__(self, node_id: str | None, total: int, log):
+    def __init__(self, node_id: str | None, total: int):
         import latent_preview
         from comfy.latent_formats import Wan21
 
         fmt = Wan21()
-        self.node_id, self.total, self.log = node_id, total, log
+        self.node_id, self.total = node_id, total
         self.prompt_id = prompt_id()
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
@@ -117,8 +120,13 @@ class BlockProgress:
     def event(self, name: str, data: dict) -> None:
         send(name, {"node": self.node_id, "prompt_id": self.prompt_id, **data})
 
+    def reused(self, boundary: ShotBoundary) -> None:
+        """The run starts after ``boundary``: the bar jumps over its blocks and the timeline is told."""
+        self.bar.update_absolute(boundary.block, self.total)
+        self.event("echo_forcing.reused", {"shots": boundary.shot, "blocks": boundary.block,
+                                           "seconds_saved": round(sum(boundary.block_seconds), 3)})
+
     def __call__(self, event: BlockEvent) -> None:
-        self.log.add(event)
         if event.switch:
             s = event.switch
             self.event("echo_forcing.switch", {
@@ -129,6 +137,76 @@ class BlockProgress:
         self.bar.update_absolute(event.index + 1, self.total, preview)
         self.event("echo_forcing.block", {"block": event.index, "total": event.total, "scene": event.scene,
                                           "seconds": round(event.seconds, 3)})
+
+
+_STOP_ANY = "*"
+_stop_requests: set[str] = set()
+"""Prompt ids whose run should stop after the current shot ("*": whichever run is going)."""
+
+
+class StopRequest:
+    """``stop_requested`` for a run: true once ``POST /echo_forcing/stop_after_shot`` asked this prompt (or
+    the running one) to stop after the current shot. ``close`` forgets the request when the run ends."""
+
+    def __init__(self, prompt_id: str | None):
+        self.prompt_id = prompt_id
+
+    def __call__(self) -> bool:
+        return _STOP_ANY in _stop_requests or (self.prompt_id is not None and self.prompt_id in _stop_requests)
+
+    def close(self) -> None:
+        _stop_requests.discard(_STOP_ANY)
+        if self.prompt_id is not None:
+            _stop_requests.discard(self.prompt_id)
+
+
+MAX_PROMPT_ID = 200
+
+
+def register_routes() -> None:
+    """``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ...}`` (optional: the running prompt): the
+    run ends successfully after its current shot with the shots done, and their boundary stays cached."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is None:
+        return
+
+    @server.routes.post("/echo_forcing/stop_after_shot")
+    async def stop_after_shot(request):
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"error": "the body must be JSON, e.g. {\"prompt_id\": \"...\"}"}, status=400)
+        prompt = body.get("prompt_id") if isinstance(body, dict) else None
+        if prompt is not None and (not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT_ID):
+            return web.json_response({"error": "prompt_id must be a prompt id string"}, status=400)
+        _stop_requests.add(prompt or _STOP_ANY)
+        return web.json_response({"stop_after_shot": prompt or "running prompt"})
+
+
+_identities: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def identity(obj) -> str:
+    """A token naming ``obj`` for as long as it lives (a model or text encoder loaded once keeps its token;
+    a reload is another object and gets another)."""
+    try:
+        token = _identities.get(obj)
+        if token is None:
+            token = _identities[obj] = uuid.uuid4().hex
+        return token
+    except TypeError:
+        return f"object {id(obj)}"
+
+
+def model_key(model, dtype: torch.dtype) -> str:
+    """What names a core MODEL's weights for shot reuse: the loaded model object, its patches (LoRAs and
+    their strengths change ``patches_uuid``) and the compute dtype."""
+    return f"{identity(model.model)}:{getattr(model, 'patches_uuid', '')}:{dtype}"
 
 
 def interrupt() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..memory import PRESET_DEFAULT, PRESETS, PresetChoice, ScenePool, ScenePoolError, pool_file, pool_names
-from ..memory.presets import ROPE_CHOICES, UNIFIED_ROPE_PRESETS
+from ..memory.presets import RECALL_SCOPES, ROPE_CHOICES, UNIFIED_ROPE_PRESETS
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType
 
@@ -54,6 +54,14 @@ class EchoMemoryConfig(io.ComfyNode):
                                        "frames the model was trained on, however long the video (Echo-Infinity's "
                                        "recipe). For " + ", ".join(UNIFIED_ROPE_PRESETS) + " only; the other "
                                        "presets have their own rule."),
+                io.Combo.Input("recall_scope", options=[PRESET_DEFAULT, *RECALL_SCOPES], default="shots so far",
+                               optional=True,
+                               tooltip="Which prompts a recall compares with. shots so far: the shot being "
+                                       "entered and the ones before it (and the pool), so no shot depends on a "
+                                       "later one: edit or add a later shot and the earlier ones are reused. "
+                                       "whole video (the preset default, as the official code): every prompt of "
+                                       "the video, so editing any prompt regenerates from the first recall. "
+                                       "Echo-Forcing presets only."),
             ],
             outputs=[MemoryConfig.Output(display_name="config",
                                          tooltip="Connect to the Autoregressive Sampler's config input.")],
@@ -61,9 +69,10 @@ class EchoMemoryConfig(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset: str, recall_matching: str, phase_compression: str, memory_decay: str,
-                scene_pool_size: int, rope_positions: str = PRESET_DEFAULT) -> io.NodeOutput:
+                scene_pool_size: int, rope_positions: str = PRESET_DEFAULT,
+                recall_scope: str = "shots so far") -> io.NodeOutput:
         return io.NodeOutput(PresetChoice(preset, recall_matching, phase_compression, memory_decay, scene_pool_size,
-                                          rope_positions))
+                                          rope_positions, recall_scope))
 
 
 class SceneRecallPool(io.ComfyNode):

@@ -8,29 +8,32 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..memory import PoolSignature, PresetChoice, ScenePool, memory_footprint
-from ..models import CausalWan, evenly_spaced_steps
+from ..memory import PresetChoice, ScenePool
+from ..models import CausalWan
 from ..models.block_forward import module_config
 from ..pipeline import (
-    BlockLog,
     RolloutInputError,
-    RolloutSettings,
     SceneList,
     build_report,
+    generate,
     plan_entries,
+    plan_run,
     report_text,
-    rollout,
-    scene_block_counts,
     timeline,
     to_comfy_latent,
 )
-from ..pipeline.rollout import MAX_SEED, token_grid
+from ..pipeline.noise import MAX_SEED, NOISE_MODES, PER_SHOT
+from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, PrefixCache, budget_bytes
+from ..pipeline.run_plan import FRAMES_PER_BLOCK
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType, Scenes
 
-FRAMES_PER_BLOCK = 3
 ACTIVATION_FACTOR = 12
 """Working memory of one block forward, in units of the block's hidden states (FFN, q/k/v, attention)."""
+
+
+SHOT_CACHE = PrefixCache(budget_bytes(DEFAULT_BUDGET_GB))
+"""Shot boundaries kept between runs in this ComfyUI process (pipeline.prefix_cache)."""
 
 
 def _wan_tree(model):
@@ -44,9 +47,6 @@ def _wan_tree(model):
     except (AttributeError, ValueError, IndexError, TypeError) as err:
         raise RolloutInputError(f"the model is not a Wan2.1 text-to-video DiT ({type(model.model).__name__}: {err}); "
                                 "Echo-Forcing needs a causal Wan2.1-T2V student such as Self-Forcing") from None
-    if cfg.in_dim != cfg.out_dim:
-        raise RolloutInputError(f"the model reads {cfg.in_dim} latent channels (an image-to-video or control "
-                                "model); Echo-Forcing needs a Wan2.1 text-to-video model")
     return tree, cfg
 
 
@@ -92,6 +92,26 @@ class AutoregressiveSampler(io.ComfyNode):
                 ScenePoolType.Input("pool", optional=True,
                                     tooltip="Scene Recall Pool: scenes of an earlier job that recalls may return "
                                             "to. Default: a new, empty pool."),
+                io.Combo.Input("noise", options=list(NOISE_MODES), default=PER_SHOT, optional=True,
+                               tooltip="per-shot: every shot draws its own noise from its seed (the Scene "
+                                       "Prompt's, else one derived from this seed and the shot's number), so a "
+                                       "shot never changes because of a later one: edit, add or re-roll a shot and "
+                                       "the shots before it are reused. official: the official code's order (one "
+                                       "draw for the whole video), to reproduce its videos; then any change of "
+                                       "the total length regenerates everything."),
+                io.Boolean.Input("reuse_shots", default=True, optional=True,
+                                 tooltip="Keep the state at every shot boundary in RAM, so the next run with the "
+                                         "same first shots (same model, settings, prompts, durations, seeds) "
+                                         "starts after them. The report says which shots were reused."),
+                io.Float.Input("shot_cache_gb", default=DEFAULT_BUDGET_GB, min=0.25, max=4096.0, step=0.25,
+                               optional=True,
+                               tooltip="RAM for kept shot boundaries, in GiB (shared by all samplers; the oldest "
+                                       "leave first). About 0.6 GiB per boundary for Echo-Forcing at 1.3B / "
+                                       "832x480 plus the video so far; the baselines keep their whole cache "
+                                       "(3-6 GiB)."),
+                io.Int.Input("stop_after_shot", default=0, min=0, max=1024, optional=True,
+                             tooltip="Stop after this shot and return the shots so far (0 = all shots). Queue "
+                                     "again with 0 (or a later shot) and the run goes on from there."),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -108,55 +128,43 @@ class AutoregressiveSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, scenes: SceneList, seed: int, width: int, height: int, fps: float, steps: int,
-                shift: float, config: PresetChoice | None = None, pool: ScenePool | None = None) -> io.NodeOutput:
+                shift: float, config: PresetChoice | None = None, pool: ScenePool | None = None,
+                noise: str = PER_SHOT, reuse_shots: bool = True, shot_cache_gb: float = DEFAULT_BUDGET_GB,
+                stop_after_shot: int = 0) -> io.NodeOutput:
         # ---- everything is checked before the model is loaded or any block runs ----------------------------
-        if not isinstance(scenes, SceneList) or not len(scenes):
-            raise RolloutInputError("no shots: connect a Scene Prompt or Scene Script to 'scenes'")
-        choice = config if config is not None else PresetChoice()
         tree, cfg = _wan_tree(model)
-        pool_labels = [e.label for e in pool.entries] if pool is not None and choice.is_echo else []
-        blocks = scene_block_counts(scenes.scenes, fps=fps, frames_per_block=FRAMES_PER_BLOCK, pool_labels=pool_labels)
-        settings = RolloutSettings(num_frames=sum(blocks) * FRAMES_PER_BLOCK, height=height, width=width, seed=seed,
-                                   steps=evenly_spaced_steps(steps), shift=shift,
-                                   frames_per_block=FRAMES_PER_BLOCK)
-        width_of_text = scenes.shots[0].text.shape[-1]
-        if width_of_text != cfg.text_dim:
-            raise RolloutInputError(f"the shots' text encoding is {width_of_text} wide but the model takes "
-                                    f"{cfg.text_dim}; use the text encoder the model was trained with (umT5-XXL)")
-        notes = [f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored"
-                 ] if choice.ignored else []
         dtype, device = _compute_dtype(model), mm.get_torch_device()
-        grid = token_grid(cfg.patch_size, settings)
-        if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
-            pool.signature.require(PoolSignature.of(cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype, grid),
-                                   "the scene pool")
-        if pool is not None and not choice.is_echo and len(pool):
-            notes.append(f"the scene pool is used by Echo-Forcing presets only; ignored by {choice.preset}")
-        encoder = scenes.encoder()
-        policy = choice.build(encode_text=host.text_encoder(encoder) if encoder is not None else None,
-                              pool=pool if choice.is_echo else None)
-        policy.check_length(settings.num_frames, settings.frames_per_block)
-        text_len = cfg.text_len
-        if any(s.text.shape[1] > text_len for s in scenes.shots):
-            notes.append(f"prompts longer than {text_len} tokens were cut to {text_len} (as Wan2.1 does)")
+        encoder = scenes.encoder() if isinstance(scenes, SceneList) else None
+        plan = plan_run(scenes, cfg, seed=seed, width=width, height=height, fps=fps, steps=steps, shift=shift,
+                        choice=config, pool=pool, dtype=dtype, noise=noise, stop_after_shot=stop_after_shot,
+                        encode_text=host.text_encoder(encoder) if encoder is not None else None)
+        cache = None
+        if reuse_shots:
+            SHOT_CACHE.resize(budget_bytes(shot_cache_gb))
+            cache = SHOT_CACHE
 
-        # ---- load the model with room for the cache, then generate -----------------------------------------
-        footprint = memory_footprint(policy, cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype, grid, len(scenes))
-        block_bytes = FRAMES_PER_BLOCK * grid[0] * grid[1] * max(cfg.dim, cfg.ffn_dim) * dtype.itemsize
-        mm.load_models_gpu([model], memory_required=footprint.device_bytes + ACTIVATION_FACTOR * block_bytes)
-        causal = CausalWan(tree, dtype=dtype, device=device)
-        texts = [causal.encode_text(s.text[:, :text_len]) for s in scenes.shots]
-        rollout_scenes = scenes.rollout_scenes(texts, blocks)
-        log = BlockLog()
-        progress = host.BlockProgress(cls.hidden.unique_id if cls.hidden else None, settings.num_blocks, log)
-        progress.event("echo_forcing.plan", {"total_blocks": settings.num_blocks,
-                                             "scenes": plan_entries(scenes, blocks)})
+        # ---- load the model with room for the cache, then generate what is not cached ----------------------
+        def load() -> CausalWan:
+            grid = plan.grid
+            block_bytes = FRAMES_PER_BLOCK * grid[0] * grid[1] * max(cfg.dim, cfg.ffn_dim) * dtype.itemsize
+            mm.load_models_gpu([model], memory_required=plan.footprint().device_bytes
+                               + ACTIVATION_FACTOR * block_bytes)
+            return CausalWan(tree, dtype=dtype, device=device)
+
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        progress = host.BlockProgress(node_id, plan.settings.num_blocks)
+        progress.event("echo_forcing.plan", {"total_blocks": plan.settings.num_blocks,
+                                             "scenes": plan_entries(plan.shots, plan.blocks)})
+        stop = host.StopRequest(progress.prompt_id)
         try:
-            result = rollout(causal, rollout_scenes, settings, policy, on_block=progress, interrupt=host.interrupt)
+            result = generate(plan, load, cache=cache, model_key=host.model_key(model, dtype),
+                              encoder_key=host.identity(encoder) if encoder is not None else "",
+                              on_block=progress, interrupt=host.interrupt, stop_requested=stop,
+                              on_reuse=progress.reused)
         finally:
-            del texts, rollout_scenes
+            stop.close()
             mm.soft_empty_cache()
-        report = build_report(scenes, blocks, settings, fps, choice.preset, choice.options(), result, log, notes)
+        report = build_report(plan, result)
         latent = {"samples": to_comfy_latent(result.latents).to(mm.intermediate_device())}
         out_pool = result.pool if result.pool is not None else (pool if pool is not None else ScenePool())
         text = report_text(report)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..pipeline import SceneList, SceneListError, SceneScriptError, parse_scene_script
+from ..pipeline.noise import MAX_SEED
 from ..pipeline.scene_list import TRANSITIONS, conditioning_tensor
 from . import host
 from .sockets import CATEGORY, Scenes
+
+DERIVED_SEED = -1
+"""The Scene Prompt's seed widget value for "derived from the sampler's seed and the shot's number"."""
 
 
 class ScenePrompt(io.ComfyNode):
@@ -50,6 +54,10 @@ class ScenePrompt(io.ComfyNode):
                 io.String.Input("label", default="",
                                 tooltip="A short name for this shot (e.g. 'kitchen'), used in the report, on the "
                                         "timeline and as a recall target. Optional; must be unique."),
+                io.Int.Input("seed", default=DERIVED_SEED, min=DERIVED_SEED, max=MAX_SEED, optional=True,
+                             tooltip="This shot's own noise seed, to re-roll it alone (with the sampler's per-shot "
+                                     "noise; the shots before it are reused). -1: derived from the sampler's seed "
+                                     "and the shot's number."),
             ],
             outputs=[Scenes.Output(display_name="scenes",
                                    tooltip="The shots so far; connect to the next Scene Prompt or to the sampler.")],
@@ -57,7 +65,8 @@ class ScenePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, text: str, duration: float, transition: str, recall_target: str, label: str,
-                previous: SceneList | None = None, clip=None, conditioning=None) -> io.NodeOutput:
+                previous: SceneList | None = None, clip=None, conditioning=None,
+                seed: int = DERIVED_SEED) -> io.NodeOutput:
         previous = previous if previous is not None else SceneList()
         number = len(previous) + 1
         if conditioning is not None:
@@ -68,7 +77,8 @@ class ScenePrompt(io.ComfyNode):
             embeddings = host.encode_prompt(clip, text)
         else:
             raise SceneListError(f"shot {number}: connect a CLIP to encode the text, or a conditioning")
-        return io.NodeOutput(previous.then(text, embeddings, duration, transition, recall_target, label, clip))
+        return io.NodeOutput(previous.then(text, embeddings, duration, transition, recall_target, label, clip,
+                                           None if seed == DERIVED_SEED else seed))
 
 
 class SceneScript(io.ComfyNode):

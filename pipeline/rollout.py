@@ -27,9 +27,10 @@ from ..models.block_forward import CausalWan, TextContext
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
 from .latents import LATENT_CHANNELS, VAE_STRIDE
+from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
 from .scene_script import Scene, scene_block_counts, validate_scenes
+from .shot_boundary import ShotBoundary
 
-MAX_SEED = 2**64 - 1
 PIXELS_PER_TOKEN = 16
 """VAE stride 8 times the DiT's 2x2 patch: width and height must be multiples of this."""
 
@@ -61,6 +62,8 @@ class RolloutScene:
     """"smooth", "hardcut", "recall" or "auto" (None for the first scene)."""
     recall_target: int | str | None = None
     label: str | None = None
+    seed: int | None = None
+    """The shot's own seed for per-shot noise (None: derived from the video's seed and the shot's index)."""
 
     def __repr__(self) -> str:
         return f"RolloutScene({self.label or self.prompt[:24]!r}, {self.num_blocks} blocks, entry={self.entry})"
@@ -83,6 +86,8 @@ class RolloutSettings:
     shift: float = DEFAULT_SHIFT
     frames_per_block: int = 3
     batch_size: int = 1
+    noise: str = OFFICIAL
+    """"official" (one draw of the whole initial noise, SPEC §7) or "per-shot" (pipeline/noise.py)."""
 
     def __post_init__(self):
         for name in ("num_frames", "height", "width", "seed", "frames_per_block", "batch_size"):
@@ -108,6 +113,8 @@ class RolloutSettings:
                                     f"{self.frames_per_block}; use {up}")
         if self.batch_size < 1:
             raise RolloutInputError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.noise not in NOISE_MODES:
+            raise RolloutInputError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         try:
             FlowMatchSchedule(self.shift).denoising_timesteps(self.steps, self.warp)
         except ValueError as err:
@@ -160,8 +167,17 @@ class BlockEvent:
 @dataclass
 class RolloutResult:
     latents: torch.Tensor
-    """Normalised output latents ``[B, T, C, h, w]`` float32 on the CPU (C = 16 for Wan2.1)."""
+    """Normalised output latents ``[B, T, C, h, w]`` float32 on the CPU (C = 16 for Wan2.1); after a stop, the
+    shots done."""
     block_seconds: list[float] = field(default_factory=list)
+    """Seconds per block (a reused block keeps the time it took when it was generated)."""
+    block_reports: list[BlockReport] = field(default_factory=list)
+    """What the memory reported after every block (reused blocks included)."""
+    reused_blocks: int = 0
+    reused_shots: int = 0
+    """Blocks and shots taken from the resume point instead of generated."""
+    shots_done: int = 0
+    """Shots in ``latents`` (fewer than planned after a stop)."""
     cache_bytes: int = 0
     """Persistent memory-state bytes on the compute device at the end."""
     storage_bytes: int = 0
@@ -170,6 +186,17 @@ class RolloutResult:
     """One report per scene switch (mode, recalled scene, similarity, RoPE jump, old slots)."""
     pool: ScenePool | None = None
     """The scene pool after the video (a new object; the input pool is not changed)."""
+
+
+def finished_result(boundary: ShotBoundary, settings: RolloutSettings) -> RolloutResult:
+    """The result of a run whose every shot comes from ``boundary`` (nothing left to generate)."""
+    if boundary.frames > settings.num_frames:
+        raise RolloutInputError(f"the resume point holds {boundary.frames} latent frames, more than this video's "
+                                f"{settings.num_frames}")
+    return RolloutResult(latents=boundary.latents.clone(), block_seconds=list(boundary.block_seconds),
+                         block_reports=list(boundary.block_reports), switches=[dict(s) for s in boundary.switches],
+                         pool=boundary.pool, reused_blocks=boundary.block, reused_shots=boundary.shot,
+                         shots_done=boundary.shot)
 
 
 def token_grid(patch_size: tuple[int, int, int], settings: RolloutSettings) -> tuple[int, int]:
@@ -200,14 +227,47 @@ def _scenes(text: TextContext | Sequence[RolloutScene], settings: RolloutSetting
     return scenes
 
 
+def _check_resume(boundary: ShotBoundary, scenes: list[RolloutScene], settings: RolloutSettings,
+                  shape: tuple[int, ...]) -> None:
+    """Refuse a boundary this plan cannot continue from (before any model call)."""
+    if boundary.shot > len(scenes):
+        raise RolloutInputError(f"the resume point comes after shot {boundary.shot} but this video has only "
+                                f"{len(scenes)} shots; add shots after it or start from the beginning")
+    blocks = sum(s.num_blocks for s in scenes[:boundary.shot])
+    if boundary.block != blocks:
+        raise RolloutInputError(f"the resume point ends at block {boundary.block} but shots 1..{boundary.shot} of "
+                                f"this video have {blocks} blocks; keep their durations or start from the beginning")
+    want = (shape[0], boundary.block * settings.frames_per_block, *shape[2:])
+    if tuple(boundary.latents.shape) != want:
+        raise RolloutInputError(f"the resume point holds latents {list(boundary.latents.shape)} but this video "
+                                f"needs {list(want)} (another size or model?)")
+    if (boundary.noise_state is None) != (settings.noise == PER_SHOT):
+        made = PER_SHOT if boundary.noise_state is None else OFFICIAL
+        raise RolloutInputError(f"the resume point was made with {made!r} noise but this run uses "
+                                f"{settings.noise!r}; use the same noise mode")
+    if settings.noise == OFFICIAL and boundary.planned_frames != settings.num_frames:
+        raise RolloutInputError(
+            f"with the official noise order every block's noise depends on the video's length: the resume point "
+            f"comes from a {boundary.planned_frames}-frame video, this one has {settings.num_frames}; "
+            f"use per-shot noise to change lengths or add shots")
+
+
 def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settings: RolloutSettings,
             cache: CachePolicy, on_block: Callable[[BlockEvent], None] | None = None,
-            interrupt: Callable[[], None] | None = None) -> RolloutResult:
+            interrupt: Callable[[], None] | None = None, *, resume_from: ShotBoundary | None = None,
+            on_boundary: Callable[[ShotBoundary], None] | None = None,
+            stop_after: Callable[[int], bool] | None = None) -> RolloutResult:
     """Generate ``settings.num_frames`` latent frames with ``cache`` behind every layer.
 
     ``text`` is one prompt's context, or the scenes of a multi-shot video (their blocks must add up to the
     settings). ``interrupt`` is called before every block and may raise to cancel; ``on_block`` receives
     each finished block. Everything is validated before the first forward.
+
+    Shot boundaries: ``resume_from`` continues from a :class:`ShotBoundary` of an earlier run of the same
+    first shots (its latents, switches and block reports become this result's); ``on_boundary`` receives a
+    boundary before every shot after the first and after the last one; ``stop_after(shot)`` is asked after
+    every shot but the last (0-based) and ends the run there when it says so (the result then holds the
+    shots done).
     """
     scenes = _scenes(text, settings)
     if model.config.in_dim != model.config.out_dim:
@@ -215,21 +275,43 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
                                 "a causal student predicts the same channels it reads")
     grid = token_grid(model.config.patch_size, settings)
     cache.check_length(settings.num_frames, settings.frames_per_block)
+    shape = settings.noise_shape(model.config.in_dim)
+    if resume_from is not None:
+        _check_resume(resume_from, scenes, settings, shape)
     state = cache.create(model.config.num_layers, [s.info() for s in scenes])
 
     schedule = FlowMatchSchedule(settings.shift)
     timesteps = schedule.denoising_timesteps(settings.steps, settings.warp)
     b, f = settings.batch_size, settings.frames_per_block
-    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
-    shape = settings.noise_shape(model.config.in_dim)
-    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    noise = BlockNoise(settings.noise, settings.seed, shape, shot_seeds(settings.seed, [s.seed for s in scenes]))
     output = torch.empty(shape, dtype=torch.float32)
     result = RolloutResult(latents=output)
     memories = state.layers
+    first_shot, index = 0, 0
+    if resume_from is not None:
+        state.resume(resume_from.memory)
+        noise.resume(resume_from.noise_state)
+        first_shot, index = resume_from.shot, resume_from.block
+        output[:, :index * f] = resume_from.latents
+        result.switches = [dict(s) for s in resume_from.switches]
+        result.block_reports = list(resume_from.block_reports)
+        result.block_seconds = list(resume_from.block_seconds)
+        result.reused_blocks, result.reused_shots = index, first_shot
 
-    index = 0
-    for scene_index, scene in enumerate(scenes):
+    def boundary(shot: int) -> None:
+        synchronize(model.device)  # asynchronous copies into pinned memory are complete before they are copied
+        on_boundary(ShotBoundary(shot, index, output[:, :index * f].clone(), state.snapshot(), noise.state(),
+                                 tuple(dict(s) for s in result.switches), tuple(result.block_reports),
+                                 tuple(result.block_seconds), state.result_pool(), settings.num_frames))
+
+    result.shots_done = first_shot
+    for scene_index in range(first_shot, len(scenes)):
+        scene = scenes[scene_index]
         if scene_index > 0:
+            if on_boundary is not None and scene_index > first_shot:
+                boundary(scene_index)
+            if scene_index > first_shot and stop_after is not None and stop_after(scene_index - 1):
+                break
             result.switches.append(state.start_scene(scene_index, index * f))
             recache = min(state.recache_frames(scene_index), index * f)
             if recache:  # LongLive: re-encode the latest clean frames with the new prompt, in one call
@@ -244,14 +326,13 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             started = time.perf_counter()
             start = index * f
             state.begin_block(block_in_scene == 0)
-            x = noise[:, start:start + f].to(device=model.device, dtype=model.dtype)
+            x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
             for i, t in enumerate(timesteps):
                 t_block = torch.full((b, f), float(t), dtype=torch.float32)
                 flow = model(x, t_block, scene.text, memories, BlockCall(start, f, float(t), False, grid))
                 x0 = schedule.x0_from_flow(flow, x, t_block)
                 if i + 1 < len(timesteps):
-                    eps = torch.randn((b * f, *shape[2:]), generator=gen, dtype=torch.float32)
-                    eps = eps.unflatten(0, (b, f)).to(device=model.device, dtype=model.dtype)
+                    eps = noise.step(f).to(device=model.device, dtype=model.dtype)
                     x = schedule.add_noise(x0, eps, timesteps[i + 1])
             output[:, start:start + f] = x0.float().cpu()
             state.before_context_pass()
@@ -260,12 +341,18 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             report = state.end_block(scene_index, block_in_scene == 0, block_in_scene == scene.num_blocks - 1)
             seconds = time.perf_counter() - started
             result.block_seconds.append(seconds)
+            result.block_reports.append(report)
             if on_block is not None:
                 on_block(BlockEvent(index, settings.num_blocks, start, scene_index, output[:, start:start + f],
                                     seconds, report, switch if block_in_scene == 0 else None))
             index += 1
+        result.shots_done = scene_index + 1
 
     synchronize(model.device)  # asynchronous copies into pinned memory (scene pool frames) are complete
+    if result.shots_done == len(scenes) and on_boundary is not None and result.shots_done > first_shot:
+        boundary(len(scenes))
+    if index < settings.num_blocks:  # stopped after a shot: the result holds the shots done
+        result.latents = output[:, :index * f].clone()
     result.cache_bytes = state.device_bytes
     result.storage_bytes = state.storage_bytes
     result.pool = state.result_pool()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .noise import MAX_SEED
 from .rollout import RolloutScene
 from .scene_script import Scene, SceneScriptError, Transition
 
@@ -91,9 +92,12 @@ class Shot:
     """Prompt embeddings ``[1, L, D]`` (zero-padded rows allowed), on the CPU."""
     encoder: object | None = None
     """The text encoder (a ComfyUI CLIP) that encoded ``text``; None when a conditioning was connected."""
+    seed: int | None = None
+    """The shot's own noise seed (per-shot noise); None: derived from the sampler's seed and the shot's number."""
 
     def __repr__(self) -> str:
-        return f"Shot({self.scene!r}, text {list(self.text.shape)})"
+        return f"Shot({self.scene!r}, text {list(self.text.shape)}" + (f", seed {self.seed})" if self.seed is not None
+                                                                      else ")")
 
 
 @dataclass(frozen=True, repr=False)
@@ -122,9 +126,12 @@ class SceneList:
         return self.shots[index].scene.label or f"shot {index + 1}"
 
     def then(self, prompt: str, text: torch.Tensor, duration: float, transition: str | Transition,
-             recall_target: str | None = None, label: str | None = None, encoder: object | None = None) -> SceneList:
+             recall_target: str | None = None, label: str | None = None, encoder: object | None = None,
+             seed: int | None = None) -> SceneList:
         """This list with one more shot. The first shot's transition is ignored (nothing comes before it)."""
         number = len(self.shots) + 1
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+            raise SceneListError(f"shot {number}: seed must be an integer in 0..2^64-1, got {seed!r}")
         prompt = (prompt or "").strip()
         label = (label or "").strip() or None
         if not prompt:
@@ -154,7 +161,7 @@ class SceneList:
             scene = Scene(prompt, float(duration), entry, target, label)
         except SceneScriptError as err:
             raise SceneListError(f"shot {number}: {err}") from None
-        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder)))
+        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)))
 
     @classmethod
     def from_scenes(cls, scenes: Sequence[Scene], texts: Sequence[torch.Tensor],

@@ -3,6 +3,7 @@ report and the timeline payload, the step list."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,16 +22,14 @@ from echo_forcing.memory import (
 from echo_forcing.memory.config import DecayStrategy, MatchMethod, TransitionMode
 from echo_forcing.models import CausalWan, evenly_spaced_steps
 from echo_forcing.pipeline import (
-    BlockLog,
-    RolloutSettings,
     SceneList,
     SceneListError,
     Transition,
     build_report,
+    generate,
     parse_scene_script,
+    plan_run,
     report_text,
-    rollout,
-    scene_block_counts,
     timeline,
 )
 from echo_forcing.pipeline.scene_list import conditioning_tensor, parse_recall_target, transition_from_name
@@ -218,20 +217,17 @@ def story_run(tiny_dit):
              .then("a red fox in a snowy forest", emb(), 0.75, "smooth", label="forest")
              .then("a lighthouse on a cliff at night", emb(seed=1), 0.75, "hard cut", label="cliff")
              .then("the red fox in the snowy forest again", emb(seed=2), 1.5, "recall", "forest"))
-    blocks = scene_block_counts(shots.scenes, fps=16)
-    settings = RolloutSettings(num_frames=sum(blocks) * 3, height=32, width=32, seed=3)
-    policy = PresetChoice(recall_matching="idf").build()
-    scenes = shots.rollout_scenes([model.encode_text(s.text) for s in shots.shots], blocks)
-    log = BlockLog()
+    plan = plan_run(shots, model.config, seed=3, width=32, height=32, fps=16, dtype=torch.float32,
+                    choice=PresetChoice(recall_matching="idf"), noise="official")
+    plan = dataclasses.replace(plan, notes=("a note",))
     events = []
-    result = rollout(model, scenes, settings, policy, on_block=lambda e: (log.add(e), events.append(e)))
-    report = build_report(shots, blocks, settings, 16, "echo-forcing", {"recall_matching": "idf"}, result, log,
-                          ["a note"])
-    return shots, blocks, settings, result, log, events, report
+    result = generate(plan, lambda: model, on_block=events.append)
+    report = build_report(plan, result)
+    return shots, list(plan.blocks), plan.settings, result, events, report
 
 
 def test_block_events_carry_the_switch_on_the_first_block_of_each_scene(story_run):
-    _, blocks, _, result, _, events, _ = story_run
+    _, blocks, _, result, events, _ = story_run
     firsts = [e.index for e in events if e.switch is not None]
     assert firsts == [blocks[0], blocks[0] + blocks[1]]
     assert [e.switch for e in events if e.switch] == result.switches
@@ -239,20 +235,24 @@ def test_block_events_carry_the_switch_on_the_first_block_of_each_scene(story_ru
 
 
 def test_report_has_per_shot_blocks_transition_recall_decay_cache_and_time(story_run):
-    _, blocks, _, result, log, _, report = story_run
+    _, blocks, _, result, _, report = story_run
+    slots, seconds = [r.slots for r in result.block_reports], result.block_seconds
     assert blocks == [1, 1, 2]
     assert report["video"] == {"shots": 3, "seconds": round(45 / 16, 3), "video_frames": 45, "latent_frames": 12,
-                               "blocks": 4, "fps": 16, "width": 32, "height": 32, "seed": 3, "steps": 4,
-                               "shift": 5.0}
+                               "blocks": 4, "fps": 16, "width": 32, "height": 32, "seed": 3, "noise": "official",
+                               "steps": 4, "shift": 5.0}
     first, cut, back = report["shots"]
     assert (first["transition"], first["mode"], first["recalled"]) == ("start", "start", None)
     assert (cut["transition"], cut["mode"], cut["rope_jump"]) == ("hard cut", "hard cut", 45)
     assert (back["transition"], back["mode"], back["recalled"]) == ("recall", "recall", "forest")
     assert back["similarity"] == round(result.switches[1]["similarity"], 4)
     assert [s["first_block"] for s in report["shots"]] == [0, 1, 2]
-    assert [s["cache_frames"] for s in report["shots"]] == [log.slots[0], log.slots[1], log.slots[3]]
+    assert [s["cache_frames"] for s in report["shots"]] == [slots[0], slots[1], slots[3]]
     assert cut["decay"] is not None and 0 < cut["decay"][0] <= cut["decay"][1] <= 1
-    assert back["seconds_taken"] == round(log.seconds[2] + log.seconds[3], 3)
+    assert back["seconds_taken"] == round(seconds[2] + seconds[3], 3)
+    assert [s["state"] for s in report["shots"]] == ["generated"] * 3
+    assert report["reuse"] == {"reused_shots": 0, "generated_shots": 3, "reused_blocks": 0, "generated_blocks": 4,
+                               "seconds_saved": 0.0}
     assert report["memory"]["pool_scenes"] == 3 and report["memory"]["options"] == {"recall_matching": "idf"}
     assert report["notes"] == ["a note"]
     json.dumps(report)  # plain data
@@ -262,7 +262,8 @@ def test_report_text_and_timeline(story_run):
     report = story_run[-1]
     text = report_text(report)
     lines = text.split("\n\n")[0].splitlines()
-    assert lines[0].startswith("3 shots, 2.812 s (45 frames at 16 fps, 32x32), 4 blocks, seed 3; memory echo-forcing")
+    assert lines[0].startswith("3 shots, 2.812 s (45 frames at 16 fps, 32x32), 4 blocks, seed 3 (official noise); "
+                               "memory echo-forcing")
     assert lines[1].startswith("1. forest: 0.75 s, 1 blocks, start, cache ")
     assert lines[2].startswith("2. cliff: 0.75 s, 1 blocks, hard cut, decay ")
     assert lines[3].startswith("3. shot 3: 1.5 s, 2 blocks, recall (recalled forest, similarity ")

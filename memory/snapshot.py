@@ -1,0 +1,254 @@
+"""Snapshots of a memory state at a shot boundary: what the cache must remember to go on at a shot's first block.
+
+A rollout that stops after a shot (or a later run that reuses the shots before an edit) continues from a
+snapshot taken right before the next shot's ``start_scene``. ``capture`` copies every per-layer object of a
+state (its fields, recursively: tensors, numbers, lists, dicts, nested helper objects) into CPU memory, plus
+the scene-level fields the state names (``MemoryState.boundary_fields``); ``restore`` writes a copy back into
+a FRESH state of the same policy, built for the new shot list, so what derives from the plan (validation,
+routing features, the scene list) is computed for the new plan and only what the video so far decided is
+carried over.
+
+Rules of the walk:
+* tensors are copied to the CPU (a snapshot never holds GPU memory) and remember their device and whether
+  they were pinned, so a restore puts each back where it was; two fields holding the same tensor still share
+  one after a restore;
+* tensors held by frozen dataclasses (scene-pool entries, configs) are immutable by contract and shared,
+  not copied: a snapshot and the live run refer to the same scene-pool frames;
+* frozen dataclasses, enums, callables (methods a test patched onto a layer included) are shared as they
+  are; a callable field is not state and is left as the fresh object has it;
+* an object may choose what is captured with ``snapshot_fields()`` and how it is put back with
+  ``restore_fields(fields)`` (Echo-Forcing's layer keeps only the frames ``memory.transitions.enter_scene``
+  can read).
+
+A snapshot is never changed after creation; every restore copies from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+from dataclasses import dataclass
+
+import torch
+
+_ATOMS = (int, float, complex, str, bytes, bool, type(None), torch.device, torch.dtype, enum.Enum, type)
+_BEHAVIOUR = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType,
+              types.LambdaType)
+
+
+def _frozen(value) -> bool:
+    params = getattr(type(value), "__dataclass_params__", None)
+    return params is not None and params.frozen
+
+
+def _fields(obj) -> dict:
+    getter = getattr(obj, "snapshot_fields", None)
+    fields = getter() if getter is not None else vars(obj)
+    return {k: v for k, v in fields.items() if not isinstance(v, _BEHAVIOUR)}
+
+
+def _shared_tensors(value, found: dict[int, torch.Tensor], seen: dict[int, object]) -> None:
+    """Collect the tensors reachable through frozen dataclasses (immutable, shared by snapshots)."""
+    if id(value) in seen or isinstance(value, _ATOMS):
+        return
+    seen[id(value)] = value  # kept alive: ``snapshot_fields`` may build temporaries whose ids would be reused
+    if isinstance(value, torch.Tensor):
+        return
+    if _frozen(value):
+        for f in dataclasses.fields(value):
+            _collect_tensors(getattr(value, f.name), found, {})
+        return
+    for item in _children(value):
+        _shared_tensors(item, found, seen)
+
+
+def _collect_tensors(value, found: dict[int, torch.Tensor], seen: dict[int, object]) -> None:
+    if id(value) in seen or isinstance(value, _ATOMS):
+        return
+    seen[id(value)] = value
+    if isinstance(value, torch.Tensor):
+        found[id(value)] = value
+        return
+    if _frozen(value):
+        for f in dataclasses.fields(value):
+            _collect_tensors(getattr(value, f.name), found, seen)
+        return
+    for item in _children(value):
+        _collect_tensors(item, found, seen)
+
+
+def _children(value) -> list:
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, _BEHAVIOUR) or not hasattr(value, "__dict__"):
+        return []
+    return list(_fields(value).values())
+
+
+@dataclass(frozen=True)
+class _Object:
+    """A captured object: its class and its captured fields."""
+
+    cls: type
+    fields: dict
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A captured tensor: its CPU copy and where it lived."""
+
+    data: torch.Tensor
+    device: torch.device
+    pinned: bool
+
+
+class _Walk:
+    """One capture (``copy=True``: CPU copies; ``copy=False``: references only, to count bytes on meta tensors)."""
+
+    def __init__(self, shared: dict[int, torch.Tensor], copy: bool):
+        self.shared, self.copy = shared, copy
+        self.memo: dict[int, object] = {}
+        self.originals: list[object] = []  # keeps every memoised object alive, so no id is reused meanwhile
+        self.bytes = 0
+
+    def value(self, value):
+        if isinstance(value, _ATOMS) or isinstance(value, _BEHAVIOUR):
+            return value
+        key = id(value)
+        if key in self.memo:
+            return self.memo[key]
+        self.originals.append(value)
+        if isinstance(value, torch.Tensor):
+            if key in self.shared:
+                out = value
+            else:
+                self.bytes += value.numel() * value.element_size()
+                data = value.detach().to("cpu", copy=True) if self.copy else value
+                out = _Tensor(data, value.device, value.device.type == "cpu" and value.is_pinned())
+        elif _frozen(value):
+            out = value
+        elif isinstance(value, dict):
+            out = {}
+            self.memo[key] = out
+            out.update((k, self.value(v)) for k, v in value.items())
+            return out
+        elif isinstance(value, list):
+            out = []
+            self.memo[key] = out
+            out.extend(self.value(v) for v in value)
+            return out
+        elif isinstance(value, tuple):
+            out = tuple(self.value(v) for v in value)
+        elif isinstance(value, (set, frozenset)):
+            out = type(value)(self.value(v) for v in value)
+        elif hasattr(value, "__dict__"):
+            out = _Object(type(value), {})
+            self.memo[key] = out
+            out.fields.update((k, self.value(v)) for k, v in _fields(value).items())
+            return out
+        else:
+            raise TypeError(f"cannot snapshot a {type(value).__name__} in a memory state")
+        self.memo[key] = out
+        return out
+
+
+class _Restore:
+    def __init__(self):
+        self.memo: dict[int, object] = {}
+
+    def value(self, value):
+        if isinstance(value, _ATOMS) or isinstance(value, _BEHAVIOUR) or isinstance(value, torch.Tensor):
+            return value  # tensors met here are shared (immutable) ones
+        key = id(value)
+        if key in self.memo:
+            return self.memo[key]
+        if isinstance(value, _Tensor):
+            if value.device.type == "cpu":
+                out = value.data.clone(memory_format=torch.preserve_format)
+                if value.pinned and torch.cuda.is_available():
+                    out = out.pin_memory()
+            else:
+                out = value.data.to(value.device, copy=True)
+        elif isinstance(value, _Object):
+            out = object.__new__(value.cls)
+            self.memo[key] = out
+            _put(out, self.fields(value))
+            return out
+        elif _frozen(value):
+            out = value
+        elif isinstance(value, dict):
+            out = {}
+            self.memo[key] = out
+            out.update((k, self.value(v)) for k, v in value.items())
+            return out
+        elif isinstance(value, list):
+            out = []
+            self.memo[key] = out
+            out.extend(self.value(v) for v in value)
+            return out
+        elif isinstance(value, tuple):
+            out = tuple(self.value(v) for v in value)
+        elif isinstance(value, (set, frozenset)):
+            out = type(value)(self.value(v) for v in value)
+        else:
+            out = value
+        self.memo[key] = out
+        return out
+
+    def fields(self, captured: _Object) -> dict:
+        return {k: self.value(v) for k, v in captured.fields.items()}
+
+
+def _put(obj, fields: dict) -> None:
+    setter = getattr(obj, "restore_fields", None)
+    if setter is not None:
+        setter(fields)
+    else:
+        obj.__dict__.update(fields)
+
+
+@dataclass(frozen=True, repr=False)
+class MemorySnapshot:
+    """A memory state at a shot boundary, in CPU memory. Immutable; restore it with ``MemoryState.resume``."""
+
+    state_type: type
+    layers: tuple[_Object, ...]
+    scene_fields: dict
+    nbytes: int
+    """Bytes this snapshot holds itself (its tensor copies; shared scene-pool frames not counted)."""
+
+    def __repr__(self) -> str:
+        return f"MemorySnapshot({self.state_type.__name__}, {len(self.layers)} layers, {self.nbytes} bytes)"
+
+
+def capture(state, copy: bool = True) -> MemorySnapshot:
+    """A snapshot of ``state`` (a ``memory.state.MemoryState``) between two shots. ``copy=False`` only counts
+    the bytes a snapshot would hold (works on meta tensors; the result must not be restored)."""
+    scene_fields = state.boundary_fields()
+    shared: dict[int, torch.Tensor] = {}
+    seen: dict[int, object] = {}
+    for value in (scene_fields, *state.layers):
+        _shared_tensors(value, shared, seen)
+    walk = _Walk(shared, copy)
+    layers = tuple(walk.value(layer) for layer in state.layers)
+    fields = walk.value(scene_fields)
+    return MemorySnapshot(type(state), layers, fields, walk.bytes)
+
+
+def restore(snapshot: MemorySnapshot, state) -> None:
+    """Write a copy of ``snapshot`` into ``state``, a fresh state made by the same policy."""
+    if type(state) is not snapshot.state_type or len(state.layers) != len(snapshot.layers):
+        raise ValueError(f"a snapshot of {snapshot.state_type.__name__} with {len(snapshot.layers)} layers cannot "
+                         f"resume {type(state).__name__} with {len(state.layers)} layers")
+    walk = _Restore()
+    for layer, captured in zip(state.layers, snapshot.layers, strict=True):
+        if type(layer) is not captured.cls:
+            raise ValueError(f"a snapshot of {captured.cls.__name__} layers cannot resume {type(layer).__name__}")
+        if captured.fields.get("config", None) != getattr(layer, "config", None):
+            raise ValueError("the snapshot was made with other memory settings than this run's; use the same "
+                             "preset and options, or start from the beginning")
+        _put(layer, walk.fields(captured))
+    state.resume_fields(walk.value(snapshot.scene_fields))

@@ -1,0 +1,247 @@
+"""The run plan: every check and decision between the shots an artist chained and the first block, in one
+place that the sampler node, the command line and the tests all call (no ComfyUI imports).
+
+``plan_run`` takes the shots (a ``SceneList``), the model's shape (a ``WanConfig``) and the run's options,
+and either refuses them with a message that says what to change, before any model is loaded, or returns a
+:class:`RunPlan`: the validated rollout settings, the blocks of every shot, the cache policy, notes for the
+report, and the reuse keys of its shot boundaries (``pipeline.prefix_cache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..memory import PoolSignature, PresetChoice, ScenePool, memory_footprint
+from ..memory.config import MatchMethod, MatchScope
+from ..memory.state import SceneInfo
+from ..models.block_forward import CausalWan
+from ..models.config import WanConfig
+from ..models.schedule import evenly_spaced_steps
+from .noise import OFFICIAL, PER_SHOT, shot_seeds
+from .prefix_cache import PrefixCache, digest, tensor_digest
+from .rollout import (
+    BlockEvent,
+    RolloutInputError,
+    RolloutResult,
+    RolloutScene,
+    RolloutSettings,
+    finished_result,
+    rollout,
+    token_grid,
+)
+from .scene_list import SceneList
+from .scene_script import Transition, scene_block_counts
+from .shot_boundary import ShotBoundary
+
+FRAMES_PER_BLOCK = 3
+ROUTING_ENTRIES = (Transition.RECALL, Transition.AUTO)
+KEY_VERSION = 1
+"""Bumped whenever what a shot boundary holds or how it is computed changes (old cache entries never match)."""
+
+
+@dataclass(frozen=True, repr=False)
+class RunPlan:
+    shots: SceneList
+    blocks: tuple[int, ...]
+    """Blocks of every shot (the official duration rule: the last shot takes the rest)."""
+    settings: RolloutSettings
+    fps: float
+    choice: PresetChoice
+    policy: object
+    """The cache policy (``memory``), built with the text encoder and the scene pool."""
+    model: WanConfig
+    dtype: torch.dtype
+    grid: tuple[int, int]
+    pool: ScenePool | None
+    """The scene pool the memory starts from (None for a new one or a preset without scene memory)."""
+    seeds: tuple[int, ...]
+    """Every shot's seed (per-shot noise; with the official order the video's seed draws everything)."""
+    stop_after_shot: int = 0
+    """Stop after this shot (1-based) and return the shots so far; 0 runs every shot."""
+    notes: tuple[str, ...] = ()
+    text_len: int = 512
+    routes: bool = field(default=False)
+    """Some shot is entered by a recall or 'auto' (the memory then matches prompts)."""
+
+    def __repr__(self) -> str:
+        return (f"RunPlan({len(self.shots)} shots, {self.settings.num_blocks} blocks, {self.choice.preset}, "
+                f"{self.settings.noise} noise)")
+
+    @property
+    def num_shots(self) -> int:
+        return len(self.shots)
+
+    def rollout_scenes(self, texts: Sequence) -> list[RolloutScene]:
+        """The rollout's scenes for the shots' encoded texts (``CausalWan.encode_text`` of ``text_inputs``)."""
+        scenes = self.shots.rollout_scenes(texts, self.blocks)
+        return [RolloutScene(s.text, s.num_blocks, s.prompt, s.entry, s.recall_target, s.label, seed)
+                for s, seed in zip(scenes, self.seeds, strict=True)]
+
+    def text_inputs(self) -> list[torch.Tensor]:
+        """Every shot's prompt embeddings ``[1, L, D]``, cut to the model's text length."""
+        return [s.text[:, :self.text_len] for s in self.shots.shots]
+
+    def footprint(self):
+        """The cache's persistent bytes (``memory.footprint``) for this model, dtype and size."""
+        return memory_footprint(self.policy, self.model.num_layers, self.model.num_heads, self.model.head_dim,
+                                self.dtype, self.grid, len(self.shots))
+
+    def stop_after(self, shot: int) -> bool:
+        """``rollout(stop_after=...)``: stop after 0-based ``shot`` when the plan says so."""
+        return 0 < self.stop_after_shot == shot + 1
+
+    # ---- reuse keys --------------------------------------------------------------------------------------------
+
+    def boundary_keys(self, model_key: str, encoder_key: str = "") -> list[str]:
+        """The key of every shot boundary, before shot 2 .. after the last shot (``keys[k - 1]`` for the
+        boundary after k shots): a hash of everything that decides shots 1..k.
+
+        ``model_key`` names the weights (LoRAs and strengths included) and ``encoder_key`` the text encoder
+        used for 'Similar' recall matching. Global parts: model, dtype, preset and every memory option,
+        size, steps, shift, noise mode, the starting scene pool; with the official noise order also the seed
+        and the video's total length (every block's noise depends on them). Per shot: its conditioning,
+        prompt, blocks, transition, recall target, label and seed. With whole-video recall matching, a
+        boundary after a recall or 'auto' shot also depends on every prompt of the video (the matching
+        statistics are computed over all of them).
+        """
+        s = self.settings
+        pool = "" if self.pool is None else pool_digest(self.pool)
+        base = {"version": KEY_VERSION, "model": model_key, "dtype": str(self.dtype), "preset": self.choice.preset,
+                "policy": repr(getattr(self.policy, "config", self.policy)), "size": [s.width, s.height],
+                "steps": list(s.steps), "shift": s.shift, "warp": s.warp, "block": s.frames_per_block,
+                "batch": s.batch_size, "noise": s.noise, "pool": pool, "text_len": self.text_len}
+        if s.noise == OFFICIAL:
+            base.update(seed=s.seed, frames=s.num_frames)
+        if self.routes and self._matching() is MatchMethod.SIMILAR:
+            base["encoder"] = encoder_key
+        parts = []
+        for shot, text, n, seed in zip(self.shots.shots, self.text_inputs(), self.blocks, self.seeds, strict=True):
+            scene = shot.scene
+            parts.append({"text": tensor_digest(text), "prompt": scene.prompt, "blocks": n,
+                          "entry": None if scene.entry is None else scene.entry.value,
+                          "target": scene.recall_target, "label": scene.label,
+                          "seed": seed if s.noise == PER_SHOT else None})
+        every_prompt = [shot.scene.prompt for shot in self.shots.shots]
+        keys, routed = [], False
+        for k in range(1, len(parts) + 1):
+            routed = routed or (k > 1 and self.shots.shots[k - 1].scene.entry in ROUTING_ENTRIES)
+            scope = routed and self._scope() is MatchScope.VIDEO
+            keys.append(digest({"base": base, "shots": parts[:k], "prompts": every_prompt if scope else None}))
+        return keys
+
+    def _matching(self) -> MatchMethod | None:
+        config = getattr(self.policy, "config", None)
+        return getattr(config, "match_method", None)
+
+    def _scope(self) -> MatchScope | None:
+        config = getattr(self.policy, "config", None)
+        return getattr(config, "match_scope", None)
+
+
+def pool_digest(pool: ScenePool) -> str:
+    """A digest of a scene pool's content (labels, prompts, signature, every frame)."""
+    entries = []
+    for e in pool.entries:
+        frames = {name: [tensor_digest(torch.stack([k for k, _ in f])) + tensor_digest(torch.stack([v for _, v in f]))]
+                  if f is not None else None for name, f in (("recall", e.recall), ("select", e.select))}
+        entries.append({"label": e.label, "prompt": e.prompt, "scene": e.scene, "source": e.source, **frames})
+    sig = None if pool.signature is None else pool.signature.describe()
+    return digest({"entries": entries, "max": pool.max_size, "signature": sig})
+
+
+def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 832, height: int = 480,
+             fps: float = 16.0, steps: int = 4, shift: float = 5.0, choice: PresetChoice | None = None,
+             pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
+             encode_text=None, stop_after_shot: int = 0) -> RunPlan:
+    """Check a run and decide everything before any model is loaded (see the module docstring).
+
+    ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
+    ``encode_text`` the text encoder for 'Similar' recall matching (a ``memory.routing.TextEncoder``).
+    """
+    if not isinstance(shots, SceneList) or not len(shots):
+        raise RolloutInputError("no shots: connect a Scene Prompt or Scene Script to 'scenes'")
+    choice = choice if choice is not None else PresetChoice()
+    if model.in_dim != model.out_dim:
+        raise RolloutInputError(f"the model reads {model.in_dim} latent channels (an image-to-video or control "
+                                "model); Echo-Forcing needs a Wan2.1 text-to-video model")
+    if isinstance(stop_after_shot, bool) or not isinstance(stop_after_shot, int) or stop_after_shot < 0:
+        raise RolloutInputError(f"stop_after_shot must be 0 (every shot) or a shot number, got {stop_after_shot!r}")
+    if stop_after_shot > len(shots):
+        raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but there are only {len(shots)} shots; "
+                                "use 0 to run every shot")
+    pool_labels = [e.label for e in pool.entries] if pool is not None and choice.is_echo else []
+    blocks = scene_block_counts(shots.scenes, fps=fps, frames_per_block=FRAMES_PER_BLOCK, pool_labels=pool_labels)
+    settings = RolloutSettings(num_frames=sum(blocks) * FRAMES_PER_BLOCK, height=height, width=width, seed=seed,
+                               steps=evenly_spaced_steps(steps), shift=shift, frames_per_block=FRAMES_PER_BLOCK,
+                               noise=noise)
+    width_of_text = shots.shots[0].text.shape[-1]
+    if width_of_text != model.text_dim:
+        raise RolloutInputError(f"the shots' text encoding is {width_of_text} wide but the model takes "
+                                f"{model.text_dim}; use the text encoder the model was trained with (umT5-XXL)")
+    notes = [f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored"
+             ] if choice.ignored else []
+    grid = token_grid(model.patch_size, settings)
+    if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
+        pool.signature.require(PoolSignature.of(model.num_layers, model.num_heads, model.head_dim, dtype, grid),
+                               "the scene pool")
+    if pool is not None and not choice.is_echo and len(pool):
+        notes.append(f"the scene pool is used by Echo-Forcing presets only; ignored by {choice.preset}")
+    start_pool = pool if choice.is_echo else None
+    policy = choice.build(encode_text=encode_text, pool=start_pool)
+    policy.check_length(settings.num_frames, settings.frames_per_block)
+    check_scenes = getattr(policy, "check_scenes", None)
+    if check_scenes is not None:  # transitions and recall targets (the scene memory's own checks)
+        check_scenes([SceneInfo(s.scene.prompt, n, None if s.scene.entry is None else s.scene.entry.value,
+                                s.scene.recall_target, shots.title(i))
+                      for i, (s, n) in enumerate(zip(shots.shots, blocks, strict=True))])
+    if any(s.text.shape[1] > model.text_len for s in shots.shots):
+        notes.append(f"prompts longer than {model.text_len} tokens were cut to {model.text_len} (as Wan2.1 does)")
+    seeds = shot_seeds(seed, [s.seed for s in shots.shots])
+    routes = choice.is_echo and any(s.scene.entry in ROUTING_ENTRIES for s in shots.shots[1:])
+    return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
+                   stop_after_shot, tuple(notes), model.text_len, routes)
+
+
+def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache | None = None,
+             model_key: str = "", encoder_key: str = "", resume_from: ShotBoundary | None = None,
+             on_block: Callable[[BlockEvent], None] | None = None, interrupt: Callable[[], None] | None = None,
+             stop_requested: Callable[[], bool] | None = None,
+             on_boundary: Callable[[ShotBoundary], None] | None = None,
+             on_reuse: Callable[[ShotBoundary], None] | None = None) -> RolloutResult:
+    """Run a plan, reusing what can be reused.
+
+    Starts from ``resume_from`` (a loaded story) or else from the longest prefix ``cache`` holds for this
+    plan, and stores every boundary it passes in ``cache``. ``load()`` gives the model and is only called
+    when something is left to generate (a run whose every shot is cached loads nothing). The run stops after
+    ``plan.stop_after_shot`` or after the current shot once ``stop_requested()`` says so. ``on_reuse`` hears
+    of the boundary the run starts from, before anything is generated.
+    """
+    keys = plan.boundary_keys(model_key, encoder_key) if cache is not None else []
+    target = plan.stop_after_shot or plan.num_shots
+    start = resume_from
+    if cache is not None:
+        cached = cache.longest(keys[:target])
+        if cached is not None and (start is None or cached.shot > start.shot):
+            start = cached
+    if start is not None and on_reuse is not None:
+        on_reuse(start)
+    if start is not None and start.shot == target:
+        return finished_result(start, plan.settings)
+
+    def passed(boundary: ShotBoundary) -> None:
+        if cache is not None:
+            cache.put(keys[boundary.shot - 1], boundary)
+        if on_boundary is not None:
+            on_boundary(boundary)
+
+    def stop_after(shot: int) -> bool:
+        return plan.stop_after(shot) or (stop_requested is not None and stop_requested())
+
+    model = load()
+    texts = [model.encode_text(t) for t in plan.text_inputs()]
+    return rollout(model, plan.rollout_scenes(texts), plan.settings, plan.policy, on_block=on_block,
+                   interrupt=interrupt, resume_from=start, stop_after=stop_after,
+                   on_boundary=passed if cache is not None or on_boundary is not None else None)
