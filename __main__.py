@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .batch import BatchUsageError
-from .cli import demo, queue, tiny_models, workflows
+from .cli import demo, queue, render, tiny_models, workflows
 from .pipeline import RolloutInputError
 
 
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     queue.add_parser(sub)
+    render.add_parser(sub)
     tiny_models.add_parser(sub)
     workflows.add_parser(sub)
     args = parser.parse_args(argv)

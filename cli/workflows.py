@@ -48,21 +48,27 @@ DEFS: dict[str, NodeDef] = {
     "EchoForcingScenePrompt": NodeDef((("text", "widget:STRING"), ("duration", "widget:FLOAT"),
                                        ("transition", "widget:COMBO"), ("recall_target", "widget:STRING"),
                                        ("label", "widget:STRING"), ("previous", "ECHO_SCENES"), ("clip", "CLIP"),
-                                       ("conditioning", "CONDITIONING")),
+                                       ("conditioning", "CONDITIONING"), ("seed", "widget:INT")),
                                       (("scenes", "ECHO_SCENES"),)),
     "EchoForcingSceneScript": NodeDef((("clip", "CLIP"), ("script", "widget:STRING")), (("scenes", "ECHO_SCENES"),)),
     "EchoForcingMemoryConfig": NodeDef((("preset", "widget:COMBO"), ("recall_matching", "widget:COMBO"),
                                         ("phase_compression", "widget:COMBO"), ("memory_decay", "widget:COMBO"),
-                                        ("scene_pool_size", "widget:INT"), ("rope_positions", "widget:COMBO")),
+                                        ("scene_pool_size", "widget:INT"), ("rope_positions", "widget:COMBO"),
+                                        ("recall_scope", "widget:COMBO")),
                                        (("config", "ECHO_MEMORY_CONFIG"),)),
     "EchoForcingSceneRecallPool": NodeDef((("pool", "widget:COMBO"),), (("pool", "ECHO_SCENE_POOL"),)),
     "EchoForcingSampler": NodeDef((("model", "MODEL"), ("scenes", "ECHO_SCENES"), ("seed", "widget:INT"),
                                    ("width", "widget:INT"), ("height", "widget:INT"), ("fps", "widget:FLOAT"),
                                    ("steps", "widget:INT"), ("shift", "widget:FLOAT"),
-                                   ("config", "ECHO_MEMORY_CONFIG"), ("pool", "ECHO_SCENE_POOL")),
-                                  (("latent", "LATENT"), ("pool", "ECHO_SCENE_POOL"), ("report", "STRING")),
+                                   ("config", "ECHO_MEMORY_CONFIG"), ("pool", "ECHO_SCENE_POOL"),
+                                   ("noise", "widget:COMBO"), ("reuse_shots", "widget:BOOLEAN"),
+                                   ("shot_cache_gb", "widget:FLOAT"), ("stop_after_shot", "widget:INT")),
+                                  (("latent", "LATENT"), ("pool", "ECHO_SCENE_POOL"), ("report", "STRING"),
+                                   ("story", "ECHO_STORY")),
                                   seed_control="seed"),
     "EchoForcingSaveScenePool": NodeDef((("pool", "ECHO_SCENE_POOL"), ("name", "widget:STRING"))),
+    "EchoForcingSaveStory": NodeDef((("story", "ECHO_STORY"), ("name", "widget:STRING"))),
+    "EchoForcingLoadStory": NodeDef((("story", "widget:COMBO"),), (("scenes", "ECHO_SCENES"),)),
 }
 
 # ---- model files (download hints) ------------------------------------------------------------------------
@@ -115,10 +121,12 @@ def _finish(sampler_links: dict, prefix: str, seed: int, extra: list | None = No
         Node("memory", "EchoForcingMemoryConfig", {"preset": "echo-forcing", "recall_matching": "preset default",
                                                    "phase_compression": "preset default",
                                                    "memory_decay": "preset default", "scene_pool_size": 0,
-                                                   "rope_positions": "preset default"},
+                                                   "rope_positions": "preset default",
+                                                   "recall_scope": "shots so far"},
              column=2),
         Node("sampler", "EchoForcingSampler", {"seed": seed, "width": 832, "height": 480, "fps": 16.0, "steps": 4,
-                                               "shift": 5.0},
+                                               "shift": 5.0, "noise": "per-shot", "reuse_shots": True,
+                                               "shot_cache_gb": 8.0, "stop_after_shot": 0},
              {"model": ("dit", 0), **sampler_links, "config": ("memory", 0)}, column=3),
         Node("decode", "VAEDecode", {}, {"samples": ("sampler", 0), "vae": ("vae", 0)}, column=4),
         Node("video", "CreateVideo", {"fps": 16.0}, {"images": ("decode", 0)}, column=4),
@@ -128,16 +136,21 @@ def _finish(sampler_links: dict, prefix: str, seed: int, extra: list | None = No
     return nodes + (extra or [])
 
 
-def _shots(shots: list[tuple[str, float, str, str, str]]) -> list[Node]:
-    """A chain of Scene Prompt nodes: (text, seconds, transition, recall target, label)."""
+def _shots(shots: list[tuple[str, float, str, str, str]], after: tuple[str, int] | None = None,
+           first: int = 1) -> list[Node]:
+    """A chain of Scene Prompt nodes: (text, seconds, transition, recall target, label), the first one chained
+    after ``after`` (a node output) when given; numbered from ``first``."""
     nodes = []
     for i, (text, seconds, transition, target, label) in enumerate(shots):
         links = {"clip": ("clip", 0)}
         if i:
-            links["previous"] = (f"shot{i}", 0)
-        nodes.append(Node(f"shot{i + 1}", "EchoForcingScenePrompt",
+            links["previous"] = (f"shot{first + i - 1}", 0)
+        elif after is not None:
+            links["previous"] = after
+        nodes.append(Node(f"shot{first + i}", "EchoForcingScenePrompt",
                           {"text": text, "duration": seconds, "transition": transition, "recall_target": target,
-                           "label": label}, links, title=f"Scene Prompt {i + 1}: {label}", column=1))
+                           "label": label, "seed": -1}, links, title=f"Scene Prompt {first + i}: {label}",
+                          column=1))
     return nodes
 
 
@@ -219,13 +232,42 @@ def _recall_abcabc() -> Workflow:
 
 def _long_video() -> Workflow:
     shot = Node("shot1", "EchoForcingScenePrompt", {"text": LONG_PROMPT, "duration": 60.0, "transition": "smooth",
-                                                     "recall_target": "auto", "label": "river"},
+                                                     "recall_target": "auto", "label": "river", "seed": -1},
                 {"clip": ("clip", 0)}, title="Scene Prompt: 60 s", column=1)
     return Workflow("long_video_60s", "One prompt for 60 seconds (960 frames) with bounded memory.",
                     [*_loaders(), shot, *_finish({"scenes": ("shot1", 0)}, "long_video_60s", 3)])
 
 
-WORKFLOWS = (_six_shot_smooth, _six_shot_hard_cut, _recall_abcabc, _long_video)
+MORE_SMOOTH_SHOTS = [
+    ("Static camera. In the same sunlit pottery studio, the same old man with the grey beard dips a brush in white "
+     "glaze and paints slow rings around the dry bowl on the shelf", 10.0, "smooth", "auto", "glazing"),
+    ("Static camera. In the same pottery studio, the same old man opens the door of a brick kiln, warm orange light "
+     "on his face, and slides the glazed bowl inside", 10.0, "smooth", "auto", "kiln"),
+    ("Static camera. Back at the pottery wheel in the sunlit studio, the same old man sits down and centres a new "
+     "lump of wet clay with both hands", 10.0, "recall", "centring", "again"),
+]
+STORY_NAME = "pottery_six_shots"
+
+
+def _story_six_shots() -> Workflow:
+    nodes = _loaders() + _shots(SMOOTH_SHOTS)
+    save = Node("story_out", "EchoForcingSaveStory", {"name": STORY_NAME}, {"story": ("sampler", 3)}, column=5)
+    return Workflow("story_1_six_shots", "Part 1 of a story: six smooth shots, saved with Save Story so a later "
+                    "job can add shots without generating these again.",
+                    nodes + _finish({"scenes": ("shot6", 0)}, "story_1_six_shots", 2026, extra=[save]))
+
+
+def _story_three_more() -> Workflow:
+    story = Node("story_in", "EchoForcingLoadStory", {"story": STORY_NAME}, column=1)
+    nodes = [*_loaders(), story, *_shots(MORE_SMOOTH_SHOTS, after=("story_in", 0), first=7)]
+    save = Node("story_out", "EchoForcingSaveStory", {"name": f"{STORY_NAME}_and_three"}, {"story": ("sampler", 3)},
+                column=5)
+    return Workflow("story_2_three_more", "Part 2 of the story (after story_1_six_shots): Load Story, three more "
+                    "shots chained after it; only the new shots are generated and the video holds all nine.",
+                    nodes + _finish({"scenes": ("shot9", 0)}, "story_2_three_more", 2026, extra=[save]))
+
+
+WORKFLOWS = (_six_shot_smooth, _six_shot_hard_cut, _recall_abcabc, _long_video, _story_six_shots, _story_three_more)
 
 # ---- writers ---------------------------------------------------------------------------------------------
 

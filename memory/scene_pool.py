@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .files import file_names, named_file, save_atomically
 
 FORMAT = "echo-forcing-scene-pool"
 VERSION = 1
@@ -117,8 +118,6 @@ class ScenePool:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the pool as safetensors (atomically: a temporary file renamed when complete)."""
-        from safetensors.torch import save_file
-
         if self.signature is None:
             raise ScenePoolError("this pool has no model signature (it holds no scene yet); nothing to save")
         path = Path(path)
@@ -137,11 +136,7 @@ class ScenePool:
                     "signature": json.dumps({"layers": sig.layers, "heads": sig.heads, "head_dim": sig.head_dim,
                                              "dtype": sig.dtype, "grid": list(sig.grid)}),
                     "entries": json.dumps(entries)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        return save_atomically(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected: PoolSignature | None = None) -> ScenePool:
@@ -181,37 +176,12 @@ class ScenePool:
         return cls(tuple(entries), int(meta.get("max_size", 64)), signature)
 
 
-POOL_SUFFIX = ".safetensors"
-_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$")
-
-
 def pool_file(folder: str | os.PathLike, name: str) -> Path:
-    """The file of the pool called ``name`` inside ``folder``, refusing any name that could leave it.
-
-    A name is 1-100 letters, digits, spaces, ``_``, ``-`` and ``.``, starting with a letter or digit (no
-    path separators, no ``..``); a trailing ``.safetensors`` is optional.
-    """
-    raw = str(name).strip()
-    stem = raw[: -len(POOL_SUFFIX)] if raw.lower().endswith(POOL_SUFFIX) else raw
-    if not _POOL_NAME.match(stem) or ".." in stem:
-        raise ScenePoolError(f"invalid scene pool name {name!r}: use 1-100 letters, digits, spaces, '_', '-' or "
-                             "'.', starting with a letter or digit (no folders, no '..')")
-    root = Path(folder).resolve()
-    path = (root / (stem + POOL_SUFFIX)).resolve()
-    if path.parent != root:
-        raise ScenePoolError(f"invalid scene pool name {name!r}: it leaves the scene pool folder")
-    return path
+    """The file of the pool called ``name`` inside ``folder``, refusing any name that could leave it
+    (``memory.files``)."""
+    return named_file(folder, name, "scene pool", ScenePoolError)
 
 
 def pool_names(folder: str | os.PathLike) -> list[str]:
     """Names of the pools saved in ``folder`` (sorted; files whose names are not valid pool names skipped)."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    names = []
-    for path in root.iterdir():
-        if path.is_file() and path.name.endswith(POOL_SUFFIX) and not path.name.startswith("."):
-            stem = path.name[: -len(POOL_SUFFIX)]
-            if _POOL_NAME.match(stem) and ".." not in stem:
-                names.append(stem)
-    return sorted(names, key=str.lower)
+    return file_names(folder)

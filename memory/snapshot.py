@@ -156,22 +156,26 @@ class _Walk:
 
 
 class _Restore:
-    def __init__(self):
+    def __init__(self, moves: dict[torch.device, torch.device]):
         self.memo: dict[int, object] = {}
+        self.moves = moves  # the snapshot's compute device -> this run's (a story made on another machine)
 
     def value(self, value):
+        if isinstance(value, torch.device):
+            return self.moves.get(value, value)
         if isinstance(value, _ATOMS) or isinstance(value, _BEHAVIOUR) or isinstance(value, torch.Tensor):
             return value  # tensors met here are shared (immutable) ones
         key = id(value)
         if key in self.memo:
             return self.memo[key]
         if isinstance(value, _Tensor):
-            if value.device.type == "cpu":
+            device = self.moves.get(value.device, value.device)
+            if device.type == "cpu":
                 out = value.data.clone(memory_format=torch.preserve_format)
                 if value.pinned and torch.cuda.is_available():
                     out = out.pin_memory()
             else:
-                out = value.data.to(value.device, copy=True)
+                out = value.data.to(device, copy=True)
         elif isinstance(value, _Object):
             out = object.__new__(value.cls)
             self.memo[key] = out
@@ -219,14 +223,17 @@ class MemorySnapshot:
     scene_fields: dict
     nbytes: int
     """Bytes this snapshot holds itself (its tensor copies; shared scene-pool frames not counted)."""
+    device: torch.device | None = None
+    """The compute device the state ran on (a restore on another device moves what lived there)."""
 
     def __repr__(self) -> str:
         return f"MemorySnapshot({self.state_type.__name__}, {len(self.layers)} layers, {self.nbytes} bytes)"
 
 
-def capture(state, copy: bool = True) -> MemorySnapshot:
-    """A snapshot of ``state`` (a ``memory.state.MemoryState``) between two shots. ``copy=False`` only counts
-    the bytes a snapshot would hold (works on meta tensors; the result must not be restored)."""
+def capture(state, copy: bool = True, device: torch.device | str | None = None) -> MemorySnapshot:
+    """A snapshot of ``state`` (a ``memory.state.MemoryState``) between two shots, made on compute device
+    ``device``. ``copy=False`` only counts the bytes a snapshot would hold (works on meta tensors; the result
+    must not be restored)."""
     scene_fields = state.boundary_fields()
     shared: dict[int, torch.Tensor] = {}
     seen: dict[int, object] = {}
@@ -235,15 +242,19 @@ def capture(state, copy: bool = True) -> MemorySnapshot:
     walk = _Walk(shared, copy)
     layers = tuple(walk.value(layer) for layer in state.layers)
     fields = walk.value(scene_fields)
-    return MemorySnapshot(type(state), layers, fields, walk.bytes)
+    return MemorySnapshot(type(state), layers, fields, walk.bytes, None if device is None else torch.device(device))
 
 
-def restore(snapshot: MemorySnapshot, state) -> None:
-    """Write a copy of ``snapshot`` into ``state``, a fresh state made by the same policy."""
+def restore(snapshot: MemorySnapshot, state, device: torch.device | str | None = None) -> None:
+    """Write a copy of ``snapshot`` into ``state``, a fresh state made by the same policy, for a run on
+    ``device`` (what lived on the snapshot's compute device goes there)."""
     if type(state) is not snapshot.state_type or len(state.layers) != len(snapshot.layers):
         raise ValueError(f"a snapshot of {snapshot.state_type.__name__} with {len(snapshot.layers)} layers cannot "
                          f"resume {type(state).__name__} with {len(state.layers)} layers")
-    walk = _Restore()
+    moves = {}
+    if device is not None and snapshot.device is not None and torch.device(device) != snapshot.device:
+        moves[snapshot.device] = torch.device(device)
+    walk = _Restore(moves)
     for layer, captured in zip(state.layers, snapshot.layers, strict=True):
         if type(layer) is not captured.cls:
             raise ValueError(f"a snapshot of {captured.cls.__name__} layers cannot resume {type(layer).__name__}")
@@ -252,3 +263,165 @@ def restore(snapshot: MemorySnapshot, state) -> None:
                              "preset and options, or start from the beginning")
         _put(layer, walk.fields(captured))
     state.resume_fields(walk.value(snapshot.scene_fields))
+
+
+# ---- files: a snapshot as JSON plus named tensors (no pickle) --------------------------------------------------
+
+
+class SnapshotFormatError(ValueError):
+    """A stored snapshot that cannot be read back (damaged, or naming something this pack does not have)."""
+
+
+def _known_types() -> dict[str, type]:
+    """The only classes a stored snapshot may name: the memory package's own (looked up by name, never
+    imported from the file)."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(__package__)
+    found: dict[str, type] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                found[value.__name__] = value
+    return found
+
+
+class RecordWriter:
+    """Turns snapshot values into JSON-able data, collecting their tensors by name (each tensor once)."""
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.names: dict[int, str] = {}
+        self.keep: list[object] = []
+
+    def tensor(self, t: torch.Tensor, device: torch.device | None = None, pinned: bool = False) -> dict:
+        name = self.names.get(id(t))
+        if name is None:
+            name = self.names[id(t)] = f"t{len(self.tensors)}"
+            self.tensors[name] = t.detach().to("cpu").contiguous()
+            self.keep.append(t)
+        out = {"$tensor": name}
+        if device is not None:
+            out.update(device=str(device), pinned=pinned)
+        return out
+
+    def value(self, v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, enum.Enum):
+            return {"$enum": type(v).__name__, "value": v.value}
+        if isinstance(v, torch.device):
+            return {"$device": str(v)}
+        if isinstance(v, torch.dtype):
+            return {"$dtype": str(v).replace("torch.", "")}
+        if isinstance(v, torch.Tensor):
+            return self.tensor(v)
+        if isinstance(v, _Tensor):
+            return self.tensor(v.data, v.device, v.pinned)
+        if isinstance(v, _Object):
+            return {"$object": v.cls.__name__, "fields": self.value(v.fields)}
+        if _frozen(v):
+            return {"$frozen": type(v).__name__,
+                    "fields": {f.name: self.value(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}}
+        if isinstance(v, type):
+            return {"$type": v.__name__}
+        if isinstance(v, tuple):
+            return {"$tuple": [self.value(x) for x in v]}
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if isinstance(v, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in v):
+                return {k: self.value(x) for k, x in v.items()}
+            return {"$dict": [[self.value(k), self.value(x)] for k, x in v.items()]}
+        raise SnapshotFormatError(f"cannot store a {type(v).__name__} of a memory snapshot")
+
+
+class RecordReader:
+    """Turns stored data back into values; classes only from the memory package, tensors by name."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors, self.types = tensors, _known_types()
+
+    def type(self, name) -> type:
+        cls = self.types.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise SnapshotFormatError(f"the stored memory names {name!r}, which is not a memory class of this pack")
+        return cls
+
+    def value(self, v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if not isinstance(v, dict):
+            raise SnapshotFormatError(f"unexpected stored value {v!r}")
+        if "$tensor" in v:
+            t = self.tensors.get(v["$tensor"])
+            if t is None:
+                raise SnapshotFormatError(f"the stored memory refers to a missing tensor {v['$tensor']!r}")
+            return t if "device" not in v else _Tensor(t, torch.device(v["device"]), bool(v.get("pinned")))
+        if "$enum" in v:
+            return self.type(v["$enum"])(v["value"])
+        if "$device" in v:
+            return torch.device(v["$device"])
+        if "$dtype" in v:
+            dtype = getattr(torch, str(v["$dtype"]), None)
+            if not isinstance(dtype, torch.dtype):
+                raise SnapshotFormatError(f"unknown dtype {v['$dtype']!r}")
+            return dtype
+        if "$type" in v:
+            return self.type(v["$type"])
+        if "$object" in v:
+            return _Object(self.type(v["$object"]), self.value(v["fields"]))
+        if "$frozen" in v:
+            cls = self.type(v["$frozen"])
+            if not _frozen_class(cls):
+                raise SnapshotFormatError(f"{cls.__name__} is not an immutable value")
+            return cls(**self.value(v["fields"]))
+        if "$tuple" in v:
+            return tuple(self.value(x) for x in v["$tuple"])
+        if "$dict" in v:
+            return {self._key(k): self.value(x) for k, x in v["$dict"]}
+        return {k: self.value(x) for k, x in v.items()}
+
+    def _key(self, k):
+        key = self.value(k)
+        if isinstance(key, (list, dict)):
+            raise SnapshotFormatError("a stored mapping has an unhashable key")
+        return key
+
+
+def _frozen_class(cls: type) -> bool:
+    params = getattr(cls, "__dataclass_params__", None)
+    return params is not None and params.frozen
+
+
+def snapshot_record(snapshot: MemorySnapshot,
+                    writer: RecordWriter | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``snapshot`` as JSON-able data plus named CPU tensors (for a safetensors file)."""
+    writer = writer or RecordWriter()
+    record = {"state": snapshot.state_type.__name__, "layers": [writer.value(layer) for layer in snapshot.layers],
+              "scene_fields": writer.value(snapshot.scene_fields), "nbytes": snapshot.nbytes,
+              "device": None if snapshot.device is None else str(snapshot.device)}
+    return record, writer.tensors
+
+
+def snapshot_from_record(record: dict, tensors: dict[str, torch.Tensor]) -> MemorySnapshot:
+    """The snapshot ``snapshot_record`` stored; refuses anything that is not this pack's memory."""
+    reader = RecordReader(tensors)
+    try:
+        layers = tuple(reader.value(layer) for layer in record["layers"])
+        if not all(isinstance(layer, _Object) for layer in layers):
+            raise SnapshotFormatError("a stored layer is not a memory object")
+        fields = reader.value(record["scene_fields"])
+        if not isinstance(fields, dict):
+            raise SnapshotFormatError("the stored scene fields are not a mapping")
+        device = record.get("device")
+        return MemorySnapshot(reader.type(record["state"]), layers, fields, int(record["nbytes"]),
+                              None if device is None else torch.device(device))
+    except SnapshotFormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise SnapshotFormatError(f"the stored memory is damaged ({type(err).__name__}: {err})") from None

@@ -78,13 +78,14 @@ class MemoryState:
     def resume_fields(self, fields: dict) -> None:
         """Take over ``boundary_fields`` of a snapshot (this state is fresh, made for the new plan)."""
 
-    def snapshot(self, copy: bool = True) -> MemorySnapshot:
-        """This state between two shots, in CPU memory (``memory.snapshot``)."""
-        return capture(self, copy)
+    def snapshot(self, copy: bool = True, device: torch.device | str | None = None) -> MemorySnapshot:
+        """This state between two shots, in CPU memory (``memory.snapshot``); ``device``: where it runs."""
+        return capture(self, copy, device)
 
-    def resume(self, snapshot: MemorySnapshot) -> None:
-        """Continue from ``snapshot``: this state must be fresh (no block run yet) and of the same policy."""
-        restore(snapshot, self)
+    def resume(self, snapshot: MemorySnapshot, device: torch.device | str | None = None) -> None:
+        """Continue from ``snapshot`` on ``device``: this state must be fresh (no block run yet) and of the
+        same policy."""
+        restore(snapshot, self, device)
 
     @property
     def device_bytes(self) -> int:

@@ -1,4 +1,4 @@
-"""The pack's V3 extension: registers the model folder and hands ComfyUI the node classes."""
+"""The pack's V3 extension: registers the model folder and the routes and hands ComfyUI the node classes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from .load_causal_dit import LoadCausalDiT
 from .memory_nodes import EchoMemoryConfig, SaveScenePool, SceneRecallPool
 from .sampler import AutoregressiveSampler
 from .scene_nodes import ScenePrompt, SceneScript
+from .story_nodes import LoadStory, SaveStory
 
 NODES: list[type[io.ComfyNode]] = [
     LoadCausalDiT,
@@ -18,14 +19,14 @@ NODES: list[type[io.ComfyNode]] = [
     SceneRecallPool,
     AutoregressiveSampler,
     SaveScenePool,
+    SaveStory,
+    LoadStory,
 ]
 """Every node class of the pack, in menu order."""
 
 
 class EchoForcingExtension(ComfyExtension):
-    async def on_load(self) -> None:
-        host.register_routes()
-
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         host.register_folders()
+        host.register_routes()  # here, not in on_load: ComfyUI v0.3.64 never calls on_load
         return list(NODES)

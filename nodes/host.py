@@ -21,6 +21,8 @@ CAUSAL_DIT_FOLDER = "causal_dit"
 """Extra model folder for causal students (``models/causal_dit``); ``diffusion_models`` works too."""
 POOL_SUBFOLDER = ("echo_forcing", "scene_pools")
 """Saved scene pools live in ``<ComfyUI output>/echo_forcing/scene_pools``."""
+STORY_SUBFOLDER = ("echo_forcing", "stories")
+"""Saved stories live in ``<ComfyUI output>/echo_forcing/stories``."""
 NO_LORA = "none"
 
 
@@ -63,6 +65,10 @@ def lora_path(name: str) -> str | None:
 
 def pool_folder() -> Path:
     return Path(folder_paths.get_output_directory(), *POOL_SUBFOLDER)
+
+
+def story_folder() -> Path:
+    return Path(folder_paths.get_output_directory(), *STORY_SUBFOLDER)
 
 
 def encode_prompt(clip, text: str) -> torch.Tensor:
@@ -172,16 +178,20 @@ def register_routes() -> None:
     except ImportError:
         return
     server = getattr(PromptServer, "instance", None)
-    if server is None:
+    if server is None or getattr(server, "_echo_forcing_routes", False):
         return
+    server._echo_forcing_routes = True
 
     @server.routes.post("/echo_forcing/stop_after_shot")
     async def stop_after_shot(request):
         try:
             body = await request.json() if request.can_read_body else {}
         except ValueError:
-            return web.json_response({"error": "the body must be JSON, e.g. {\"prompt_id\": \"...\"}"}, status=400)
-        prompt = body.get("prompt_id") if isinstance(body, dict) else None
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"error": "the body must be a JSON object, e.g. {\"prompt_id\": \"...\"} "
+                                               "or {} for the running prompt"}, status=400)
+        prompt = body.get("prompt_id")
         if prompt is not None and (not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT_ID):
             return web.json_response({"error": "prompt_id must be a prompt id string"}, status=400)
         _stop_requests.add(prompt or _STOP_ANY)

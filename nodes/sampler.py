@@ -26,7 +26,7 @@ from ..pipeline.noise import MAX_SEED, NOISE_MODES, PER_SHOT
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, PrefixCache, budget_bytes
 from ..pipeline.run_plan import FRAMES_PER_BLOCK
 from . import host
-from .sockets import CATEGORY, MemoryConfig, ScenePoolType, Scenes
+from .sockets import CATEGORY, MemoryConfig, ScenePoolType, Scenes, StoryType
 
 ACTIVATION_FACTOR = 12
 """Working memory of one block forward, in units of the block's hidden states (FFN, q/k/v, attention)."""
@@ -66,12 +66,14 @@ class AutoregressiveSampler(io.ComfyNode):
             description=(
                 "Generates a long multi-shot video block by block (3 latent frames = 12 video frames per block) "
                 "with a causal Wan2.1 model, switching prompts at each shot and keeping a bounded scene memory. "
-                "Outputs a LATENT for core VAE Decode, the updated scene pool and a report. Progress and a preview "
-                "are shown per block; Cancel stops before the next block."),
+                "Outputs a LATENT for core VAE Decode, the updated scene pool, a report and the story (to save and "
+                "continue later). Progress and a preview are shown per block; Cancel stops before the next block. "
+                "With reuse_shots, a run whose first shots are unchanged starts after them."),
             inputs=[
                 io.Model.Input("model", tooltip="A causal Wan2.1-T2V model: Load Causal DiT, or core Load "
                                                 "Diffusion Model with a Self-Forcing-style checkpoint."),
-                Scenes.Input("scenes", tooltip="The shots: the last Scene Prompt of a chain, or a Scene Script."),
+                Scenes.Input("scenes", tooltip="The shots: the last Scene Prompt of a chain, or a Scene Script "
+                                               "(after Load Story: the story's shots and the new ones)."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Noise seed. The same seed, shots and settings give the same video (the "
                                      "official code's random order)."),
@@ -122,6 +124,9 @@ class AutoregressiveSampler(io.ComfyNode):
                 io.String.Output(display_name="report",
                                  tooltip="Per shot: blocks, transition, recalled scene and similarity, decay, "
                                          "cache occupancy and time; then the same as JSON."),
+                StoryType.Output(display_name="story",
+                                 tooltip="The video with its memory state; connect to Save Story to add shots "
+                                         "to it in a later job."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -168,5 +173,5 @@ class AutoregressiveSampler(io.ComfyNode):
         latent = {"samples": to_comfy_latent(result.latents).to(mm.intermediate_device())}
         out_pool = result.pool if result.pool is not None else (pool if pool is not None else ScenePool())
         text = report_text(report)
-        return io.NodeOutput(latent, out_pool, text,
+        return io.NodeOutput(latent, out_pool, text, plan.story_of(result),
                              ui={"echo_timeline": [timeline(report)], "text": [text.split("\n\n")[0]]})

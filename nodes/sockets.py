@@ -12,3 +12,6 @@ MemoryConfig = io.Custom("ECHO_MEMORY_CONFIG")
 
 ScenePoolType = io.Custom("ECHO_SCENE_POOL")
 """A ``memory.ScenePool``: scenes (recall frames) that later shots or later jobs can recall."""
+
+StoryType = io.Custom("ECHO_STORY")
+"""A ``pipeline.story.Story``: a video with its memory state, to save and continue in a later job."""

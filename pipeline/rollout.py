@@ -178,6 +178,8 @@ class RolloutResult:
     """Blocks and shots taken from the resume point instead of generated."""
     shots_done: int = 0
     """Shots in ``latents`` (fewer than planned after a stop)."""
+    end: ShotBoundary | None = None
+    """The boundary after the last shot done (when boundaries were taken or ``keep_end`` was asked)."""
     cache_bytes: int = 0
     """Persistent memory-state bytes on the compute device at the end."""
     storage_bytes: int = 0
@@ -196,7 +198,7 @@ def finished_result(boundary: ShotBoundary, settings: RolloutSettings) -> Rollou
     return RolloutResult(latents=boundary.latents.clone(), block_seconds=list(boundary.block_seconds),
                          block_reports=list(boundary.block_reports), switches=[dict(s) for s in boundary.switches],
                          pool=boundary.pool, reused_blocks=boundary.block, reused_shots=boundary.shot,
-                         shots_done=boundary.shot)
+                         shots_done=boundary.shot, end=boundary)
 
 
 def token_grid(patch_size: tuple[int, int, int], settings: RolloutSettings) -> tuple[int, int]:
@@ -256,7 +258,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             cache: CachePolicy, on_block: Callable[[BlockEvent], None] | None = None,
             interrupt: Callable[[], None] | None = None, *, resume_from: ShotBoundary | None = None,
             on_boundary: Callable[[ShotBoundary], None] | None = None,
-            stop_after: Callable[[int], bool] | None = None) -> RolloutResult:
+            stop_after: Callable[[int], bool] | None = None, keep_end: bool = False) -> RolloutResult:
     """Generate ``settings.num_frames`` latent frames with ``cache`` behind every layer.
 
     ``text`` is one prompt's context, or the scenes of a multi-shot video (their blocks must add up to the
@@ -267,7 +269,8 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     first shots (its latents, switches and block reports become this result's); ``on_boundary`` receives a
     boundary before every shot after the first and after the last one; ``stop_after(shot)`` is asked after
     every shot but the last (0-based) and ends the run there when it says so (the result then holds the
-    shots done).
+    shots done). ``keep_end``: the boundary after the last shot done is kept in ``result.end`` even without
+    ``on_boundary`` (to save the video as a story).
     """
     scenes = _scenes(text, settings)
     if model.config.in_dim != model.config.out_dim:
@@ -289,7 +292,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     memories = state.layers
     first_shot, index = 0, 0
     if resume_from is not None:
-        state.resume(resume_from.memory)
+        state.resume(resume_from.memory, model.device)
         noise.resume(resume_from.noise_state)
         first_shot, index = resume_from.shot, resume_from.block
         output[:, :index * f] = resume_from.latents
@@ -298,20 +301,26 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
         result.block_seconds = list(resume_from.block_seconds)
         result.reused_blocks, result.reused_shots = index, first_shot
 
-    def boundary(shot: int) -> None:
+    def boundary(shot: int) -> ShotBoundary:
         synchronize(model.device)  # asynchronous copies into pinned memory are complete before they are copied
-        on_boundary(ShotBoundary(shot, index, output[:, :index * f].clone(), state.snapshot(), noise.state(),
-                                 tuple(dict(s) for s in result.switches), tuple(result.block_reports),
-                                 tuple(result.block_seconds), state.result_pool(), settings.num_frames))
+        made = ShotBoundary(shot, index, output[:, :index * f].clone(), state.snapshot(device=model.device),
+                            noise.state(), tuple(dict(s) for s in result.switches), tuple(result.block_reports),
+                            tuple(result.block_seconds), state.result_pool(), settings.num_frames)
+        if on_boundary is not None:
+            on_boundary(made)
+        return made
 
     result.shots_done = first_shot
+    stopped = False
     for scene_index in range(first_shot, len(scenes)):
         scene = scenes[scene_index]
         if scene_index > 0:
-            if on_boundary is not None and scene_index > first_shot:
-                boundary(scene_index)
-            if scene_index > first_shot and stop_after is not None and stop_after(scene_index - 1):
-                break
+            if scene_index > first_shot:
+                stopped = stop_after is not None and stop_after(scene_index - 1)
+                if on_boundary is not None or (stopped and keep_end):
+                    result.end = boundary(scene_index)
+                if stopped:
+                    break
             result.switches.append(state.start_scene(scene_index, index * f))
             recache = min(state.recache_frames(scene_index), index * f)
             if recache:  # LongLive: re-encode the latest clean frames with the new prompt, in one call
@@ -349,8 +358,8 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
         result.shots_done = scene_index + 1
 
     synchronize(model.device)  # asynchronous copies into pinned memory (scene pool frames) are complete
-    if result.shots_done == len(scenes) and on_boundary is not None and result.shots_done > first_shot:
-        boundary(len(scenes))
+    if not stopped and result.shots_done > first_shot and (on_boundary is not None or keep_end):
+        result.end = boundary(len(scenes))
     if index < settings.num_blocks:  # stopped after a shot: the result holds the shots done
         result.latents = output[:, :index * f].clone()
     result.cache_bytes = state.device_bytes

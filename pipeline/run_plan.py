@@ -10,7 +10,7 @@ report, and the reuse keys of its shot boundaries (``pipeline.prefix_cache``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,8 +20,9 @@ from ..memory.state import SceneInfo
 from ..models.block_forward import CausalWan
 from ..models.config import WanConfig
 from ..models.schedule import evenly_spaced_steps
+from .digests import digest, tensor_digest
 from .noise import OFFICIAL, PER_SHOT, shot_seeds
-from .prefix_cache import PrefixCache, digest, tensor_digest
+from .prefix_cache import PrefixCache
 from .rollout import (
     BlockEvent,
     RolloutInputError,
@@ -33,8 +34,9 @@ from .rollout import (
     token_grid,
 )
 from .scene_list import SceneList
-from .scene_script import Transition, scene_block_counts
+from .scene_script import Transition, scene_block_counts, validate_scenes
 from .shot_boundary import ShotBoundary
+from .story import Story, StoryError, story_header
 
 FRAMES_PER_BLOCK = 3
 ROUTING_ENTRIES = (Transition.RECALL, Transition.AUTO)
@@ -65,6 +67,8 @@ class RunPlan:
     text_len: int = 512
     routes: bool = field(default=False)
     """Some shot is entered by a recall or 'auto' (the memory then matches prompts)."""
+    story: Story | None = None
+    """The story the shots continue (its boundary is where the run starts)."""
 
     def __repr__(self) -> str:
         return (f"RunPlan({len(self.shots)} shots, {self.settings.num_blocks} blocks, {self.choice.preset}, "
@@ -88,6 +92,18 @@ class RunPlan:
         """The cache's persistent bytes (``memory.footprint``) for this model, dtype and size."""
         return memory_footprint(self.policy, self.model.num_layers, self.model.num_heads, self.model.head_dim,
                                 self.dtype, self.grid, len(self.shots))
+
+    def story_of(self, result: RolloutResult) -> Story | None:
+        """The video a run made, as a story to save or continue (None when no end state was kept)."""
+        end = result.end
+        if end is None:
+            return None
+        shots = SceneList(tuple(replace(s, seed=seed) for s, seed in zip(self.shots.shots[:end.shot], self.seeds,
+                                                                           strict=False)))
+        header = story_header(self.model, self.dtype, self.grid, self.settings, self.fps, self.choice.preset,
+                              self.policy)
+        start = self.story.start_pool if self.story is not None else self.pool
+        return Story(shots, self.blocks[:end.shot], end, header, start)
 
     def stop_after(self, shot: int) -> bool:
         """``rollout(stop_after=...)``: stop after 0-based ``shot`` when the plan says so."""
@@ -172,8 +188,14 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     if stop_after_shot > len(shots):
         raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but there are only {len(shots)} shots; "
                                 "use 0 to run every shot")
+    story = shots.story
+    if story is not None:
+        pool = _story_pool(story, pool)
+        if 0 < stop_after_shot < len(story.shots):
+            raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but the story already holds "
+                                    f"{len(story.shots)} shots; use 0 or a later shot")
     pool_labels = [e.label for e in pool.entries] if pool is not None and choice.is_echo else []
-    blocks = scene_block_counts(shots.scenes, fps=fps, frames_per_block=FRAMES_PER_BLOCK, pool_labels=pool_labels)
+    blocks = _blocks(shots, story, fps, pool_labels)
     settings = RolloutSettings(num_frames=sum(blocks) * FRAMES_PER_BLOCK, height=height, width=width, seed=seed,
                                steps=evenly_spaced_steps(steps), shift=shift, frames_per_block=FRAMES_PER_BLOCK,
                                noise=noise)
@@ -201,8 +223,37 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
         notes.append(f"prompts longer than {model.text_len} tokens were cut to {model.text_len} (as Wan2.1 does)")
     seeds = shot_seeds(seed, [s.seed for s in shots.shots])
     routes = choice.is_echo and any(s.scene.entry in ROUTING_ENTRIES for s in shots.shots[1:])
+    if story is not None:
+        story.check(story_header(model, dtype, grid, settings, fps, choice.preset, policy))
+        if len(shots) > len(story.shots):
+            story.check_extension()
     return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
-                   stop_after_shot, tuple(notes), model.text_len, routes)
+                   stop_after_shot, tuple(notes), model.text_len, routes, story)
+
+
+def _story_pool(story: Story, pool: ScenePool | None) -> ScenePool | None:
+    """The pool a continued story starts from: its own (a different pool connected as well is refused)."""
+    if pool is not None and len(pool) and (story.start_pool is None or pool_digest(pool) != pool_digest(
+            story.start_pool)):
+        raise StoryError("the story brings the scene pool it started from; disconnect the sampler's 'pool' input "
+                         "(or connect the same pool) to continue it")
+    return story.start_pool
+
+
+def _blocks(shots: SceneList, story: Story | None, fps: float, pool_labels: Sequence[str]) -> list[int]:
+    """Blocks per shot: the official rule (the last shot takes the rest); after a story, its shots keep their
+    blocks and the new shots are counted as a video of their own."""
+    if story is None:
+        return scene_block_counts(shots.scenes, fps=fps, frames_per_block=FRAMES_PER_BLOCK, pool_labels=pool_labels)
+    done = len(story.shots)
+    if shots.shots[:done] != story.shots.shots:
+        raise StoryError("the shots do not start with the story's shots; chain new Scene Prompts after Load Story")
+    validate_scenes(shots.scenes, pool_labels)
+    new = shots.scenes[done:]
+    if not new:
+        return list(story.blocks)
+    alone = [replace(new[0], entry=None, recall_target=None), *(replace(s, recall_target=None) for s in new[1:])]
+    return [*story.blocks, *scene_block_counts(alone, fps=fps, frames_per_block=FRAMES_PER_BLOCK)]
 
 
 def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache | None = None,
@@ -213,15 +264,16 @@ def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache
              on_reuse: Callable[[ShotBoundary], None] | None = None) -> RolloutResult:
     """Run a plan, reusing what can be reused.
 
-    Starts from ``resume_from`` (a loaded story) or else from the longest prefix ``cache`` holds for this
-    plan, and stores every boundary it passes in ``cache``. ``load()`` gives the model and is only called
-    when something is left to generate (a run whose every shot is cached loads nothing). The run stops after
-    ``plan.stop_after_shot`` or after the current shot once ``stop_requested()`` says so. ``on_reuse`` hears
-    of the boundary the run starts from, before anything is generated.
+    Starts from ``resume_from`` (default: the end of the story the plan continues) or from the longest prefix
+    ``cache`` holds for this plan, whichever is later, and stores every boundary it passes in ``cache``.
+    ``load()`` gives the model and is only called when something is left to generate (a run whose every shot
+    is cached loads nothing). The run stops after ``plan.stop_after_shot`` or after the current shot once
+    ``stop_requested()`` says so. ``on_reuse`` hears of the boundary the run starts from, before anything is
+    generated.
     """
     keys = plan.boundary_keys(model_key, encoder_key) if cache is not None else []
     target = plan.stop_after_shot or plan.num_shots
-    start = resume_from
+    start = resume_from if resume_from is not None else plan.story.boundary if plan.story is not None else None
     if cache is not None:
         cached = cache.longest(keys[:target])
         if cached is not None and (start is None or cached.shot > start.shot):
@@ -243,5 +295,5 @@ def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache
     model = load()
     texts = [model.encode_text(t) for t in plan.text_inputs()]
     return rollout(model, plan.rollout_scenes(texts), plan.settings, plan.policy, on_block=on_block,
-                   interrupt=interrupt, resume_from=start, stop_after=stop_after,
+                   interrupt=interrupt, resume_from=start, stop_after=stop_after, keep_end=True,
                    on_boundary=passed if cache is not None or on_boundary is not None else None)

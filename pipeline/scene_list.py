@@ -105,10 +105,13 @@ class SceneList:
     """The shots of one video, in order. Immutable: :meth:`then` returns a new list."""
 
     shots: tuple[Shot, ...] = ()
+    story: object | None = None
+    """A ``pipeline.story.Story`` whose shots are this list's first ones (Load Story): a run goes on after it."""
 
     def __repr__(self) -> str:
         parts = [f"{self.title(i)} {s.scene.duration:g}s" for i, s in enumerate(self.shots)]
-        return f"SceneList({len(self.shots)} shots: {', '.join(parts)})"
+        after = f", after a story of {len(self.story.shots)}" if self.story is not None else ""
+        return f"SceneList({len(self.shots)} shots: {', '.join(parts)}{after})"
 
     def __len__(self) -> int:
         return len(self.shots)
@@ -161,7 +164,7 @@ class SceneList:
             scene = Scene(prompt, float(duration), entry, target, label)
         except SceneScriptError as err:
             raise SceneListError(f"shot {number}: {err}") from None
-        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)))
+        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)), self.story)
 
     @classmethod
     def from_scenes(cls, scenes: Sequence[Scene], texts: Sequence[torch.Tensor],

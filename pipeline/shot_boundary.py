@@ -11,13 +11,25 @@ that resumes from it copies what it uses.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ..memory.files import save_atomically
 from ..memory.scene_pool import ScenePool
-from ..memory.snapshot import MemorySnapshot
+from ..memory.snapshot import (
+    MemorySnapshot,
+    RecordReader,
+    RecordWriter,
+    SnapshotFormatError,
+    snapshot_from_record,
+    snapshot_record,
+)
 from ..memory.state import BlockReport
+from .digests import file_checksum
 
 
 @dataclass(frozen=True, repr=False)
@@ -57,3 +69,71 @@ class ShotBoundary:
     @property
     def pool_bytes(self) -> int:
         return self.pool.nbytes if self.pool is not None else 0
+
+
+# ---- files ----------------------------------------------------------------------------------------------------
+
+FORMAT = "echo-forcing-shot-boundary"
+VERSION = 1
+
+
+class BoundaryFileError(ValueError):
+    """A stored shot boundary that cannot be read (damaged, edited, another format)."""
+
+
+def boundary_record(boundary: ShotBoundary, writer: RecordWriter) -> dict:
+    """``boundary`` as JSON-able data; its tensors go to ``writer`` (latents and noise state by name)."""
+    memory, _ = snapshot_record(boundary.memory, writer)
+    writer.tensors["latents"] = boundary.latents.contiguous()
+    if boundary.noise_state is not None:
+        writer.tensors["noise_state"] = boundary.noise_state.contiguous()
+    return {"shot": boundary.shot, "block": boundary.block, "planned_frames": boundary.planned_frames,
+            "switches": list(boundary.switches), "block_seconds": list(boundary.block_seconds),
+            "block_reports": [{"slots": r.slots, "notes": r.notes} for r in boundary.block_reports],
+            "pool": writer.value(boundary.pool), "memory": memory}
+
+
+def boundary_from_record(record: dict, tensors: dict[str, torch.Tensor]) -> ShotBoundary:
+    """The boundary ``boundary_record`` stored (classes only from the memory package, no pickle)."""
+    pool = RecordReader(tensors).value(record["pool"])
+    if pool is not None and not isinstance(pool, ScenePool):
+        raise BoundaryFileError("the stored scene pool is not a scene pool")
+    boundary = ShotBoundary(
+        int(record["shot"]), int(record["block"]), tensors["latents"], snapshot_from_record(record["memory"], tensors),
+        tensors.get("noise_state"), tuple(record["switches"]),
+        tuple(BlockReport(int(r["slots"]), dict(r["notes"])) for r in record["block_reports"]),
+        tuple(float(x) for x in record["block_seconds"]), pool, int(record["planned_frames"]))
+    if len(boundary.block_reports) != boundary.block or len(boundary.block_seconds) != boundary.block:
+        raise BoundaryFileError("the stored boundary's blocks and reports disagree")
+    return boundary
+
+
+def save_boundary(boundary: ShotBoundary, path: str | os.PathLike, key: str) -> Path:
+    """Write ``boundary`` (stored under reuse key ``key``) as safetensors, atomically, with a checksum."""
+    writer = RecordWriter()
+    record = boundary_record(boundary, writer)
+    metadata = {"format": FORMAT, "version": str(VERSION), "key": key, "boundary": json.dumps(record)}
+    metadata["checksum"] = file_checksum(metadata, writer.tensors)
+    return save_atomically(writer.tensors, path, metadata)
+
+
+def load_boundary(path: str | os.PathLike, key: str) -> ShotBoundary:
+    """Read a boundary ``save_boundary`` wrote for ``key``; anything else is refused."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT or meta.get("version") != str(VERSION) or meta.get("key") != key:
+                raise BoundaryFileError(f"{Path(path).name} is not a shot boundary of this version for this key")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as err:
+        raise BoundaryFileError(f"{Path(path).name} is truncated or corrupt ({err})") from None
+    if meta.get("checksum") != file_checksum({k: v for k, v in meta.items() if k != "checksum"}, tensors):
+        raise BoundaryFileError(f"{Path(path).name} does not match its checksum")
+    try:
+        return boundary_from_record(json.loads(meta["boundary"]), tensors)
+    except BoundaryFileError:
+        raise
+    except (SnapshotFormatError, KeyError, TypeError, ValueError) as err:
+        raise BoundaryFileError(f"{Path(path).name} is damaged ({type(err).__name__}: {err})") from None

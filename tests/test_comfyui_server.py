@@ -26,7 +26,8 @@ aiohttp = pytest.importorskip("aiohttp")
 ROOT = Path(__file__).resolve().parent.parent
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
 NODE_IDS = {"EchoForcingLoadCausalDiT", "EchoForcingScenePrompt", "EchoForcingSceneScript", "EchoForcingMemoryConfig",
-            "EchoForcingSceneRecallPool", "EchoForcingSampler", "EchoForcingSaveScenePool"}
+            "EchoForcingSceneRecallPool", "EchoForcingSampler", "EchoForcingSaveScenePool", "EchoForcingSaveStory",
+            "EchoForcingLoadStory"}
 WIDTH, HEIGHT = 32, 32
 SHOT_SECONDS = 0.75
 """One block (12 frames at 16 fps) per shot."""
@@ -127,8 +128,20 @@ def test_every_node_registers_without_import_errors(comfy_server):
     assert any(e.startswith("/extensions/EchoForcingUnderTest/") and e.endswith(".js") for e in extensions)
 
 
+def _ensure_story(comfy_server, tiny_models) -> None:
+    """Part 2 of the story workflows loads what part 1 saved: run part 1 first when it has not run."""
+    if not (comfy_server.output_dir / "echo_forcing" / "stories" / "pottery_six_shots.safetensors").is_file():
+        status, _, events = run(comfy_server.url, tiny_workflow(API_WORKFLOWS[0].with_name("story_1_six_shots.json"),
+                                                                tiny_models))
+        assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+
+
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=[p.stem for p in API_WORKFLOWS])
 def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, path):
+    """Every shipped workflow runs; shots that an earlier job (or a loaded story) already made are reused, and
+    progress, previews and events cover exactly the blocks generated."""
+    if "EchoForcingLoadStory" in path.read_text(encoding="utf-8"):
+        _ensure_story(comfy_server, tiny_models)
     prompt = tiny_workflow(path, tiny_models)
     status, body, events = run(comfy_server.url, prompt)
     assert status == 200 and body["node_errors"] == {}, body
@@ -140,14 +153,17 @@ def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, 
     plan = next(d for k, d in events if k == "echo_forcing.plan")
     total = plan["total_blocks"]
     assert plan["node"] == sampler and sum(s["blocks"] for s in plan["scenes"]) == total
+    reused = next((d for k, d in events if k == "echo_forcing.reused"), {"shots": 0, "blocks": 0})
+    first = reused["blocks"]
     progress = [d for k, d in events if k == "progress" and d.get("node") == sampler]
-    assert [p["value"] for p in progress] == list(range(1, total + 1))  # one progress event per block
+    assert [p["value"] for p in progress] == ([first] if first else []) + list(range(first + 1, total + 1))
     blocks = [d["block"] for k, d in events if k == "echo_forcing.block"]
-    assert blocks == list(range(total))
+    assert blocks == list(range(first, total))  # one event per generated block
     previews = [d for k, d in events if k == "binary"]
-    assert previews == [{"event": 1, "jpeg": True}] * total  # one latent2rgb JPEG preview per block
+    assert previews == [{"event": 1, "jpeg": True}] * (total - first)  # one latent2rgb JPEG preview per block
     shots = len(plan["scenes"])
-    assert len([k for k in kinds if k == "echo_forcing.switch"]) == shots - 1
+    generated_switches = shots - max(reused["shots"], 1) if reused["shots"] < shots else 0
+    assert len([k for k in kinds if k == "echo_forcing.switch"]) == generated_switches
 
     executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
     timeline = executed[sampler]["echo_timeline"][0]
@@ -164,6 +180,11 @@ def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, 
         text = executed[node_of(prompt, "EchoForcingSaveScenePool")]["text"][0]
         assert text.startswith(f"saved {shots} scenes")
         assert (comfy_server.output_dir / "echo_forcing" / "scene_pools" / "recall_abcabc.safetensors").is_file()
+    if "EchoForcingSaveStory" in {n["class_type"] for n in prompt.values()}:
+        text = executed[node_of(prompt, "EchoForcingSaveStory")]["text"][0]
+        assert text.startswith(f"saved {shots} shots")
+    if "EchoForcingLoadStory" in {n["class_type"] for n in prompt.values()}:
+        assert reused["shots"] >= 6 and [s["state"] for s in timeline["scenes"]][:6] == ["reused"] * 6
 
 
 def test_cancel_stops_a_long_run_between_blocks_and_the_next_run_succeeds(comfy_server, tiny_models):
@@ -328,3 +349,98 @@ def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models
     bad[pool_in]["inputs"]["pool"] = "../../secrets"
     status, body, _ = run(comfy_server.url, bad)
     assert status == 400 and "invalid scene pool name" in json.dumps(body["node_errors"][pool_in])
+
+
+def _latents(comfy_server, events: list, node: str):
+    from safetensors.torch import load as load_safetensors
+
+    saved = next(d["output"]["latents"][0] for k, d in events if k == "executed" and d["node"] == node)
+    data = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**saved))
+    return load_safetensors(data)["latent_tensor"]
+
+
+def _with_latent_output(prompt: dict, tag: str) -> dict:
+    sampler = node_of(prompt, "EchoForcingSampler")
+    return {**prompt, "99": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
+                                                                    "filename_prefix": f"echo_forcing/{tag}"}}}
+
+
+def test_changing_the_last_shot_generates_only_that_shot_and_equals_a_fresh_run(comfy_server, tiny_models):
+    """Queue the six-shot workflow, change the last shot's prompt, queue again: only the last shot is generated
+    (the report says so) and its video equals the same edited graph generated from scratch."""
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_smooth.json"), tiny_models)
+    sampler = node_of(prompt, "EchoForcingSampler")
+    prompt[sampler]["inputs"]["seed"] = 1234  # not shared with the other tests' runs
+    status, _, events = run(comfy_server.url, _with_latent_output(prompt, "edit_before"))
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    shots = [k for k, v in prompt.items() if v["class_type"] == "EchoForcingScenePrompt"]
+    edited = json.loads(json.dumps(prompt))
+    edited[shots[-1]]["inputs"]["text"] += " He smiles and wipes his hands on the apron."
+    status, _, events = run(comfy_server.url, _with_latent_output(edited, "edit_after"))
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    assert next(d for k, d in events if k == "echo_forcing.reused")["shots"] == 5
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [5]
+    executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
+    assert [s["state"] for s in executed[sampler]["echo_timeline"][0]["scenes"]] == ["reused"] * 5 + ["generated"]
+    assert "reused shots 1-5" in executed[sampler]["text"][0]
+    reused = _latents(comfy_server, events, "99")
+    fresh = json.loads(json.dumps(edited))
+    fresh[sampler]["inputs"]["reuse_shots"] = False
+    status, _, events = run(comfy_server.url, _with_latent_output(fresh, "edit_fresh"))
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == list(range(6))
+    assert (_latents(comfy_server, events, "99") == reused).all()
+
+
+def test_stop_after_a_shot_then_queue_again_goes_on(comfy_server, tiny_models):
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_smooth.json"), tiny_models)
+    sampler = node_of(prompt, "EchoForcingSampler")
+    prompt[sampler]["inputs"].update(seed=777, stop_after_shot=3)
+    status, _, events = run(comfy_server.url, _with_latent_output(prompt, "stopped"))
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [0, 1, 2]
+    assert list(_latents(comfy_server, events, "99").shape) == [1, 16, 9, 4, 4]  # three shots of 3 latent frames
+    prompt[sampler]["inputs"]["stop_after_shot"] = 0
+    status, _, events = run(comfy_server.url, _with_latent_output(prompt, "went_on"))
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [3, 4, 5]
+
+
+def test_the_stop_route_ends_the_run_after_the_current_shot(comfy_server, tiny_models):
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_smooth.json"), tiny_models)
+    sampler = node_of(prompt, "EchoForcingSampler")
+    prompt[sampler]["inputs"]["seed"] = 4321
+
+    async def stop_after_first_block(session, event):
+        if event[0] == "echo_forcing.block" and event[1]["block"] == 0:
+            async with session.post(f"{comfy_server.url}/echo_forcing/stop_after_shot", json={}) as answer:
+                assert answer.status == 200
+
+    status, _, events = run(comfy_server.url, prompt, stop_after_first_block)
+    assert status == 200 and events[-1][0] == "execution_success", events[-3:]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] in ([0], [0, 1])
+    bad = asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b"not json"))
+    assert bad == 400
+
+
+async def _post(url: str, path: str, data: bytes) -> int:
+    async with aiohttp.ClientSession() as session, session.post(url + path, data=data) as answer:
+        return answer.status
+
+
+def test_bad_story_names_are_refused_at_submit(comfy_server, tiny_models):
+    _ensure_story(comfy_server, tiny_models)
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("story_2_three_more.json"), tiny_models)
+    loader = node_of(prompt, "EchoForcingLoadStory")
+    for name, message in (("../../etc/passwd", "invalid story name"), ("no such story", "was not found")):
+        bad = json.loads(json.dumps(prompt))
+        bad[loader]["inputs"]["story"] = name
+        status, body, _ = run(comfy_server.url, bad)
+        assert status == 400 and message in json.dumps(body["node_errors"]), body
+    saver = node_of(prompt, "EchoForcingSaveStory")
+    bad = json.loads(json.dumps(prompt))
+    bad[saver]["inputs"]["name"] = "../outside"
+    status, body, events = run(comfy_server.url, bad)  # the other outputs (the video) are still valid: queued
+    assert "invalid story name" in json.dumps(body["node_errors"][saver]), body
+    assert status == 400 or saver not in {d["node"] for k, d in events if k == "executed"}
+    assert not (comfy_server.output_dir / "echo_forcing" / "outside.safetensors").exists()

@@ -280,3 +280,31 @@ def test_bad_budgets_are_refused(bad):
         budget_bytes(bad)
     with pytest.raises(PrefixCacheError):
         PrefixCache(bad)
+
+
+def test_a_cache_folder_keeps_boundaries_between_processes_within_its_budget(model, boundaries, tmp_path):
+    """What the command line relies on: a new cache on the same folder (a later process) finds the boundaries;
+    the folder stays within its budget; damaged files and files that are not the cache's are left or dropped
+    safely."""
+    keys = plan(choice=SO_FAR).boundary_keys("m")
+    first = PrefixCache(2**30, tmp_path, 2**30)
+    for key, b in zip(keys, boundaries, strict=True):
+        first.put(key, b)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(f"{k}.safetensors" for k in keys)
+    later = PrefixCache(2**30, tmp_path, 2**30)
+    assert len(later) == 0
+    found = later.longest(keys)
+    assert found is not None and found.shot == 4 and torch.equal(found.latents, boundaries[-1].latents)
+    edited = plan(edit(3, prompt="the keeper waves goodbye"), choice=SO_FAR)
+    result = generate(edited, lambda: model, cache=PrefixCache(2**30, tmp_path, 2**30), model_key="m")
+    assert result.reused_shots == 3 and torch.equal(result.latents, fresh(model, edited).latents)
+    # a damaged file counts as missing and is removed; other files in the folder are never touched
+    victim = tmp_path / f"{keys[0]}.safetensors"
+    victim.write_bytes(victim.read_bytes()[:100])
+    (tmp_path / "notes.txt").write_text("mine")
+    assert PrefixCache(2**30, tmp_path, 2**30).get(keys[0]) is None and not victim.exists()
+    sizes = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    PrefixCache(2**30, tmp_path, sizes // 2)
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.safetensors")) <= sizes // 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -11,14 +11,15 @@ import pytest
 from echo_forcing.cli import workflows as gen
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["long_video_60s", "recall_abcabc", "six_shot_hard_cut", "six_shot_smooth"]
+NAMES = ["long_video_60s", "recall_abcabc", "six_shot_hard_cut", "six_shot_smooth", "story_1_six_shots",
+         "story_2_three_more"]
 
 
 def load(*parts: str) -> dict:
     return json.loads((ROOT / "workflows").joinpath(*parts).read_text(encoding="utf-8"))
 
 
-def test_the_four_workflows_are_shipped_in_both_formats_and_up_to_date():
+def test_the_workflows_are_shipped_in_both_formats_and_up_to_date():
     assert sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == NAMES
     assert sorted(p.stem for p in (ROOT / "workflows" / "api").glob("*.json")) == NAMES
     assert gen.write(check=True) == [], "run: python -m echo_forcing workflows"
@@ -86,8 +87,18 @@ def test_workflow_contents():
     assert len(of(recall, "EchoForcingSaveScenePool")) == 1 and len(of(recall, "EchoForcingSceneRecallPool")) == 1
     (only,) = of(long, "EchoForcingScenePrompt")
     assert only["duration"] == 60.0
-    for api in (smooth, cut, recall, long):
+    part1, part2 = (load("api", f"{n}.json") for n in ("story_1_six_shots", "story_2_three_more"))
+    (saved,) = of(part1, "EchoForcingSaveStory")
+    (loaded,) = of(part2, "EchoForcingLoadStory")
+    assert loaded["story"] == saved["name"] == "pottery_six_shots"
+    new = of(part2, "EchoForcingScenePrompt")
+    assert len(of(part1, "EchoForcingScenePrompt")) == 6 and len(new) == 3
+    load_story = next(k for k, v in part2.items() if v["class_type"] == "EchoForcingLoadStory")
+    assert [s.get("previous") for s in new][0] == [load_story, 0]
+    for api in (smooth, cut, recall, long, part1, part2):
         (sampler,) = of(api, "EchoForcingSampler")
         assert (sampler["width"], sampler["height"], sampler["fps"], sampler["steps"], sampler["shift"]) == (
             832, 480, 16.0, 4, 5.0)
+        assert (sampler["noise"], sampler["reuse_shots"], sampler["stop_after_shot"]) == ("per-shot", True, 0)
+        assert of(api, "EchoForcingMemoryConfig")[0]["recall_scope"] == "shots so far"
         assert of(api, "CreateVideo")[0]["fps"] == 16.0 and of(api, "CLIPLoader")[0]["type"] == "wan"

@@ -1,0 +1,151 @@
+"""``python -m echo_forcing render``: generate a scene script outside ComfyUI, and generate it again after an
+edit reusing every shot before the edit, or continue a saved story.
+
+The script is the official one-line format (``shot [10s] | shot [10s#] | shot [10s@]; title | title``), given
+on the command line or as a file. The model is a causal Wan2.1 checkpoint (``--checkpoint``, with an optional
+``--lora``) or, without one, the demo's tiny random model. The command line has no umT5 text encoder: prompts
+become word-hash stand-in embeddings (``models.text_stand_in``) and recalls match prompts by IDF; real videos
+come from ComfyUI, where Scene Prompt encodes with the real encoder. What it is for: checking scripts, timing
+a model, and the same reuse the sampler node does.
+
+Reuse: ``--cache DIR`` keeps every shot boundary in DIR (within ``--cache-gb``), so running the command again
+with an edited script generates only the shots from the first changed one; ``--save-story FILE`` saves the
+video with its state and ``--story FILE`` continues such a story with the script's shots (which are then the
+NEW shots). Writes ``latents.safetensors`` (ComfyUI's LATENT layout), ``report.json`` and ``report.txt`` to
+``--out``, each atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..memory import PresetChoice
+from ..memory.presets import PRESETS
+from ..models import CausalWan, WanDiT, load_wan_model, random_wan_state_dict
+from ..models.text_stand_in import stand_in_text_embedding
+from ..pipeline import (
+    NOISE_MODES,
+    PER_SHOT,
+    PrefixCache,
+    SceneList,
+    build_report,
+    generate,
+    parse_scene_script,
+    plan_run,
+    report_text,
+    to_comfy_latent,
+)
+from ..pipeline.digests import digest
+from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, budget_bytes
+from ..pipeline.scene_list import TRANSITIONS
+from ..pipeline.story import Story
+from .demo import DEMO_CONFIG, write_json, write_latents
+
+
+def read_script(text: str) -> str:
+    """The script itself, or the contents of the file it names (its non-comment lines joined)."""
+    path = Path(text)
+    if len(text) < 4096 and path.suffix in (".txt", ".prompt") and path.is_file():
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        return " ".join(line for line in lines if line and not line.startswith("#"))
+    return text
+
+
+def _model(args) -> tuple[CausalWan, str]:
+    """The model and its reuse key (the checkpoint file's identity, or the tiny model's)."""
+    if args.checkpoint is None:
+        dit = WanDiT.from_state_dict(random_wan_state_dict(DEMO_CONFIG, seed=0))
+        return CausalWan(dit, dtype=torch.float32, device=args.device), "tiny-random-seed-0"
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
+    dit = load_wan_model(args.checkpoint, lora=args.lora, dtype=dtype, device=args.device)
+    files = [args.checkpoint] + ([args.lora] if args.lora else [])
+    key = digest([[str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files])
+    return CausalWan(dit, dtype=dtype, device=args.device), key
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    scenes = parse_scene_script(read_script(args.script))
+    model, model_key = _model(args)
+    shots = SceneList()
+    if args.story is not None:
+        story = Story.load(args.story)
+        shots = SceneList(story.shots.shots, story)
+    offset = len(shots)  # the script's shot indices count from the story's end
+    for scene in scenes:
+        text = stand_in_text_embedding([scene.prompt], model.config.text_dim)
+        entry = args.enter if scene.entry is None else scene.entry
+        target = scene.recall_target
+        if isinstance(target, int):
+            target = str(offset + target + 1)  # a shot number
+        shots = shots.then(scene.prompt, text, scene.duration, entry, target, scene.label)
+    choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
+    plan = plan_run(shots, model.config, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
+                    steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise,
+                    stop_after_shot=args.stop_after_shot)
+    cache = None
+    if args.cache is not None:
+        cache = PrefixCache(budget_bytes(min(args.cache_gb, DEFAULT_BUDGET_GB)), args.cache,
+                            budget_bytes(args.cache_gb))
+
+    def progress(event) -> None:
+        log(f"block {event.index + 1}/{event.total} (shot {event.scene + 1}) in {event.seconds:.2f} s")
+
+    def reused(boundary) -> None:
+        log(f"reusing shots 1-{boundary.shot} ({boundary.block} blocks) from "
+            f"{'the story' if plan.story is not None and boundary is plan.story.boundary else 'the cache'}")
+
+    result = generate(plan, lambda: model, cache=cache, model_key=model_key, on_block=progress, on_reuse=reused)
+    report = build_report(plan, result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_latents(to_comfy_latent(result.latents), args.out / "latents.safetensors",
+                  {"layout": "comfy LATENT [B,16,T,H/8,W/8] raw Wan2.1 VAE space", "seed": str(args.seed)})
+    write_json(report, args.out / "report.json")
+    text = report_text(report).split("\n\n")[0]
+    (args.out / ".report.txt.partial").write_text(text + "\n", encoding="utf-8")
+    (args.out / ".report.txt.partial").replace(args.out / "report.txt")
+    if args.save_story is not None:
+        story = plan.story_of(result)
+        story.save(args.save_story)
+        log(f"saved the story ({len(story.shots)} shots) to {args.save_story}")
+    log(text)
+    return report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="generate a scene script; again after an edit, only from the edited shot",
+                       description=__doc__.split("\n\n")[0].replace("``", ""),
+                       epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("script", help="a scene script in the official format, or a .txt file holding one")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="causal Wan2.1 checkpoint (.pt or .safetensors); default: the tiny random demo model")
+    p.add_argument("--lora", type=Path, default=None, help="LongLive-style LoRA merged into the checkpoint")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                   help="compute dtype with --checkpoint (default bfloat16)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
+    p.add_argument("--preset", choices=list(PRESETS), default="echo-forcing", help="cache preset")
+    p.add_argument("--width", type=int, default=832, help="width in pixels, a multiple of 16 (default 832)")
+    p.add_argument("--height", type=int, default=480, help="height in pixels, a multiple of 16 (default 480)")
+    p.add_argument("--fps", type=float, default=16.0, help="frames per second for the durations (default 16)")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps per block (default 4)")
+    p.add_argument("--shift", type=float, default=5.0, help="timestep shift (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed, 0..2^64-1 (default 0)")
+    p.add_argument("--noise", choices=NOISE_MODES, default=PER_SHOT,
+                   help="per-shot (default; shots reusable) or official (the official code's order)")
+    p.add_argument("--stop-after-shot", type=int, default=0, help="stop after this shot (default 0: all)")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="keep every shot boundary in DIR, so a later run of an edited script reuses the shots "
+                        "before the edit")
+    p.add_argument("--cache-gb", type=float, default=20.0, help="disk budget of --cache in GiB (default 20)")
+    p.add_argument("--story", type=Path, default=None, metavar="FILE",
+                   help="continue this story (Save Story / --save-story): the script holds the NEW shots")
+    p.add_argument("--save-story", type=Path, default=None, metavar="FILE",
+                   help="save the video with its state as a story, to continue later")
+    p.add_argument("--enter", choices=list(TRANSITIONS), default="smooth",
+                   help="with --story: how the script's first shot is entered (default smooth)")
+    p.set_defaults(func=lambda args: run(args) and 0)
+

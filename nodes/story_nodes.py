@@ -1,0 +1,97 @@
+"""Save Story and Load Story: keep a finished video with its memory state, and add shots to it in a later job
+(or on another machine) without generating its shots again (``pipeline.story``)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..memory.files import file_names, named_file
+from ..pipeline import SceneList
+from ..pipeline.story import Story, StoryError
+from . import host
+from .sockets import CATEGORY, Scenes, StoryType
+
+
+def _story_file(name: str):
+    return named_file(host.story_folder(), name, "story", StoryError)
+
+
+class SaveStory(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingSaveStory",
+            display_name="Save Story",
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "Saves the sampler's video with everything needed to add shots to it later: its shots, the "
+                "memory at its end and its scene pool. A later job loads it with Load Story, chains new Scene "
+                "Prompts after it and generates only the new shots. Written to "
+                "output/echo_forcing/stories/<name>.safetensors; an existing story of that name is replaced."),
+            inputs=[
+                StoryType.Input("story", tooltip="The sampler's story output."),
+                io.String.Input("name", default="echo_story",
+                                tooltip="Story name: letters, digits, spaces, '_', '-', '.' (no folders)."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name: str | None = None):
+        if name is None:
+            return True
+        try:
+            _story_file(name)
+        except StoryError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, story: Story, name: str) -> io.NodeOutput:
+        if not isinstance(story, Story):
+            raise StoryError(f"expected a story from the Autoregressive Sampler, got {type(story).__name__}")
+        path = story.save(_story_file(name))
+        size = path.stat().st_size / 2**20
+        return io.NodeOutput(ui=ui.PreviewText(f"saved {len(story.shots)} shots ({story.frames} latent frames, "
+                                               f"{size:.1f} MiB) as story '{path.stem}'"))
+
+
+class LoadStory(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingLoadStory",
+            display_name="Load Story",
+            category=CATEGORY,
+            description=(
+                "Loads a story saved by Save Story. Its shots come out as 'scenes': chain new Scene Prompts after "
+                "it and the sampler continues the video after its last shot, generating only the new shots (with "
+                "the story's model, size, steps, noise mode and memory settings; anything else is refused)."),
+            inputs=[
+                io.Combo.Input("story", options=file_names(host.story_folder()),
+                               tooltip="A story in output/echo_forcing/stories (refresh with R after a run saved "
+                                       "one)."),
+            ],
+            outputs=[Scenes.Output(display_name="scenes",
+                                   tooltip="The story's shots; connect to a Scene Prompt's 'previous' (new shots) "
+                                           "or to the sampler (the story's video as it is).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, story: str):
+        try:
+            path = _story_file(story)
+        except StoryError as err:
+            return str(err)
+        return True if path.is_file() else f"story {story!r} was not found in output/echo_forcing/stories"
+
+    @classmethod
+    def fingerprint_inputs(cls, story: str):
+        path = _story_file(story)
+        return f"{story}:{path.stat().st_mtime_ns}" if path.is_file() else story  # re-read when the file changes
+
+    @classmethod
+    def execute(cls, story: str) -> io.NodeOutput:
+        loaded = Story.load(_story_file(story))
+        return io.NodeOutput(SceneList(loaded.shots.shots, loaded))

@@ -1,0 +1,170 @@
+"""Stories: a finished (or stopped) video saved with everything needed to add shots to it later, in another
+job or on another machine, without generating its shots again.
+
+A story is the shot boundary after its last shot (``pipeline.shot_boundary``: latents, memory snapshot,
+noise state, switches, per-block reports) plus the shots themselves (prompts, durations, transitions,
+labels, seeds, blocks and their text encodings) and a header naming what the memory depends on: the model's
+architecture, the compute dtype, the size, steps, shift, fps, noise mode, preset and every memory option.
+
+On disk it is one safetensors file with a versioned JSON header (``FORMAT`` / ``VERSION``) and a SHA-256
+checksum over the header and every tensor, so a truncated or edited file is refused. Nothing is unpickled:
+the memory snapshot is stored as plain data whose classes are looked up by name among the memory package's
+own (``memory.snapshot.snapshot_record``). Files are written atomically in their own folder
+(``memory.files``).
+
+A story cannot tell two checkpoints of the same architecture apart (it does not hash the weights): continue
+it with the model it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..memory.files import physical_memory, save_atomically
+from ..memory.scene_pool import ScenePool
+from ..memory.snapshot import RecordReader, RecordWriter, SnapshotFormatError
+from .digests import file_checksum
+from .noise import OFFICIAL
+from .scene_list import SceneList, Shot
+from .scene_script import Scene, SceneScriptError, Transition
+from .shot_boundary import BoundaryFileError, ShotBoundary, boundary_from_record, boundary_record
+
+FORMAT = "echo-forcing-story"
+VERSION = 1
+
+
+class StoryError(ValueError):
+    """A story that cannot be saved, read or continued here; the message says why and what to do."""
+
+
+@dataclass(frozen=True, repr=False)
+class Story:
+    shots: SceneList
+    """The shots so far (with their text encodings and their seeds)."""
+    blocks: tuple[int, ...]
+    boundary: ShotBoundary
+    """The state after the last shot."""
+    header: dict
+    """What the memory depends on (see ``story_header``); a continuation must match it."""
+    start_pool: ScenePool | None = None
+    """The scene pool the story's first shot started from."""
+
+    def __repr__(self) -> str:
+        return f"Story({len(self.shots)} shots, {self.boundary.block} blocks, {self.header.get('preset')})"
+
+    @property
+    def frames(self) -> int:
+        return self.boundary.frames
+
+    # ---- continuing -------------------------------------------------------------------------------------------
+
+    def check(self, header: dict) -> None:
+        """Refuse to continue this story with a run whose ``header`` differs (named, with what to change)."""
+        names = {"model": "model architecture", "dtype": "compute dtype (weight_dtype)", "width": "width",
+                 "height": "height", "grid": "token grid", "steps": "steps", "shift": "shift", "warp": "timestep warp",
+                 "fps": "fps", "noise": "noise mode", "preset": "memory preset", "policy": "memory options"}
+        for key, name in names.items():
+            mine, theirs = self.header.get(key), header.get(key)
+            if mine != theirs:
+                if key in ("model", "policy"):
+                    raise StoryError(f"the story was made with another {name} than this run; continue it with the "
+                                     "model and the Echo Memory Config it was made with")
+                raise StoryError(f"the story was made with {name} {mine!r}, this run has {theirs!r}; use the "
+                                 f"story's {name} to continue it")
+
+    def check_extension(self) -> None:
+        """Refuse to add shots to a story made with the official noise order."""
+        if self.header.get("noise") == OFFICIAL:
+            raise StoryError("the story was made with the official noise order, where every block's noise depends "
+                             "on the whole video's length, so no shot can be added to it; make stories with "
+                             "per-shot noise")
+
+    # ---- files ------------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the story as safetensors (atomically)."""
+        writer = RecordWriter()
+        record = boundary_record(self.boundary, writer)
+        record["start_pool"] = writer.value(self.start_pool)
+        tensors = writer.tensors
+        shots = []
+        for i, (shot, n) in enumerate(zip(self.shots.shots, self.blocks, strict=True)):
+            s = shot.scene
+            shots.append({"prompt": s.prompt, "duration": s.duration, "target": s.recall_target, "label": s.label,
+                          "entry": None if s.entry is None else s.entry.value, "seed": shot.seed, "blocks": n})
+            tensors[f"text.{i}"] = shot.text.contiguous()
+        metadata = {"format": FORMAT, "version": str(VERSION), "header": json.dumps(self.header),
+                    "shots": json.dumps(shots), "boundary": json.dumps(record)}
+        metadata["checksum"] = file_checksum(metadata, tensors)
+        return save_atomically(tensors, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Story:
+        """Read a story written by ``save``; refuses anything damaged, edited or of another format."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise StoryError(f"story file not found: {path.name}")
+        ram = physical_memory()
+        if ram is not None and path.stat().st_size > ram // 2:
+            raise StoryError(f"{path.name} is {path.stat().st_size / 2**30:.1f} GiB, more than half of this "
+                             f"machine's memory ({ram / 2**30:.1f} GiB); it cannot be loaded here")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise StoryError(f"{path.name} is not an Echo-Forcing story (no '{FORMAT}' header)")
+                if meta.get("version") != str(VERSION):
+                    raise StoryError(f"{path.name} is a story of format version {meta.get('version')}; this pack "
+                                     f"reads version {VERSION}")
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except SafetensorError as err:
+            raise StoryError(f"{path.name} is truncated or corrupt ({err}); save the story again") from None
+        if meta.get("checksum") != file_checksum({k: v for k, v in meta.items() if k != "checksum"}, tensors):
+            raise StoryError(f"{path.name} does not match its checksum (edited or damaged); save the story again")
+        try:
+            return cls._from_file(meta, tensors)
+        except StoryError:
+            raise
+        except (BoundaryFileError, SnapshotFormatError, SceneScriptError, KeyError, TypeError, ValueError,
+                IndexError) as err:
+            raise StoryError(f"{path.name} has a damaged story header ({type(err).__name__}: {err}); save the "
+                             "story again") from None
+
+    @classmethod
+    def _from_file(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> Story:
+        header = json.loads(meta["header"])
+        record = json.loads(meta["boundary"])
+        boundary = boundary_from_record(record, tensors)
+        start_pool = RecordReader(tensors).value(record["start_pool"])
+        if start_pool is not None and not isinstance(start_pool, ScenePool):
+            raise StoryError("the story's start pool is not a scene pool")
+        shots, blocks = [], []
+        for i, s in enumerate(json.loads(meta["shots"])):
+            entry = None if s["entry"] is None else Transition(s["entry"])
+            scene = Scene(s["prompt"], float(s["duration"]), entry, s["target"], s["label"])
+            seed = s["seed"]
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+                raise StoryError(f"shot {i + 1} of the story has a damaged seed")
+            shots.append(Shot(scene, tensors[f"text.{i}"], None, seed))
+            blocks.append(int(s["blocks"]))
+        if boundary.shot != len(shots) or boundary.block != sum(blocks):
+            raise StoryError("the story's shots and its state disagree")
+        return cls(SceneList(tuple(shots)), tuple(blocks), boundary, header, start_pool)
+
+
+def story_header(model, dtype: torch.dtype, grid: Sequence[int], settings, fps: float, preset: str, policy) -> dict:
+    """What a story's memory depends on (``Story.check`` compares it with a continuation's)."""
+    return {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model).items()},
+            "dtype": str(dtype).replace("torch.", ""), "grid": list(grid), "width": settings.width,
+            "height": settings.height, "steps": list(settings.steps), "shift": settings.shift, "warp": settings.warp,
+            "fps": fps, "noise": settings.noise, "preset": preset,
+            "policy": repr(getattr(policy, "config", policy))}

@@ -1,0 +1,66 @@
+"""``python -m echo_forcing render``: a script, the same script after an edit (only the edited shot and the ones
+after it are generated, from the boundaries kept in --cache), and a saved story continued in a later run."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from echo_forcing.__main__ import main
+
+SCRIPT = ("a red fox trots through snow [2s] | the fox sleeps by a fire [1s#] | the fox in the snow again [1s]; "
+          "snow | fire | back")
+SIZE = ["--width", "64", "--height", "48"]
+
+
+def report(out):
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+def latents(out):
+    return load_file(str(out / "latents.safetensors"))["samples"]
+
+
+def test_an_edit_regenerates_only_from_the_edited_shot(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["render", SCRIPT, "--out", str(tmp_path / "a"), "--cache", str(cache), *SIZE]) == 0
+    assert report(tmp_path / "a")["reuse"]["reused_shots"] == 0
+    edited = SCRIPT.replace("the fox in the snow again", "the fox runs in the snow again")
+    assert main(["render", edited, "--out", str(tmp_path / "b"), "--cache", str(cache), *SIZE]) == 0
+    assert report(tmp_path / "b")["reuse"] == {**report(tmp_path / "b")["reuse"], "reused_shots": 2,
+                                               "generated_shots": 1}
+    assert "reusing shots 1-2" in capsys.readouterr().out
+    assert main(["render", edited, "--out", str(tmp_path / "c"), *SIZE]) == 0  # from scratch, no cache
+    assert torch.equal(latents(tmp_path / "b"), latents(tmp_path / "c"))
+    assert (tmp_path / "b" / "report.txt").read_text().startswith("3 shots")
+
+
+def test_a_saved_story_is_continued_and_equals_one_long_run(tmp_path):
+    """Blocks: a story keeps its shots' blocks (the third took the rest of a 3-shot video: 3 blocks), the new
+    shots are counted as a video of their own (1 + 3); the long script is written to give the same blocks."""
+    story = tmp_path / "three.safetensors"
+    assert main(["render", SCRIPT, "--out", str(tmp_path / "a"), "--save-story", str(story), *SIZE]) == 0
+    more = "the fox climbs a hill [1s] | back by the fire [1.75s]; hill | fire2"
+    assert main(["render", more, "--story", str(story), "--enter", "hard cut", "--out", str(tmp_path / "b"),
+                 *SIZE]) == 0
+    assert report(tmp_path / "b")["reuse"]["reused_shots"] == 3
+    whole = ("a red fox trots through snow [2s] | the fox sleeps by a fire [1s#] | the fox in the snow again "
+             "[2.25s#] | the fox climbs a hill [1s] | back by the fire [1s]; snow | fire | back | hill | fire2")
+    assert main(["render", whole, "--out", str(tmp_path / "c"), *SIZE]) == 0
+    blocks = [s["blocks"] for s in report(tmp_path / "b")["shots"]]
+    assert blocks == [s["blocks"] for s in report(tmp_path / "c")["shots"]] == [2, 1, 3, 1, 3]
+    assert torch.equal(latents(tmp_path / "b"), latents(tmp_path / "c"))
+
+
+def test_bad_runs_are_refused_with_exit_code_2(tmp_path, capsys):
+    story = tmp_path / "s.safetensors"
+    assert main(["render", SCRIPT, "--out", str(tmp_path / "a"), "--save-story", str(story), *SIZE]) == 0
+    assert main(["render", "more [1s]", "--story", str(story), "--out", str(tmp_path / "b"), "--width", "80",
+                 "--height", "48"]) == 2
+    assert "the story was made with width 64" in capsys.readouterr().err
+    assert main(["render", "a fox [1x]", "--out", str(tmp_path / "c"), *SIZE]) == 2
+    assert main(["render", SCRIPT, "--out", str(tmp_path / "d"), "--cache", str(tmp_path / "k"), "--cache-gb", "0",
+                 *SIZE]) == 2
+    assert not (tmp_path / "d").exists()
