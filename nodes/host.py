@@ -71,6 +71,11 @@ def story_folder() -> Path:
     return Path(folder_paths.get_output_directory(), *STORY_SUBFOLDER)
 
 
+def shot_cache_folder() -> Path:
+    """Where shot boundaries spill to disk: ``<ComfyUI temp>/echo_forcing/shot_cache``."""
+    return Path(folder_paths.get_temp_directory(), "echo_forcing", "shot_cache")
+
+
 def encode_prompt(clip, text: str) -> torch.Tensor:
     """``[1, L, D]`` prompt embeddings from a core CLIP (as CLIPTextEncode makes them), on the CPU."""
     if clip is None:

@@ -111,6 +111,11 @@ class AutoregressiveSampler(io.ComfyNode):
                                        "leave first). About 0.6 GiB per boundary for Echo-Forcing at 1.3B / "
                                        "832x480 plus the video so far; the baselines keep their whole cache "
                                        "(3-6 GiB)."),
+                io.Float.Input("shot_cache_disk_gb", default=0.0, min=0.0, max=65536.0, step=1.0, optional=True,
+                               tooltip="Also write every shot boundary to ComfyUI's temp folder "
+                                       "(echo_forcing/shot_cache), within this many GiB (the oldest files leave "
+                                       "first), so edits stay cheap when RAM is short. ComfyUI empties its temp "
+                                       "folder when it starts. 0 = RAM only."),
                 io.Int.Input("stop_after_shot", default=0, min=0, max=1024, optional=True,
                              tooltip="Stop after this shot and return the shots so far (0 = all shots). Queue "
                                      "again with 0 (or a later shot) and the run goes on from there."),
@@ -135,7 +140,7 @@ class AutoregressiveSampler(io.ComfyNode):
     def execute(cls, model, scenes: SceneList, seed: int, width: int, height: int, fps: float, steps: int,
                 shift: float, config: PresetChoice | None = None, pool: ScenePool | None = None,
                 noise: str = PER_SHOT, reuse_shots: bool = True, shot_cache_gb: float = DEFAULT_BUDGET_GB,
-                stop_after_shot: int = 0) -> io.NodeOutput:
+                shot_cache_disk_gb: float = 0.0, stop_after_shot: int = 0) -> io.NodeOutput:
         # ---- everything is checked before the model is loaded or any block runs ----------------------------
         tree, cfg = _wan_tree(model)
         dtype, device = _compute_dtype(model), mm.get_torch_device()
@@ -146,6 +151,8 @@ class AutoregressiveSampler(io.ComfyNode):
         cache = None
         if reuse_shots:
             SHOT_CACHE.resize(budget_bytes(shot_cache_gb))
+            SHOT_CACHE.use_folder(host.shot_cache_folder() if shot_cache_disk_gb else None,
+                                  budget_bytes(shot_cache_disk_gb) if shot_cache_disk_gb else 0)
             cache = SHOT_CACHE
 
         # ---- load the model with room for the cache, then generate what is not cached ----------------------

@@ -444,3 +444,26 @@ def test_bad_story_names_are_refused_at_submit(comfy_server, tiny_models):
     assert "invalid story name" in json.dumps(body["node_errors"][saver]), body
     assert status == 400 or saver not in {d["node"] for k, d in events if k == "executed"}
     assert not (comfy_server.output_dir / "echo_forcing" / "outside.safetensors").exists()
+
+
+def test_consecutive_batch_jobs_sharing_shots_reuse_them(comfy_server, tiny_models, tmp_path):
+    """The batch command needs nothing for reuse: the second line (the first with its last shot changed) runs
+    on the same server and generates only its last shot."""
+    workflow = tmp_path / "hard_cut_tiny.json"
+    workflow.write_text(json.dumps(tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_hard_cut.json"), tiny_models)),
+                        encoding="utf-8")
+    prompts = tmp_path / "edits.txt"
+    prompts.write_text("a heron on a frozen pond [0.75s#] | a red tram at night [0.75s#] | a kite at noon [0.75s]\n"
+                       "a heron on a frozen pond [0.75s#] | a red tram at night [0.75s#] | a kite over the sea "
+                       "[0.75s]\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "echo_forcing", "queue", str(prompts), "--server", comfy_server.url,
+           "--workflow", str(workflow), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    states = []
+    for line in ("0001", "0002"):
+        record = json.loads((out / f"edits-{line}" / "job.json").read_text(encoding="utf-8"))
+        timeline = next(o["echo_timeline"][0] for o in record["outputs"].values() if "echo_timeline" in o)
+        states.append([s["state"] for s in timeline["scenes"]])
+    assert states == [["generated"] * 3, ["reused", "reused", "generated"]]

@@ -392,6 +392,36 @@ def test_timeline_follows_live_events_and_result(page):
     assert _shots(state) == [("Lighthouse", 10, 13, "start"), ("", 5, 6, "hard cut"), ("Sea", 10, 15, "auto")]
 
 
+def test_timeline_shows_reused_and_stopped_shots(page):
+    page.open()
+    ids = page.run(BUILD_CHAIN, [10, 10, 10], ["smooth", "hard cut", "smooth"], ["A", "B", "C"])
+    node = ids["sampler"]
+    plan = {"node": str(node), "prompt_id": "r1", "total_blocks": 40, "scenes": [
+        {"index": 0, "label": "A", "seconds": 10, "blocks": 13, "first_block": 0, "transition": "start"},
+        {"index": 1, "label": "B", "seconds": 10, "blocks": 13, "first_block": 13, "transition": "hard cut"},
+        {"index": 2, "label": "C", "seconds": 10, "blocks": 14, "first_block": 26, "transition": "smooth"}]}
+    page.run(DISPATCH, "echo_forcing.plan", plan)
+    page.run(DISPATCH, "echo_forcing.reused", {"node": str(node), "prompt_id": "r1", "shots": 2, "blocks": 26,
+                                               "seconds_saved": 61.0})
+    state = _sampler(page, node)["state"]
+    assert state["run"]["block"] == 25 and [s["state"] for s in state["scenes"]] == ["reused", "reused", None]
+    result = {"echo_timeline": [{"total_blocks": 40, "scenes": [
+        {**plan["scenes"][0], "mode": "start", "recalled": None, "similarity": None, "seconds_taken": 30.0,
+         "state": "reused"},
+        {**plan["scenes"][1], "mode": "hard cut", "recalled": None, "similarity": None, "seconds_taken": 31.0,
+         "state": "reused"},
+        {**plan["scenes"][2], "mode": "smooth", "recalled": None, "similarity": None, "seconds_taken": 33.0,
+         "state": "generated"}]}], "text": ["40 blocks"]}
+    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    assert _sampler(page, node)["text"]["status"] == "done: 40 blocks in 33 s · reused shots 1-2 (61 s saved)"
+    page.screenshot(Path(page.server.screenshot_dir) / "timeline_reused.png")
+    stopped = json.loads(json.dumps(result))
+    stopped["echo_timeline"][0]["scenes"][2].update(state="not generated", mode=None, seconds_taken=None)
+    stopped["echo_timeline"][0]["scenes"][1]["state"] = "generated"
+    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, stopped)
+    assert _sampler(page, node)["text"]["status"] == "stopped after 2 shots in 31 s · reused shots 1-1 (30 s saved)"
+
+
 SCRIPTS = [
     "A keeper climbs a lighthouse [10s#] | A night market [10s@] | Back in the lighthouse, the keeper lights "
     "the lamp [10s]",

@@ -94,7 +94,7 @@ def test_workflow_contents():
     new = of(part2, "EchoForcingScenePrompt")
     assert len(of(part1, "EchoForcingScenePrompt")) == 6 and len(new) == 3
     load_story = next(k for k, v in part2.items() if v["class_type"] == "EchoForcingLoadStory")
-    assert [s.get("previous") for s in new][0] == [load_story, 0]
+    assert new[0].get("previous") == [load_story, 0]
     for api in (smooth, cut, recall, long, part1, part2):
         (sampler,) = of(api, "EchoForcingSampler")
         assert (sampler["width"], sampler["height"], sampler["fps"], sampler["steps"], sampler["shift"]) == (

@@ -14,6 +14,7 @@ import { app } from "../../scripts/app.js";
 const SAMPLER = "EchoForcingSampler";
 const SCENE_PROMPT = "EchoForcingScenePrompt";
 const SCENE_SCRIPT = "EchoForcingSceneScript";
+const LOAD_STORY = "EchoForcingLoadStory";
 const WIDGET_NAME = "echo_timeline";
 
 const FRAMES_PER_BLOCK = 3;
@@ -185,7 +186,10 @@ function plannedTimeline(sampler) {
             if (scenes.some((s) => !(s.seconds > 0))) {
                 return { source: "prompts", scenes: [], message: `${shots(scenes.length)}? (a duration is not set)` };
             }
-            return planFromScenes(scenes, fps, "prompts");
+            const plan = planFromScenes(scenes, fps, "prompts");
+            const before = upstream(chain[0], "previous");
+            if (before?.type === LOAD_STORY) plan.after = String(widgetValue(before, "story") ?? "a story");
+            return plan;
         }
         return { source: "other", scenes: [], message: `scenes from ${head.title || head.type}: shown when it runs` };
     } catch (error) {
@@ -269,14 +273,24 @@ function statusText(state) {
         return text;
     }
     if (run?.phase === "done") {
-        const taken = state.scenes.reduce((sum, s) => sum + (Number(s.seconds_taken) || 0), 0);
-        return `done: ${total} blocks${taken > 0 ? ` in ${formatSeconds(taken)} s` : ""}`;
+        const reused = state.scenes.filter((s) => s.state === "reused");
+        const missing = state.scenes.filter((s) => s.state === "not generated").length;
+        const made = state.scenes.filter((s) => s.state !== "reused" && s.state !== "not generated");
+        const taken = made.reduce((sum, s) => sum + (Number(s.seconds_taken) || 0), 0);
+        let text = missing ? `stopped after ${shots(state.scenes.length - missing)}` : `done: ${total} blocks`;
+        if (taken > 0) text += ` in ${formatSeconds(taken)} s`;
+        if (reused.length) {
+            const saved = reused.reduce((sum, s) => sum + (Number(s.seconds_taken) || 0), 0);
+            text += ` · reused shots 1-${reused.length}${saved > 0 ? ` (${formatSeconds(saved)} s saved)` : ""}`;
+        }
+        return text;
     }
     if (run?.phase === "stopped") return `stopped: ${run.block + 1}/${run.total ?? total ?? "?"} blocks done`;
     if (state.message) return state.message;
     const seconds = state.scenes.reduce((sum, s) => sum + (Number(s.seconds) || 0), 0);
     const blocks = total ? `${total} blocks` : state.warning ?? "";
-    return `planned: ${shots(state.scenes.length)} · ${formatSeconds(seconds)} s · ${blocks}`;
+    const after = state.after ? `after story ${state.after}: ` : "";
+    return `planned: ${after}${shots(state.scenes.length)} · ${formatSeconds(seconds)} s · ${blocks}`;
 }
 
 /** Draws the timeline; returns the full (untruncated) status and note texts, which tests read. */
@@ -321,15 +335,20 @@ function drawTimeline(ctx, width, y, state) {
         ctx.fillStyle = "#aaa";
         ctx.font = "10px sans-serif";
         const blocks = scene.blocks > 0 ? ` · ${scene.blocks} bl` : "";
-        const detail = `${formatSeconds(scene.seconds)} s${blocks}`;
+        const how = scene.state === "reused" ? " · reused" : scene.state === "not generated" ? " · not made" : "";
+        const detail = `${formatSeconds(scene.seconds)} s${blocks}${how}`;
         ctx.fillText(fitText(ctx, detail, box.w - pad - 4), box.x + pad, top + 22);
         ctx.restore();
     }
 
-    // Progress: blocks done are filled, the block being generated gets a marker.
+    // Progress: blocks done are filled, the block being generated gets a marker; shots not generated (a stop)
+    // are left unfilled.
     const run = state.run;
     if (run && scenes.length) {
-        const doneX = run.block >= 0 ? blockX(scenes, boxes, run.block) : left;
+        const made = scenes.filter((s) => s.state !== "not generated");
+        const lastMade = made.length < scenes.length && made.length
+            ? made[made.length - 1].first_block + made[made.length - 1].blocks - 1 : run.block;
+        const doneX = run.block >= 0 ? blockX(scenes, boxes, Math.min(run.block, lastMade)) : left;
         if (doneX != null) {
             ctx.fillStyle = DONE_FILL;
             ctx.fillRect(left, top, doneX - left, BAR_HEIGHT);
@@ -451,6 +470,7 @@ function serverScenes(scenes) {
         recalled: scene.recalled ?? null,
         similarity: scene.similarity ?? null,
         seconds_taken: scene.seconds_taken ?? null,
+        state: scene.state ?? null,
     }));
 }
 
@@ -511,6 +531,19 @@ function onBlock({ detail }) {
         live.run.elapsed += seconds;
         live.run.timed += 1;
     }
+    redraw(node);
+}
+
+// The run starts after shots it already had (shot reuse or a loaded story): they count as done.
+function onReused({ detail }) {
+    const node = samplerFor(detail);
+    const widget = node && timelineWidget(node);
+    const live = widget?.liveState;
+    if (!live?.run) return;
+    const shots = Number(detail.shots);
+    live.run.block = Number(detail.blocks) - 1;
+    live.run.reused = { shots, blocks: Number(detail.blocks), seconds_saved: Number(detail.seconds_saved) };
+    live.scenes.forEach((scene, i) => { if (i < shots) scene.state = "reused"; });
     redraw(node);
 }
 
@@ -614,6 +647,7 @@ app.registerExtension({
         api.addEventListener("echo_forcing.plan", onPlan);
         api.addEventListener("echo_forcing.block", onBlock);
         api.addEventListener("echo_forcing.switch", onSwitch);
+        api.addEventListener("echo_forcing.reused", onReused);
         api.addEventListener("progress", onProgress);
         api.addEventListener("execution_error", (event) => onEnded("stopped", event));
         api.addEventListener("execution_interrupted", (event) => onEnded("stopped", event));
