@@ -77,3 +77,32 @@ def physical_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def read_state_file(path: str | os.PathLike, fmt: str, version: int, what: str,
+                    error: type[Exception] = ValueError) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The header and tensors of one of the pack's safetensors files of format ``fmt`` (``what`` names it in
+    messages, ``error`` is raised): refuses a missing file, one larger than half this machine's memory, a
+    truncated one, and any other format or version."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} file not found: {path.name}")
+    ram = physical_memory()
+    size = path.stat().st_size
+    if ram is not None and size > ram // 2:
+        raise error(f"{path.name} is {size / 2**30:.1f} GiB, more than half of this machine's memory "
+                    f"({ram / 2**30:.1f} GiB); it cannot be loaded here")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != fmt:
+                raise error(f"{path.name} is not an Echo-Forcing {what} (no '{fmt}' header)")
+            if meta.get("version") != str(version):
+                raise error(f"{path.name} is a {what} of format version {meta.get('version')}; this pack reads "
+                            f"version {version}")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as err:
+        raise error(f"{path.name} is truncated or corrupt ({err}); save the {what} again") from None
+    return meta, tensors

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .files import file_names, named_file, save_atomically
+from .files import file_names, named_file, read_state_file, save_atomically
 
 FORMAT = "echo-forcing-scene-pool"
 VERSION = 1
@@ -141,37 +141,25 @@ class ScenePool:
     @classmethod
     def load(cls, path: str | os.PathLike, expected: PoolSignature | None = None) -> ScenePool:
         """Read a pool written by ``save``; with ``expected``, refuse one made for another model or size."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise ScenePoolError(f"scene pool file not found: {path.name}")
+        meta, tensors = read_state_file(path, FORMAT, VERSION, "scene pool", ScenePoolError)
         try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise ScenePoolError(f"{path.name} is not an Echo-Forcing scene pool (no '{FORMAT}' header)")
-                if meta.get("version") != str(VERSION):
-                    raise ScenePoolError(f"{path.name} is a scene pool of format version {meta.get('version')}; "
-                                         f"this pack reads version {VERSION}")
-                raw = json.loads(meta["signature"])
-                signature = PoolSignature.of(raw["layers"], raw["heads"], raw["head_dim"], raw["dtype"], raw["grid"])
-                if expected is not None:
-                    signature.require(expected, path.name)
-                entries = []
-                for i, record in enumerate(json.loads(meta["entries"])):
-                    frames = {}
-                    for name in ("recall", "select"):
-                        if record[name]:
-                            k, v = f.get_tensor(f"{i}.{name}.k"), f.get_tensor(f"{i}.{name}.v")
-                            frames[name] = tuple(zip(k.unbind(0), v.unbind(0), strict=True))
-                    entries.append(PoolEntry(record["label"], record["prompt"], frames.get("recall"),
-                                             frames.get("select"), None, record.get("scene"), path.stem))
-        except SafetensorError as err:
-            raise ScenePoolError(f"{path.name} is truncated or corrupt ({err}); save the pool again") from None
+            raw = json.loads(meta["signature"])
+            signature = PoolSignature.of(raw["layers"], raw["heads"], raw["head_dim"], raw["dtype"], raw["grid"])
+            if expected is not None:
+                signature.require(expected, path.name)
+            entries = []
+            for i, record in enumerate(json.loads(meta["entries"])):
+                frames = {}
+                for name in ("recall", "select"):
+                    if record[name]:
+                        k, v = tensors[f"{i}.{name}.k"], tensors[f"{i}.{name}.v"]
+                        frames[name] = tuple(zip(k.unbind(0), v.unbind(0), strict=True))
+                entries.append(PoolEntry(record["label"], record["prompt"], frames.get("recall"),
+                                         frames.get("select"), None, record.get("scene"), path.stem))
+        except ScenePoolError:
+            raise
         except (KeyError, ValueError, TypeError) as err:
-            if isinstance(err, ScenePoolError):
-                raise
             raise ScenePoolError(f"{path.name} has a damaged scene-pool header ({err}); save the pool again") from None
         return cls(tuple(entries), int(meta.get("max_size", 64)), signature)
 

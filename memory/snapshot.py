@@ -105,22 +105,56 @@ class _Tensor:
     pinned: bool
 
 
-class _Walk:
-    """One capture (``copy=True``: CPU copies; ``copy=False``: references only, to count bytes on meta tensors)."""
+_NOT_LEAF = object()
 
-    def __init__(self, shared: dict[int, torch.Tensor], copy: bool):
-        self.shared, self.copy = shared, copy
+
+class _Mapper:
+    """Maps a tree of values: atoms and callables pass (``atom``), containers are rebuilt, everything else is
+    a leaf (``leaf``). Every object met is memoised by id, and kept alive meanwhile, so shared references
+    stay shared and no id is reused by a temporary."""
+
+    def __init__(self):
         self.memo: dict[int, object] = {}
-        self.originals: list[object] = []  # keeps every memoised object alive, so no id is reused meanwhile
-        self.bytes = 0
+        self.originals: list[object] = []
+
+    def atom(self, value):
+        return value
+
+    def leaf(self, value, key: int):
+        return _NOT_LEAF
 
     def value(self, value):
         if isinstance(value, _ATOMS) or isinstance(value, _BEHAVIOUR):
-            return value
+            return self.atom(value)
         key = id(value)
         if key in self.memo:
             return self.memo[key]
         self.originals.append(value)
+        out = self.leaf(value, key)
+        if out is not _NOT_LEAF:
+            return out
+        if isinstance(value, dict):
+            out = self.memo[key] = {}
+            out.update((k, self.value(v)) for k, v in value.items())
+        elif isinstance(value, list):
+            out = self.memo[key] = []
+            out.extend(self.value(v) for v in value)
+        elif isinstance(value, (tuple, set, frozenset)):
+            out = self.memo[key] = type(value)(self.value(v) for v in value)
+        else:
+            raise TypeError(f"cannot snapshot a {type(value).__name__} in a memory state")
+        return out
+
+
+class _Walk(_Mapper):
+    """One capture (``copy=True``: CPU copies; ``copy=False``: references only, to count bytes on meta tensors)."""
+
+    def __init__(self, shared: dict[int, torch.Tensor], copy: bool):
+        super().__init__()
+        self.shared, self.copy = shared, copy
+        self.bytes = 0
+
+    def leaf(self, value, key: int):
         if isinstance(value, torch.Tensor):
             if key in self.shared:
                 out = value
@@ -130,45 +164,28 @@ class _Walk:
                 out = _Tensor(data, value.device, value.device.type == "cpu" and value.is_pinned())
         elif _frozen(value):
             out = value
-        elif isinstance(value, dict):
-            out = {}
-            self.memo[key] = out
-            out.update((k, self.value(v)) for k, v in value.items())
-            return out
-        elif isinstance(value, list):
-            out = []
-            self.memo[key] = out
-            out.extend(self.value(v) for v in value)
-            return out
-        elif isinstance(value, tuple):
-            out = tuple(self.value(v) for v in value)
-        elif isinstance(value, (set, frozenset)):
-            out = type(value)(self.value(v) for v in value)
         elif hasattr(value, "__dict__"):
-            out = _Object(type(value), {})
-            self.memo[key] = out
+            out = self.memo[key] = _Object(type(value), {})
             out.fields.update((k, self.value(v)) for k, v in _fields(value).items())
             return out
         else:
-            raise TypeError(f"cannot snapshot a {type(value).__name__} in a memory state")
+            return _NOT_LEAF
         self.memo[key] = out
         return out
 
 
-class _Restore:
+class _Restore(_Mapper):
     def __init__(self, moves: dict[torch.device, torch.device]):
-        self.memo: dict[int, object] = {}
+        super().__init__()
         self.moves = moves  # the snapshot's compute device -> this run's (a story made on another machine)
 
-    def value(self, value):
-        if isinstance(value, torch.device):
-            return self.moves.get(value, value)
-        if isinstance(value, _ATOMS) or isinstance(value, _BEHAVIOUR) or isinstance(value, torch.Tensor):
-            return value  # tensors met here are shared (immutable) ones
-        key = id(value)
-        if key in self.memo:
-            return self.memo[key]
-        if isinstance(value, _Tensor):
+    def atom(self, value):
+        return self.moves.get(value, value) if isinstance(value, torch.device) else value
+
+    def leaf(self, value, key: int):
+        if isinstance(value, torch.Tensor):
+            out = value  # tensors met here are shared (immutable) ones
+        elif isinstance(value, _Tensor):
             device = self.moves.get(value.device, value.device)
             if device.type == "cpu":
                 out = value.data.clone(memory_format=torch.preserve_format)
@@ -177,28 +194,13 @@ class _Restore:
             else:
                 out = value.data.to(device, copy=True)
         elif isinstance(value, _Object):
-            out = object.__new__(value.cls)
-            self.memo[key] = out
+            out = self.memo[key] = object.__new__(value.cls)
             _put(out, self.fields(value))
             return out
         elif _frozen(value):
             out = value
-        elif isinstance(value, dict):
-            out = {}
-            self.memo[key] = out
-            out.update((k, self.value(v)) for k, v in value.items())
-            return out
-        elif isinstance(value, list):
-            out = []
-            self.memo[key] = out
-            out.extend(self.value(v) for v in value)
-            return out
-        elif isinstance(value, tuple):
-            out = tuple(self.value(v) for v in value)
-        elif isinstance(value, (set, frozenset)):
-            out = type(value)(self.value(v) for v in value)
         else:
-            out = value
+            return _NOT_LEAF
         self.memo[key] = out
         return out
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..memory.files import save_atomically
+from ..memory.files import read_state_file, save_atomically
 from ..memory.scene_pool import ScenePool
 from ..memory.snapshot import (
     MemorySnapshot,
@@ -119,16 +119,9 @@ def save_boundary(boundary: ShotBoundary, path: str | os.PathLike, key: str) -> 
 
 def load_boundary(path: str | os.PathLike, key: str) -> ShotBoundary:
     """Read a boundary ``save_boundary`` wrote for ``key``; anything else is refused."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT or meta.get("version") != str(VERSION) or meta.get("key") != key:
-                raise BoundaryFileError(f"{Path(path).name} is not a shot boundary of this version for this key")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except SafetensorError as err:
-        raise BoundaryFileError(f"{Path(path).name} is truncated or corrupt ({err})") from None
+    meta, tensors = read_state_file(path, FORMAT, VERSION, "shot boundary", BoundaryFileError)
+    if meta.get("key") != key:
+        raise BoundaryFileError(f"{Path(path).name} holds the boundary of another key")
     if meta.get("checksum") != file_checksum({k: v for k, v in meta.items() if k != "checksum"}, tensors):
         raise BoundaryFileError(f"{Path(path).name} does not match its checksum")
     try:

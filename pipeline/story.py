@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..memory.files import physical_memory, save_atomically
+from ..memory.files import read_state_file, save_atomically
 from ..memory.scene_pool import ScenePool
 from ..memory.snapshot import RecordReader, RecordWriter, SnapshotFormatError
 from .digests import file_checksum
@@ -108,26 +108,8 @@ class Story:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Story:
         """Read a story written by ``save``; refuses anything damaged, edited or of another format."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise StoryError(f"story file not found: {path.name}")
-        ram = physical_memory()
-        if ram is not None and path.stat().st_size > ram // 2:
-            raise StoryError(f"{path.name} is {path.stat().st_size / 2**30:.1f} GiB, more than half of this "
-                             f"machine's memory ({ram / 2**30:.1f} GiB); it cannot be loaded here")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise StoryError(f"{path.name} is not an Echo-Forcing story (no '{FORMAT}' header)")
-                if meta.get("version") != str(VERSION):
-                    raise StoryError(f"{path.name} is a story of format version {meta.get('version')}; this pack "
-                                     f"reads version {VERSION}")
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except SafetensorError as err:
-            raise StoryError(f"{path.name} is truncated or corrupt ({err}); save the story again") from None
+        meta, tensors = read_state_file(path, FORMAT, VERSION, "story", StoryError)
         if meta.get("checksum") != file_checksum({k: v for k, v in meta.items() if k != "checksum"}, tensors):
             raise StoryError(f"{path.name} does not match its checksum (edited or damaged); save the story again")
         try:
