@@ -48,7 +48,7 @@ DEFS: dict[str, NodeDef] = {
     "EchoForcingScenePrompt": NodeDef((("text", "widget:STRING"), ("duration", "widget:FLOAT"),
                                        ("transition", "widget:COMBO"), ("recall_target", "widget:STRING"),
                                        ("label", "widget:STRING"), ("previous", "ECHO_SCENES"), ("clip", "CLIP"),
-                                       ("conditioning", "CONDITIONING"), ("seed", "widget:INT")),
+                                       ("conditioning", "CONDITIONING"), ("shot_seed", "widget:INT")),
                                       (("scenes", "ECHO_SCENES"),)),
     "EchoForcingSceneScript": NodeDef((("clip", "CLIP"), ("script", "widget:STRING")), (("scenes", "ECHO_SCENES"),)),
     "EchoForcingMemoryConfig": NodeDef((("preset", "widget:COMBO"), ("recall_matching", "widget:COMBO"),
@@ -151,7 +151,7 @@ def _shots(shots: list[tuple[str, float, str, str, str]], after: tuple[str, int]
             links["previous"] = after
         nodes.append(Node(f"shot{first + i}", "EchoForcingScenePrompt",
                           {"text": text, "duration": seconds, "transition": transition, "recall_target": target,
-                           "label": label, "seed": -1}, links, title=f"Scene Prompt {first + i}: {label}",
+                           "label": label, "shot_seed": -1}, links, title=f"Scene Prompt {first + i}: {label}",
                           column=1))
     return nodes
 
@@ -234,7 +234,7 @@ def _recall_abcabc() -> Workflow:
 
 def _long_video() -> Workflow:
     shot = Node("shot1", "EchoForcingScenePrompt", {"text": LONG_PROMPT, "duration": 60.0, "transition": "smooth",
-                                                     "recall_target": "auto", "label": "river", "seed": -1},
+                                                     "recall_target": "auto", "label": "river", "shot_seed": -1},
                 {"clip": ("clip", 0)}, title="Scene Prompt: 60 s", column=1)
     return Workflow("long_video_60s", "One prompt for 60 seconds (960 frames) with bounded memory.",
                     [*_loaders(), shot, *_finish({"scenes": ("shot1", 0)}, "long_video_60s", 3)])

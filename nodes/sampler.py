@@ -96,7 +96,8 @@ class AutoregressiveSampler(io.ComfyNode):
                                             "to. Default: a new, empty pool."),
                 io.Combo.Input("noise", options=list(NOISE_MODES), default=PER_SHOT, optional=True,
                                tooltip="per-shot: every shot draws its own noise from its seed (the Scene "
-                                       "Prompt's, else one derived from this seed and the shot's number), so a "
+                                       "Prompt's shot_seed, else one derived from this seed and the shot's "
+                                       "number), so a "
                                        "shot never changes because of a later one: edit, add or re-roll a shot and "
                                        "the shots before it are reused. official: the official code's order (one "
                                        "draw for the whole video), to reproduce its videos; then any change of "

@@ -11,7 +11,8 @@ from . import host
 from .sockets import CATEGORY, Scenes
 
 DERIVED_SEED = -1
-"""The Scene Prompt's seed widget value for "derived from the sampler's seed and the shot's number"."""
+"""The Scene Prompt's shot_seed value for "derived from the sampler's seed and the shot's number". (Not named
+"seed": the frontend gives every widget called seed a "control after generate" that re-rolls it each queue.)"""
 
 
 class ScenePrompt(io.ComfyNode):
@@ -54,7 +55,7 @@ class ScenePrompt(io.ComfyNode):
                 io.String.Input("label", default="",
                                 tooltip="A short name for this shot (e.g. 'kitchen'), used in the report, on the "
                                         "timeline and as a recall target. Optional; must be unique."),
-                io.Int.Input("seed", default=DERIVED_SEED, min=DERIVED_SEED, max=MAX_SEED, optional=True,
+                io.Int.Input("shot_seed", default=DERIVED_SEED, min=DERIVED_SEED, max=MAX_SEED, optional=True,
                              tooltip="This shot's own noise seed, to re-roll it alone (with the sampler's per-shot "
                                      "noise; the shots before it are reused). -1: derived from the sampler's seed "
                                      "and the shot's number."),
@@ -66,7 +67,7 @@ class ScenePrompt(io.ComfyNode):
     @classmethod
     def execute(cls, text: str, duration: float, transition: str, recall_target: str, label: str,
                 previous: SceneList | None = None, clip=None, conditioning=None,
-                seed: int = DERIVED_SEED) -> io.NodeOutput:
+                shot_seed: int = DERIVED_SEED) -> io.NodeOutput:
         previous = previous if previous is not None else SceneList()
         number = len(previous) + 1
         if conditioning is not None:
@@ -78,7 +79,7 @@ class ScenePrompt(io.ComfyNode):
         else:
             raise SceneListError(f"shot {number}: connect a CLIP to encode the text, or a conditioning")
         return io.NodeOutput(previous.then(text, embeddings, duration, transition, recall_target, label, clip,
-                                           None if seed == DERIVED_SEED else seed))
+                                           None if shot_seed == DERIVED_SEED else shot_seed))
 
 
 class SceneScript(io.ComfyNode):

@@ -9,7 +9,7 @@ Two modes, both drawn on the CPU in float32 (so a seed gives the same video on a
   only while the total length stays the same.
 * ``per-shot``: every block has a generator of its own, seeded from (the shot's seed, the block's index in
   its shot); it draws the block's initial noise ``[B, F, C, h, w]`` and then its step noise in the same order.
-  A shot's seed is the one its Scene Prompt names, else one derived from the sampler's seed and the shot's
+  A shot's seed is its Scene Prompt's ``shot_seed``, else one derived from the sampler's seed and the shot's
   index. A shot's noise then depends on nothing that comes after it, nor on the length of any other shot:
   shots 1..k are the same whatever follows them, and one shot can be re-rolled alone.
 """

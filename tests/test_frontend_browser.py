@@ -253,6 +253,13 @@ def test_workflow_loads_converts_and_draws_timeline(workflow, request):
     rejected = text.count(alert) > before
     assert not rejected, f"{workflow.name}: the frontend's schema check rejects it: {text[text.rfind(alert):][:400]}"
 
+    # Only the sampler's seed is re-rolled after a queue: no other node gets a "control after generate" (a
+    # Scene Prompt's shot seed must stay as set, or every queue would re-roll its shot and reuse nothing).
+    controls = page.run("return app.graph.nodes.filter((n) => n.type.startsWith('EchoForcing') && n.type !== "
+                        "args[0] && (n.widgets ?? []).some((w) => w.name === 'control_after_generate'))"
+                        ".map((n) => n.type);", SAMPLER)
+    assert controls == [], f"{workflow.name}: nodes with a control_after_generate widget: {controls}"
+
     output = page.run("return (await app.graphToPrompt()).output;")
     got, want = _comparable(output), _comparable(api)
     # Optional widgets a newer ComfyUI added (v0.28.0: CreateVideo.bit_depth) come out at their defaults.
