@@ -105,7 +105,8 @@ class AutoregressiveSampler(io.ComfyNode):
                 io.Boolean.Input("reuse_shots", default=True, optional=True,
                                  tooltip="Keep the state at every shot boundary in RAM, so the next run with the "
                                          "same first shots (same model, settings, prompts, durations, seeds) "
-                                         "starts after them. The report says which shots were reused."),
+                                         "starts after them. The report says which shots were reused. Set the "
+                                         "seed's control after generate to fixed: randomize re-rolls every shot."),
                 io.Float.Input("shot_cache_gb", default=DEFAULT_BUDGET_GB, min=0.25, max=4096.0, step=0.25,
                                optional=True,
                                tooltip="RAM for kept shot boundaries, in GiB (shared by all samplers; the oldest "
