@@ -13,6 +13,7 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ..memory.files import named_file
 from ..pipeline import BlockEvent
 from ..pipeline.run_report import mode_name
 from ..pipeline.shot_boundary import ShotBoundary
@@ -69,6 +70,25 @@ def pool_folder() -> Path:
 
 def story_folder() -> Path:
     return Path(folder_paths.get_output_directory(), *STORY_SUBFOLDER)
+
+
+def name_problem(folder: Path, name: str, what: str, must_exist: bool = False) -> str | None:
+    """What is wrong with the file name ``name`` of a ``what`` in ``folder`` (``memory.files``), or None:
+    a name that could leave the folder, or (``must_exist``) a file that is not there. For ``validate_inputs``,
+    so a bad name is an HTTP 400 at submit time."""
+    try:
+        path = named_file(folder, name, what)
+    except ValueError as err:
+        return str(err)
+    if must_exist and not path.is_file():
+        return f"{what} {name!r} was not found in {Path(*folder.parts[-3:]).as_posix()}"
+    return None
+
+
+def file_fingerprint(folder: Path, name: str, what: str) -> str:
+    """``fingerprint_inputs`` for a node reading a named file: changes when the file does."""
+    path = named_file(folder, name, what)
+    return f"{name}:{path.stat().st_mtime_ns}" if path.is_file() else name
 
 
 def shot_cache_folder() -> Path:

@@ -100,18 +100,11 @@ class SceneRecallPool(io.ComfyNode):
     def validate_inputs(cls, pool: str):
         if pool == NEW_POOL:
             return True
-        try:
-            path = pool_file(host.pool_folder(), pool)
-        except ScenePoolError as err:
-            return str(err)
-        return True if path.is_file() else f"scene pool {pool!r} was not found in output/echo_forcing/scene_pools"
+        return host.name_problem(host.pool_folder(), pool, "scene pool", must_exist=True) or True
 
     @classmethod
     def fingerprint_inputs(cls, pool: str):
-        if pool == NEW_POOL:
-            return pool
-        path = pool_file(host.pool_folder(), pool)
-        return f"{pool}:{path.stat().st_mtime_ns}" if path.is_file() else pool  # re-read when the file changes
+        return pool if pool == NEW_POOL else host.file_fingerprint(host.pool_folder(), pool, "scene pool")
 
     @classmethod
     def execute(cls, pool: str) -> io.NodeOutput:
@@ -142,13 +135,7 @@ class SaveScenePool(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name: str | None = None):
-        if name is None:
-            return True
-        try:
-            pool_file(host.pool_folder(), name)
-        except ScenePoolError as err:
-            return str(err)
-        return True
+        return True if name is None else host.name_problem(host.pool_folder(), name, "scene pool") or True
 
     @classmethod
     def execute(cls, pool: ScenePool, name: str) -> io.NodeOutput:

@@ -39,13 +39,7 @@ class SaveStory(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name: str | None = None):
-        if name is None:
-            return True
-        try:
-            _story_file(name)
-        except StoryError as err:
-            return str(err)
-        return True
+        return True if name is None else host.name_problem(host.story_folder(), name, "story") or True
 
     @classmethod
     def execute(cls, story: Story, name: str) -> io.NodeOutput:
@@ -80,16 +74,11 @@ class LoadStory(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, story: str):
-        try:
-            path = _story_file(story)
-        except StoryError as err:
-            return str(err)
-        return True if path.is_file() else f"story {story!r} was not found in output/echo_forcing/stories"
+        return host.name_problem(host.story_folder(), story, "story", must_exist=True) or True
 
     @classmethod
     def fingerprint_inputs(cls, story: str):
-        path = _story_file(story)
-        return f"{story}:{path.stat().st_mtime_ns}" if path.is_file() else story  # re-read when the file changes
+        return host.file_fingerprint(host.story_folder(), story, "story")
 
     @classmethod
     def execute(cls, story: str) -> io.NodeOutput:
