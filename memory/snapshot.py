@@ -48,34 +48,21 @@ def _fields(obj) -> dict:
     return {k: v for k, v in fields.items() if not isinstance(v, _BEHAVIOUR)}
 
 
-def _shared_tensors(value, found: dict[int, torch.Tensor], seen: dict[int, object]) -> None:
+def _shared_tensors(value, found: dict[int, torch.Tensor], seen: dict[int, object], frozen: bool = False) -> None:
     """Collect the tensors reachable through frozen dataclasses (immutable, shared by snapshots)."""
+    if isinstance(value, torch.Tensor):
+        if frozen:
+            found[id(value)] = value
+        return
     if id(value) in seen or isinstance(value, _ATOMS):
         return
     seen[id(value)] = value  # kept alive: ``snapshot_fields`` may build temporaries whose ids would be reused
-    if isinstance(value, torch.Tensor):
-        return
     if _frozen(value):
         for f in dataclasses.fields(value):
-            _collect_tensors(getattr(value, f.name), found, {})
+            _shared_tensors(getattr(value, f.name), found, seen, True)
         return
     for item in _children(value):
-        _shared_tensors(item, found, seen)
-
-
-def _collect_tensors(value, found: dict[int, torch.Tensor], seen: dict[int, object]) -> None:
-    if id(value) in seen or isinstance(value, _ATOMS):
-        return
-    seen[id(value)] = value
-    if isinstance(value, torch.Tensor):
-        found[id(value)] = value
-        return
-    if _frozen(value):
-        for f in dataclasses.fields(value):
-            _collect_tensors(getattr(value, f.name), found, seen)
-        return
-    for item in _children(value):
-        _collect_tensors(item, found, seen)
+        _shared_tensors(item, found, seen, frozen)
 
 
 def _children(value) -> list:
