@@ -147,5 +147,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="save the video with its state as a story, to continue later")
     p.add_argument("--enter", choices=list(TRANSITIONS), default="smooth",
                    help="with --story: how the script's first shot is entered (default smooth)")
-    p.set_defaults(func=lambda args: run(args) and 0)
+    p.set_defaults(func=run)
 

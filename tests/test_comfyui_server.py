@@ -291,14 +291,26 @@ def _report(events: list, prompt: dict) -> dict:
     return executed[node_of(prompt, "EchoForcingSampler")]["echo_timeline"][0]
 
 
+def _latents(comfy_server, events: list, node: str):
+    from safetensors.torch import load as load_safetensors
+
+    saved = next(d["output"]["latents"][0] for k, d in events if k == "executed" and d["node"] == node)
+    data = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**saved))
+    return load_safetensors(data)["latent_tensor"]
+
+
+def _with_latent_output(prompt: dict, tag: str) -> dict:
+    sampler = node_of(prompt, "EchoForcingSampler")
+    return {**prompt, "99": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
+                                                                    "filename_prefix": f"echo_forcing/{tag}"}}}
+
+
 def test_same_latents_from_core_unet_loader_and_load_causal_dit_and_research_checkpoints_load(comfy_server,
                                                                                                 tiny_models):
     """The sampler takes a MODEL from core Load Diffusion Model and gives the same latents as with Load Causal
     DiT on the same file and on the same weights as a Self-Forcing .pt; the .pt + LongLive LoRA loads too."""
-    from safetensors.torch import load as load_safetensors
-
     base = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=1.5)
-    loader, sampler = node_of(base, "EchoForcingLoadCausalDiT"), node_of(base, "EchoForcingSampler")
+    loader = node_of(base, "EchoForcingLoadCausalDiT")
     variants = {"core": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_models["dit"],
                                                                 "weight_dtype": "default"}},
                 "pack": base[loader],
@@ -307,14 +319,10 @@ def test_same_latents_from_core_unet_loader_and_load_causal_dit_and_research_che
                                                     "lora_name": tiny_models["lora"]}}}
     latents = {}
     for tag, loader_node in variants.items():
-        prompt = {**json.loads(json.dumps(base)), loader: loader_node,
-                  "99": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
-                                                                "filename_prefix": f"echo_forcing/latent_{tag}"}}}
+        prompt = _with_latent_output({**json.loads(json.dumps(base)), loader: loader_node}, f"latent_{tag}")
         status, body, events = run(comfy_server.url, prompt)
         assert status == 200 and events[-1][0] == "execution_success", (tag, body, events[-3:])
-        saved = next(d["output"]["latents"][0] for k, d in events if k == "executed" and d["node"] == "99")
-        data = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**saved))
-        latents[tag] = load_safetensors(data)["latent_tensor"]
+        latents[tag] = _latents(comfy_server, events, "99")
     assert list(latents["core"].shape) == [1, 16, 6, 4, 4]  # raw VAE-space LATENT [B, 16, T, H/8, W/8]
     assert latents["core"].isfinite().all()
     assert (latents["core"] == latents["pack"]).all() and (latents["pack"] == latents["research"]).all()
@@ -349,20 +357,6 @@ def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models
     bad[pool_in]["inputs"]["pool"] = "../../secrets"
     status, body, _ = run(comfy_server.url, bad)
     assert status == 400 and "invalid scene pool name" in json.dumps(body["node_errors"][pool_in])
-
-
-def _latents(comfy_server, events: list, node: str):
-    from safetensors.torch import load as load_safetensors
-
-    saved = next(d["output"]["latents"][0] for k, d in events if k == "executed" and d["node"] == node)
-    data = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**saved))
-    return load_safetensors(data)["latent_tensor"]
-
-
-def _with_latent_output(prompt: dict, tag: str) -> dict:
-    sampler = node_of(prompt, "EchoForcingSampler")
-    return {**prompt, "99": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
-                                                                    "filename_prefix": f"echo_forcing/{tag}"}}}
 
 
 def test_changing_the_last_shot_generates_only_that_shot_and_equals_a_fresh_run(comfy_server, tiny_models):
