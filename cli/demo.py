@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -31,6 +30,7 @@ from ..models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
 from ..models.text_stand_in import stand_in_text_embedding
 from ..pipeline import BlockEvent, RolloutSettings, rollout, to_comfy_latent, video_frames
 from ..pipeline.latents import VAE_STRIDE
+from ..safe_files import atomic_write, output_folder, write_text
 
 DEMO_CONFIG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
 """The built-in tiny model: 2 x 128 heads (real head dim and RoPE split), 2 layers, ~2.2M parameters."""
@@ -56,39 +56,32 @@ def preview_frames(raw: torch.Tensor) -> torch.Tensor:
     return (rgb * 255).round().to(torch.uint8)
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
 def write_video(frames: torch.Tensor, path: Path, fps: int = FPS) -> None:
     """Write RGB uint8 frames ``[N, H, W, 3]`` as mp4 (OpenCV, mp4v), atomically."""
     import cv2
 
-    tmp = _atomic_path(path)
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write mp4 video to {tmp}")
-    try:
-        for frame in frames.numpy():
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        height, width = frames.shape[1:3]
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot write mp4 video to {path}")
+        try:
+            for frame in frames.numpy():
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+
+    atomic_write(path, write, keep_suffix=True)
 
 
 def write_json(data: dict, path: Path) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_latents(raw: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = _atomic_path(path)
-    save_file({"samples": raw.contiguous()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({"samples": raw.contiguous()}, str(tmp), metadata=metadata))
 
 
 def peak_rss_mb() -> float | None:
@@ -157,7 +150,7 @@ def run_demo(out: Path, prompt: str, frames: int, width: int, height: int, seed:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the tiny built-in model end to end (no downloads)",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--out", type=output_folder, default=Path("demo_out"), help="output folder (default: demo_out)")
     p.add_argument("--prompt", default="A lighthouse on a cliff at dusk, waves below", help="scene prompt")
     p.add_argument("--frames", type=int, default=21,
                    help="latent frames, a multiple of 3 (default 21 = 81 video frames)")

@@ -23,7 +23,6 @@ hidden temporary name and renamed when complete.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ..models.tiny_files import (
     random_wan21_vae_state_dict,
     tiny_lora_state_dict,
 )
+from ..safe_files import atomic_write
 
 PARTS = ("dit", "clip", "vae")
 DIT_FILE = "diffusion_models/echo_forcing_tiny_dit.safetensors"
@@ -72,31 +72,15 @@ def parse_only(text: str | None) -> tuple[str, ...]:
     return tuple(p for p in PARTS if p in wanted)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> int:
-    """Write through ``write(tmp_name)`` to a hidden temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        write(str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files owner-only; models are shared files
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
-
-
 def _save_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> int:
     from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)).size
 
 
 def _save_torch(obj: dict, path: Path) -> int:
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp)).size
 
 
 def write_tiny_models(out_dir: Path, only: tuple[str, ...] = PARTS, seed: int = 0, force: bool = False,

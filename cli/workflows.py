@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..safe_files import write_text
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 
@@ -374,10 +375,7 @@ def write(folder: Path = WORKFLOWS_DIR, check: bool = False) -> list[Path]:
             continue
         stale.append(path)
         if not check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.partial")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text(path, text)
     return stale
 
 

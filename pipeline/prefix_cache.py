@@ -10,7 +10,9 @@ is not kept. Boundaries are immutable, so one can be handed to any number of run
 
 Optionally a folder is a second level (``folder``, ``folder_budget``): every boundary put is also written
 there (``<key>.safetensors``, ``pipeline.shot_boundary.save_boundary``, atomically), a key missing in RAM is
-looked up there, and the oldest files leave when the folder holds more than its budget. Only files named
+looked up there, and the oldest files leave when the folder holds more than its budget (a boundary is not
+written while it would leave less than ``DISK_RESERVE`` free on the disk). The RAM level never holds more
+than ``RAM_SHARE`` of the machine's memory, whatever budget is asked. Only files named
 like a key are ever read or deleted in that folder; a damaged one is deleted and counts as missing. The
 command line keeps its boundaries there between runs; in ComfyUI it lets a small RAM budget spill to disk.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,11 +29,16 @@ from pathlib import Path
 
 import torch
 
+from ..safe_files import physical_memory
 from .shot_boundary import BoundaryFileError, ShotBoundary, load_boundary, save_boundary
 
 _KEY_FILE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 
 DEFAULT_BUDGET_GB = 8.0
+RAM_SHARE = 0.5
+"""The RAM level never holds more than this share of the machine's memory, whatever budget is asked."""
+DISK_RESERVE = 2 * 2**30
+"""A boundary is written to the folder only while this much disk stays free after it."""
 
 
 class PrefixCacheError(ValueError):
@@ -38,12 +46,24 @@ class PrefixCacheError(ValueError):
 
 
 def budget_bytes(gigabytes: float) -> int:
-    """A RAM budget in bytes from GiB, refusing what cannot be a budget."""
+    """A budget in bytes from GiB, refusing what cannot be a budget."""
     if isinstance(gigabytes, bool) or not isinstance(gigabytes, (int, float)) or not gigabytes > 0 \
             or gigabytes != gigabytes or gigabytes == float("inf"):
         raise PrefixCacheError(f"the shot cache's RAM budget must be a positive number of GiB, got {gigabytes!r}; "
                                "turn shot reuse off instead of a budget of 0")
     return int(gigabytes * 2**30)
+
+
+def _capped(budget: int) -> int:
+    ram = physical_memory()
+    return budget if ram is None else min(budget, int(ram * RAM_SHARE))
+
+
+def _disk_free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def _shared_frames(boundary: ShotBoundary) -> dict[int, tuple[torch.Tensor, int]]:
@@ -63,7 +83,7 @@ class PrefixCache:
     def __init__(self, budget: int, folder: str | os.PathLike | None = None, folder_budget: int | None = None):
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise PrefixCacheError(f"the shot cache's budget must be a positive number of bytes, got {budget!r}")
-        self.budget = budget
+        self.budget = _capped(budget)
         self._entries: OrderedDict[str, ShotBoundary] = OrderedDict()
         self._shared: dict[int, list] = {}  # id -> [tensor, bytes, references]
         self._own = 0
@@ -129,7 +149,7 @@ class PrefixCache:
         with self._lock:
             if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
                 raise PrefixCacheError(f"the shot cache's budget must be a positive number of bytes, got {budget!r}")
-            self.budget = budget
+            self.budget = _capped(budget)
             self._evict()
 
     def clear(self) -> None:
@@ -163,7 +183,7 @@ class PrefixCache:
         when it fits there)."""
         with self._lock:
             path = self._file(key)
-            if path is not None:
+            if path is not None and _disk_free(path.parent) > boundary.nbytes + boundary.pool_bytes + DISK_RESERVE:
                 save_boundary(boundary, path, key)
                 self._trim_folder()
             return self._keep(key, boundary)

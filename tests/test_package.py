@@ -33,7 +33,8 @@ def _load_like_comfyui(folder: Path):
 def test_pack_imports_under_another_folder_name_without_comfyui(tmp_path):
     copy = tmp_path / "Some Other-Name.v2"
     copy.mkdir()
-    shutil.copy(ROOT / "__init__.py", copy)
+    for module_file in ROOT.glob("*.py"):  # __init__, __main__ and the root modules (safe_files)
+        shutil.copy(module_file, copy)
     for package in PACKAGES:
         shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
     name, module = _load_like_comfyui(copy)
