@@ -20,10 +20,16 @@ from pathlib import Path
 
 import torch
 
-from .files import file_names, named_file, read_state_file, save_atomically
+from ..safe_files import WriteOutcome
+from .files import HeaderFields, file_names, named_file, read_state_file, save_atomically
 
 FORMAT = "echo-forcing-scene-pool"
 VERSION = 1
+MAX_POOL_SIZE = 1024
+"""The most scenes a pool may hold (Echo Memory Config's scene_pool_size maximum)."""
+MAX_GRID = 4096
+MAX_LABEL = 1000
+POOL_DTYPES = ("float32", "float16", "bfloat16")
 
 LayerFrames = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 """Per layer (keys, values), each ``[P, heads, head_dim]``."""
@@ -72,6 +78,18 @@ class PoolEntry:
     source: str = ""
     """Where the entry comes from: "" for this rollout, else the pool file's name."""
 
+    def __post_init__(self) -> None:
+        for name in ("label", "prompt", "source"):
+            if not isinstance(getattr(self, name), str):
+                raise ScenePoolError(f"a pool entry's {name} must be text, got {type(getattr(self, name)).__name__}")
+        for name in ("recall", "select"):
+            frames = getattr(self, name)
+            if frames is not None and not (isinstance(frames, tuple) and all(
+                    isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(t, torch.Tensor) and t.dim() == 3
+                                                                  for t in kv) for kv in frames)):
+                raise ScenePoolError(f"a pool entry's {name} frames must be per-layer (keys, values) tensors "
+                                     "[tokens, heads, head_dim]")
+
     def __repr__(self) -> str:
         parts = [f"{self.label!r}"] + [n for n in ("recall", "select") if getattr(self, n) is not None]
         return f"PoolEntry({', '.join(parts)})"
@@ -84,8 +102,21 @@ class ScenePool:
     signature: PoolSignature | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_size, bool) or not isinstance(self.max_size, int) or not \
+                1 <= self.max_size <= MAX_POOL_SIZE:
+            raise ScenePoolError(f"a scene pool's max_size must be a whole number in 1..{MAX_POOL_SIZE}, got "
+                                 f"{self.max_size!r}")
+        if not isinstance(self.entries, tuple) or not all(isinstance(e, PoolEntry) for e in self.entries):
+            raise ScenePoolError("a scene pool's entries must be a tuple of PoolEntry")
+        if len(self.entries) > self.max_size:
+            raise ScenePoolError(f"a scene pool holds at most max_size={self.max_size} scenes, got "
+                                 f"{len(self.entries)}")
+
     def __repr__(self) -> str:
-        return f"ScenePool({len(self.entries)} scenes: {', '.join(e.label for e in self.entries)})"
+        labels = ", ".join(repr(e.label)[1:-1][:40] for e in self.entries[:8])
+        more = f", +{len(self.entries) - 8}" if len(self.entries) > 8 else ""
+        return f"ScenePool({len(self.entries)} scenes: {labels}{more})"
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -116,7 +147,7 @@ class ScenePool:
 
     # ---- files ----------------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike) -> WriteOutcome:
         """Write the pool as safetensors (atomically: a temporary file renamed when complete)."""
         if self.signature is None:
             raise ScenePoolError("this pool has no model signature (it holds no scene yet); nothing to save")
@@ -140,28 +171,62 @@ class ScenePool:
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected: PoolSignature | None = None) -> ScenePool:
-        """Read a pool written by ``save``; with ``expected``, refuse one made for another model or size."""
+        """Read a pool written by ``save``; with ``expected``, refuse one made for another model or size.
+
+        Every header field is type-checked, the entry count must be within ``max_size`` (1..``MAX_POOL_SIZE``),
+        and the tensors must be exactly the ones the entries name, each ``[layers, tokens per frame, heads,
+        head_dim]`` of the signature's dtype, finite (``memory.files``)."""
         path = Path(path)
         meta, tensors = read_state_file(path, FORMAT, VERSION, "scene pool", ScenePoolError)
-        try:
-            raw = json.loads(meta["signature"])
-            signature = PoolSignature.of(raw["layers"], raw["heads"], raw["head_dim"], raw["dtype"], raw["grid"])
-            if expected is not None:
-                signature.require(expected, path.name)
-            entries = []
-            for i, record in enumerate(json.loads(meta["entries"])):
-                frames = {}
-                for name in ("recall", "select"):
-                    if record[name]:
-                        k, v = tensors[f"{i}.{name}.k"], tensors[f"{i}.{name}.v"]
-                        frames[name] = tuple(zip(k.unbind(0), v.unbind(0), strict=True))
-                entries.append(PoolEntry(record["label"], record["prompt"], frames.get("recall"),
-                                         frames.get("select"), None, record.get("scene"), path.stem))
-        except ScenePoolError:
-            raise
-        except (KeyError, ValueError, TypeError) as err:
-            raise ScenePoolError(f"{path.name} has a damaged scene-pool header ({err}); save the pool again") from None
-        return cls(tuple(entries), int(meta.get("max_size", 64)), signature)
+        fields = HeaderFields(path.name, "scene pool", ScenePoolError)
+        max_size = fields.int(meta, "max_size", 1, MAX_POOL_SIZE, text=True)
+        raw = fields.json(meta, "signature", dict)
+        grid = raw.get("grid")
+        if not (isinstance(grid, list) and len(grid) == 2):
+            raise fields.fail("signature.grid", "two numbers", grid)
+        grid_hw = fields.int({"h": grid[0]}, "h", 1, MAX_GRID, "signature.grid."), fields.int(
+            {"w": grid[1]}, "w", 1, MAX_GRID, "signature.grid.")
+        dtype = raw.get("dtype")
+        if dtype not in POOL_DTYPES:
+            raise fields.fail("signature.dtype", "one of " + ", ".join(POOL_DTYPES), dtype)
+        signature = PoolSignature.of(fields.int(raw, "layers", 1, 1024, "signature."),
+                                     fields.int(raw, "heads", 1, 1024, "signature."),
+                                     fields.int(raw, "head_dim", 1, 4096, "signature."), dtype, grid_hw)
+        if expected is not None:
+            signature.require(expected, path.name)
+        records = fields.json(meta, "entries", list)
+        if len(records) > max_size:
+            raise fields.fail("entries", f"at most max_size={max_size} scenes", f"{len(records)} scenes")
+        shape = (signature.layers, grid_hw[0] * grid_hw[1], signature.heads, signature.head_dim)
+        entries, used = [], set()
+        for i, record in enumerate(records):
+            where = f"entries[{i}]."
+            record = fields.record(record, f"entries[{i}]")
+            label = fields.text(record, "label", where, limit=MAX_LABEL)
+            if not label.strip():
+                raise fields.fail(where + "label", "a non-empty label", label)
+            frames = {}
+            for name in ("recall", "select"):
+                if fields.flag(record, name, where):
+                    kv = []
+                    for part in ("k", "v"):
+                        key = f"{i}.{name}.{part}"
+                        tensor = tensors.get(key)
+                        if tensor is None or tuple(tensor.shape) != shape or str(tensor.dtype) != f"torch.{dtype}":
+                            got = "missing" if tensor is None else f"{list(tensor.shape)} {tensor.dtype}"
+                            raise ScenePoolError(f"{path.name}: tensor {key} should be {list(shape)} {dtype} for "
+                                                 f"the pool's signature, got {got}; save the pool again")
+                        kv.append(tensor)
+                        used.add(key)
+                    frames[name] = tuple(zip(kv[0].unbind(0), kv[1].unbind(0), strict=True))
+            entries.append(PoolEntry(label, fields.text(record, "prompt", where), frames.get("recall"),
+                                     frames.get("select"), None,
+                                     fields.int(record, "scene", 0, 2**31, where, optional=True), path.stem))
+        extra = sorted(set(tensors) - used)
+        if extra:
+            raise ScenePoolError(f"{path.name} holds tensors no scene names ({', '.join(extra[:3])}); it was not "
+                                 "written by Save Scene Pool")
+        return cls(tuple(entries), max_size, signature)
 
 
 def pool_file(folder: str | os.PathLike, name: str) -> Path:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 from dataclasses import dataclass
 
@@ -336,7 +337,8 @@ class RecordReader:
     def type(self, name) -> type:
         cls = self.types.get(name) if isinstance(name, str) else None
         if cls is None:
-            raise SnapshotFormatError(f"the stored memory names {name!r}, which is not a memory class of this pack")
+            raise SnapshotFormatError(f"the stored memory names {repr(name)[:60]}, which is not a memory class of "
+                                      "this pack")
         return cls
 
     def value(self, v):
@@ -345,20 +347,20 @@ class RecordReader:
         if isinstance(v, list):
             return [self.value(x) for x in v]
         if not isinstance(v, dict):
-            raise SnapshotFormatError(f"unexpected stored value {v!r}")
+            raise SnapshotFormatError(f"unexpected stored value {repr(v)[:60]}")
         if "$tensor" in v:
             t = self.tensors.get(v["$tensor"])
             if t is None:
                 raise SnapshotFormatError(f"the stored memory refers to a missing tensor {v['$tensor']!r}")
-            return t if "device" not in v else _Tensor(t, torch.device(v["device"]), bool(v.get("pinned")))
+            return t if "device" not in v else _Tensor(t, _device(v["device"]), bool(v.get("pinned")))
         if "$enum" in v:
             return self.type(v["$enum"])(v["value"])
         if "$device" in v:
-            return torch.device(v["$device"])
+            return _device(v["$device"])
         if "$dtype" in v:
             dtype = getattr(torch, str(v["$dtype"]), None)
             if not isinstance(dtype, torch.dtype):
-                raise SnapshotFormatError(f"unknown dtype {v['$dtype']!r}")
+                raise SnapshotFormatError(f"unknown dtype {repr(v['$dtype'])[:40]}")
             return dtype
         if "$type" in v:
             return self.type(v["$type"])
@@ -380,6 +382,15 @@ class RecordReader:
         if isinstance(key, (list, dict)):
             raise SnapshotFormatError("a stored mapping has an unhashable key")
         return key
+
+
+_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta)(:\d{1,3})?$")
+
+
+def _device(name: object) -> torch.device:
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise SnapshotFormatError(f"the stored memory names an unknown device {repr(name)[:40]}")
+    return torch.device(name)
 
 
 def _frozen_class(cls: type) -> bool:

@@ -24,11 +24,11 @@ from ..memory.snapshot import (
     MemorySnapshot,
     RecordReader,
     RecordWriter,
-    SnapshotFormatError,
     snapshot_from_record,
     snapshot_record,
 )
 from ..memory.state import BlockReport
+from ..safe_files import WriteOutcome
 from .digests import file_checksum
 
 
@@ -108,7 +108,7 @@ def boundary_from_record(record: dict, tensors: dict[str, torch.Tensor]) -> Shot
     return boundary
 
 
-def save_boundary(boundary: ShotBoundary, path: str | os.PathLike, key: str) -> Path:
+def save_boundary(boundary: ShotBoundary, path: str | os.PathLike, key: str) -> WriteOutcome:
     """Write ``boundary`` (stored under reuse key ``key``) as safetensors, atomically, with a checksum."""
     writer = RecordWriter()
     record = boundary_record(boundary, writer)
@@ -128,5 +128,5 @@ def load_boundary(path: str | os.PathLike, key: str) -> ShotBoundary:
         return boundary_from_record(json.loads(meta["boundary"]), tensors)
     except BoundaryFileError:
         raise
-    except (SnapshotFormatError, KeyError, TypeError, ValueError) as err:
-        raise BoundaryFileError(f"{Path(path).name} is damaged ({type(err).__name__}: {err})") from None
+    except Exception as err:
+        raise BoundaryFileError(f"{Path(path).name} is damaged ({type(err).__name__}: {str(err)[:300]})") from None

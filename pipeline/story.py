@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from ..memory.files import read_state_file, save_atomically
+from ..memory.files import HeaderFields, read_state_file, save_atomically
 from ..memory.scene_pool import ScenePool
 from ..memory.snapshot import RecordReader, RecordWriter, SnapshotFormatError
+from ..safe_files import WriteOutcome
 from .digests import file_checksum
-from .noise import OFFICIAL
+from .noise import MAX_SEED, OFFICIAL
 from .scene_list import SceneList, Shot
-from .scene_script import Scene, SceneScriptError, Transition
+from .scene_script import MAX_SCENE_SECONDS, Scene, SceneScriptError, Transition
 from .shot_boundary import BoundaryFileError, ShotBoundary, boundary_from_record, boundary_record
 
 FORMAT = "echo-forcing-story"
@@ -57,7 +58,7 @@ class Story:
     """The scene pool the story's first shot started from."""
 
     def __repr__(self) -> str:
-        return f"Story({len(self.shots)} shots, {self.boundary.block} blocks, {self.header.get('preset')})"
+        return f"Story({len(self.shots)} shots, {self.boundary.block} blocks, {str(self.header.get('preset'))[:40]})"
 
     @property
     def frames(self) -> int:
@@ -76,8 +77,8 @@ class Story:
                 if key in ("model", "policy"):
                     raise StoryError(f"the story was made with another {name} than this run; continue it with the "
                                      "model and the Echo Memory Config it was made with")
-                raise StoryError(f"the story was made with {name} {mine!r}, this run has {theirs!r}; use the "
-                                 f"story's {name} to continue it")
+                raise StoryError(f"the story was made with {name} {repr(mine)[:60]}, this run has "
+                                 f"{repr(theirs)[:60]}; use the story's {name} to continue it")
 
     def check_extension(self) -> None:
         """Refuse to add shots to a story made with the official noise order."""
@@ -88,7 +89,7 @@ class Story:
 
     # ---- files ------------------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike) -> WriteOutcome:
         """Write the story as safetensors (atomically)."""
         writer = RecordWriter()
         record = boundary_record(self.boundary, writer)
@@ -113,31 +114,45 @@ class Story:
         if meta.get("checksum") != file_checksum({k: v for k, v in meta.items() if k != "checksum"}, tensors):
             raise StoryError(f"{path.name} does not match its checksum (edited or damaged); save the story again")
         try:
-            return cls._from_file(meta, tensors)
+            return cls._from_file(meta, tensors, HeaderFields(path.name, "story", StoryError))
         except StoryError:
             raise
-        except (BoundaryFileError, SnapshotFormatError, SceneScriptError, KeyError, TypeError, ValueError,
-                IndexError) as err:
-            raise StoryError(f"{path.name} has a damaged story header ({type(err).__name__}: {err}); save the "
-                             "story again") from None
+        except Exception as err:
+            problem = str(err) if isinstance(err, (BoundaryFileError, SnapshotFormatError, SceneScriptError)) \
+                else f"{type(err).__name__}: {err}"
+            raise StoryError(f"{path.name} has a damaged story header ({problem[:300]}); save the story "
+                             "again") from None
 
     @classmethod
-    def _from_file(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> Story:
-        header = json.loads(meta["header"])
-        record = json.loads(meta["boundary"])
+    def _from_file(cls, meta: dict, tensors: dict[str, torch.Tensor], fields: HeaderFields) -> Story:
+        header = fields.json(meta, "header", dict)
+        record = fields.json(meta, "boundary", dict)
         boundary = boundary_from_record(record, tensors)
-        start_pool = RecordReader(tensors).value(record["start_pool"])
+        start_pool = RecordReader(tensors).value(record.get("start_pool"))
         if start_pool is not None and not isinstance(start_pool, ScenePool):
             raise StoryError("the story's start pool is not a scene pool")
         shots, blocks = [], []
-        for i, s in enumerate(json.loads(meta["shots"])):
-            entry = None if s["entry"] is None else Transition(s["entry"])
-            scene = Scene(s["prompt"], float(s["duration"]), entry, s["target"], s["label"])
-            seed = s["seed"]
-            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-                raise StoryError(f"shot {i + 1} of the story has a damaged seed")
-            shots.append(Shot(scene, tensors[f"text.{i}"], None, seed))
-            blocks.append(int(s["blocks"]))
+        records = fields.json(meta, "shots", list)
+        if not records:
+            raise fields.fail("shots", "at least one shot", records)
+        for i, s in enumerate(records):
+            where = f"shots[{i}]."
+            s = fields.record(s, f"shots[{i}]")
+            entry = fields.text(s, "entry", where, optional=True, limit=20)
+            target = s.get("target")
+            if not (target is None or isinstance(target, str) or (isinstance(target, int)
+                                                                  and not isinstance(target, bool))):
+                raise fields.fail(where + "target", "a shot index, a label or null", target)
+            scene = Scene(fields.text(s, "prompt", where), fields.number(s, "duration", 0, MAX_SCENE_SECONDS, where),
+                          None if entry is None else Transition(entry), target,
+                          fields.text(s, "label", where, optional=True, limit=1000))
+            seed = fields.int(s, "seed", 0, MAX_SEED, where, optional=True)
+            text = tensors.get(f"text.{i}")
+            if text is None or text.dim() != 3 or text.shape[0] != 1 or not text.is_floating_point():
+                raise fields.fail(f"text.{i}", "a [1, tokens, width] float tensor",
+                                  None if text is None else list(text.shape))
+            shots.append(Shot(scene, text, None, seed))
+            blocks.append(fields.int(s, "blocks", 1, 2**31, where))
         if boundary.shot != len(shots) or boundary.block != sum(blocks):
             raise StoryError("the story's shots and its state disagree")
         return cls(SceneList(tuple(shots)), tuple(blocks), boundary, header, start_pool)

@@ -167,7 +167,7 @@ def test_pool_round_trip_recall_across_jobs_and_immutability(model, tmp_path):
     pool = first.pool
     assert [e.label for e in pool.entries] == ["keeper", "market", "lamp", "balcony"]
     assert repr(pool) == "ScenePool(4 scenes: keeper, market, lamp, balcony)"
-    path = pool.save(tmp_path / "pools" / "story.safetensors")
+    path = pool.save(tmp_path / "pools" / "story.safetensors").path
     loaded = ScenePool.load(path, expected=pool.signature)
     assert loaded.signature == pool.signature and [e.label for e in loaded.entries] == ["keeper", "market", "lamp",
                                                                                          "balcony"]
@@ -184,7 +184,7 @@ def test_pool_round_trip_recall_across_jobs_and_immutability(model, tmp_path):
 
 def test_pool_from_another_model_or_a_broken_file_is_refused(model, tmp_path):
     pool = _run(model, EchoMemory(encode_text=encode), entries=(None, "hardcut"), blocks=(1, 1)).pool
-    path = pool.save(tmp_path / "p.safetensors")
+    path = pool.save(tmp_path / "p.safetensors").path
     other = PoolSignature(30, 12, 128, "bfloat16", (30, 52))
     with pytest.raises(ScenePoolError, match=r"different model or resolution .*30 layers, 12x128 heads"):
         ScenePool.load(path, expected=other)

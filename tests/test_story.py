@@ -51,7 +51,7 @@ def saved(model, tmp_path_factory):
     """Three shots generated and saved as a story file."""
     first = plan(chain(FIRST))
     result = generate(first, lambda: model)
-    path = first.story_of(result).save(tmp_path_factory.mktemp("stories") / "three.safetensors")
+    path = first.story_of(result).save(tmp_path_factory.mktemp("stories") / "three.safetensors").path
     return path, result
 
 
@@ -121,7 +121,7 @@ def test_another_model_architecture_is_refused(saved):
 
 def test_an_official_noise_story_cannot_be_extended(model, tmp_path):
     first = plan(chain(FIRST), noise=OFFICIAL)
-    path = first.story_of(generate(first, lambda: model)).save(tmp_path / "official.safetensors")
+    path = first.story_of(generate(first, lambda: model)).save(tmp_path / "official.safetensors").path
     scenes = loaded_scenes(path)
     assert generate(plan(scenes, noise=OFFICIAL), lambda: pytest.fail("cached")).shots_done == 3
     with pytest.raises(StoryError, match="official noise order"):
@@ -224,7 +224,7 @@ def test_the_snapshot_of_every_preset_survives_a_file(model, tmp_path):
     shots = chain([(p, s, t, "", lbl) for p, s, t, _, lbl in FIRST[:2]])
     for name in ("self-forcing", "longlive", "rolling-sink", "deep-forcing", "infinity-rope", "tethercache"):
         first = plan(shots, choice=PresetChoice(preset=name))
-        path = first.story_of(generate(first, lambda: model)).save(tmp_path / f"{name}.safetensors")
+        path = first.story_of(generate(first, lambda: model)).save(tmp_path / f"{name}.safetensors").path
         later = chain([LATER[0]], loaded_scenes(path))
         whole = chain([*[(p, s, t, "", lbl) for p, s, t, _, lbl in FIRST[:2]], LATER[0]])
         want = generate(plan(whole, choice=PresetChoice(preset=name)), lambda: model)
