@@ -41,7 +41,9 @@ from ..pipeline import (
 from ..pipeline.digests import digest
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, budget_bytes
 from ..pipeline.scene_list import TRANSITIONS
+from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError
 from ..pipeline.story import Story
+from ..safe_files import output_folder, write_text
 from .demo import DEMO_CONFIG, write_json, write_latents
 
 
@@ -49,6 +51,9 @@ def read_script(text: str) -> str:
     """The script itself, or the contents of the file it names (its non-comment lines joined)."""
     path = Path(text)
     if len(text) < 4096 and path.suffix in (".txt", ".prompt") and path.is_file():
+        if path.stat().st_size > 4 * MAX_SCRIPT_CHARS:
+            raise SceneScriptError(f"{path.name} is {path.stat().st_size} bytes; a scene script has at most "
+                                   f"{MAX_SCRIPT_CHARS} characters")
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         return " ".join(line for line in lines if line and not line.startswith("#"))
     return text
@@ -67,12 +72,16 @@ def _model(args) -> tuple[CausalWan, str]:
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    scenes = parse_scene_script(read_script(args.script))
+    warnings = []
+    scenes = parse_scene_script(read_script(args.script), warnings)
+    for warning in warnings:
+        log(f"warning: {warning}")
     model, model_key = _model(args)
-    shots = SceneList()
+    notes = tuple(str(w) for w in warnings)
+    shots = SceneList(notes=notes)
     if args.story is not None:
         story = Story.load(args.story)
-        shots = SceneList(story.shots.shots, story)
+        shots = SceneList(story.shots.shots, story, notes)
     offset = len(shots)  # the script's shot indices count from the story's end
     for scene in scenes:
         text = stand_in_text_embedding([scene.prompt], model.config.text_dim)
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
     plan = plan_run(shots, model.config, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
                     steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise,
-                    stop_after_shot=args.stop_after_shot)
+                    stop_after_shot=args.stop_after_shot, device=model.device)
     cache = None
     if args.cache is not None:
         cache = PrefixCache(budget_bytes(min(args.cache_gb, DEFAULT_BUDGET_GB)), args.cache,
@@ -104,8 +113,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                   {"layout": "comfy LATENT [B,16,T,H/8,W/8] raw Wan2.1 VAE space", "seed": str(args.seed)})
     write_json(report, args.out / "report.json")
     text = report_text(report).split("\n\n")[0]
-    (args.out / ".report.txt.partial").write_text(text + "\n", encoding="utf-8")
-    (args.out / ".report.txt.partial").replace(args.out / "report.txt")
+    write_text(args.out / "report.txt", text + "\n")
     if args.save_story is not None:
         story = plan.story_of(result)
         story.save(args.save_story)
@@ -120,7 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", help="a scene script in the official format, or a .txt file holding one")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="causal Wan2.1 checkpoint (.pt or .safetensors); default: the tiny random demo model")
     p.add_argument("--lora", type=Path, default=None, help="LongLive-style LoRA merged into the checkpoint")

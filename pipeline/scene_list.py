@@ -33,7 +33,7 @@ TRANSITIONS: dict[str, Transition] = {
 
 TRANSITION_NAMES: dict[Transition, str] = {t: name for name, t in TRANSITIONS.items()}
 
-_SHOT_NUMBER = re.compile(r"^\s*(?:shot\s*|#)?(\d+)\s*$", re.I)
+_SHOT_NUMBER = re.compile(r"^\s*(?:shot\s*|#)?(\d{1,9})\s*$", re.I)
 
 
 class SceneListError(ValueError):
@@ -107,11 +107,14 @@ class SceneList:
     shots: tuple[Shot, ...] = ()
     story: object | None = None
     """A ``pipeline.story.Story`` whose shots are this list's first ones (Load Story): a run goes on after it."""
+    notes: tuple[str, ...] = ()
+    """Warnings about the shots (e.g. the scene script's tag-like text kept as prompt); the run report lists them."""
 
     def __repr__(self) -> str:
-        parts = [f"{self.title(i)} {s.scene.duration:g}s" for i, s in enumerate(self.shots)]
+        parts = [f"{self.title(i)[:40]} {s.scene.duration:g}s" for i, s in enumerate(self.shots[:12])]
+        more = f", +{len(self.shots) - 12}" if len(self.shots) > 12 else ""
         after = f", after a story of {len(self.story.shots)}" if self.story is not None else ""
-        return f"SceneList({len(self.shots)} shots: {', '.join(parts)}{after})"
+        return f"SceneList({len(self.shots)} shots: {', '.join(parts)}{more}{after})"
 
     def __len__(self) -> int:
         return len(self.shots)
@@ -164,17 +167,19 @@ class SceneList:
             scene = Scene(prompt, float(duration), entry, target, label)
         except SceneScriptError as err:
             raise SceneListError(f"shot {number}: {err}") from None
-        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)), self.story)
+        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)), self.story, self.notes)
 
     @classmethod
-    def from_scenes(cls, scenes: Sequence[Scene], texts: Sequence[torch.Tensor],
-                    encoder: object | None = None) -> SceneList:
-        """A list from parsed scene-script scenes and their encodings (entries and labels kept)."""
+    def from_scenes(cls, scenes: Sequence[Scene], texts: Sequence[torch.Tensor], encoder: object | None = None,
+                    notes: Sequence[str] = ()) -> SceneList:
+        """A list from parsed scene-script scenes and their encodings (entries and labels kept); ``notes``: the
+        parser's warnings."""
         if len(scenes) != len(texts):
             raise SceneListError(f"{len(scenes)} scenes but {len(texts)} encoded prompts")
         if not scenes:
             raise SceneListError("the scene script holds no scene")
-        return cls(tuple(Shot(s, t.detach().to("cpu"), encoder) for s, t in zip(scenes, texts, strict=True)))
+        return cls(tuple(Shot(s, t.detach().to("cpu"), encoder) for s, t in zip(scenes, texts, strict=True)), None,
+                   tuple(str(n) for n in notes))
 
     def rollout_scenes(self, texts: Sequence, blocks: Sequence[int]) -> list[RolloutScene]:
         """The rollout's scenes: each shot with its encoded text (``CausalWan.encode_text``) and block count,

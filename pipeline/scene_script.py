@@ -4,43 +4,64 @@ Format (SPEC §3.12, §4.1; marker characters as in the per-mode table of §3.10
 
     <scene 1 text>[10s#] | <scene 2 text>[10s] | <scene 3 text>[10s@] | <scene 4 text>[10s] ; title 1 | title 2
 
-* Everything before the first ``;`` is the scene part; it is split at ``|`` into scenes. Each scene carries
-  exactly one duration tag ``[<seconds>s]``, ``[<seconds>s#]`` or ``[<seconds>s@]`` (decimals allowed, spaces
-  allowed between the number and the ``s``); the tag may stand anywhere in the text and is cut out, the
-  rest is stripped (inner whitespace is kept as it is).
-* The marker on scene i selects the transition OUT of scene i into scene i+1 (``#`` hard cut, ``@`` recall,
-  none = smooth); the last scene's marker is ignored (SPEC §3.12 gives the evidence). :class:`Scene` stores
-  the other way round: ``entry`` = how the scene is entered (the marker of the scene before it; ``None`` for
-  the first scene). :func:`parse_scene_script` and :func:`format_scene_script` convert between the two.
-* The optional tail after the first ``;`` gives one title per scene, separated by ``|`` (padded / truncated
-  to the number of scenes); they become :attr:`Scene.label`.
-* Timing: a scene of d seconds nominally takes ``max(1, int(d * 16 / (4 * 3)))`` blocks; the video has
+The rules follow the official parser (Echo-Forcing ``utils/interactive.py``, ``parse_scene_segments``, and
+the titles split of its ``inference.py``):
+
+* **Split.** Everything before the first ``;`` is the scene part; it is split at ``|`` into scenes. The
+  titles are the text between the first and the second ``;``, split at ``|`` (one per scene, padded /
+  truncated to the number of scenes); they become :attr:`Scene.label`. The official code reads nothing after
+  a second ``;`` (so a title cannot contain ``;``): neither do we, and a :class:`ScriptWarning` names the
+  text that is ignored, as it names titles beyond the number of scenes.
+* **Duration tag.** Exactly ``[<number>s]``, ``[<number>s#]`` or ``[<number>s@]``: the number is digits with
+  an optional decimal point and optional further digits (``10``, ``2.5``, ``10.``), whitespace may stand
+  between the number and the ``s``, nothing else may (the official regex ``\\[(\\d+\\.?\\d*)\\s*s([#@])?\\]``,
+  written here in an equivalent unambiguous form, see :data:`DURATION_TAG`). As officially, the tag may
+  stand anywhere in the scene's text (``[5s#] a fox`` and ``a fox [5s#] runs`` are valid); it is cut out and
+  the rest is stripped (inner whitespace is kept as it is).
+* **Every other bracket group is prompt text** (``[4K]``, ``[35mm]``, ``[Take 2]``, ``[s-curve]``, ``[sic]``,
+  ``[10x]``). Where a group *looks like a mistyped tag* it still stays text, but :func:`parse_scene_script`
+  reports a :class:`ScriptWarning`; and in a scene without a valid tag it is what the error message names.
+  The rule: the group's content, trimmed, is at most 40 characters and reads as an optional sign, an
+  optional number (a decimal point or comma, an exponent allowed), an optional seconds unit (``s``,
+  ``sec``, ``secs``, ``second``, ``seconds``, any case) and up to three marker characters from
+  ``# @ ! $ & * ~ ^ ? + =``, with a number, a unit or a ``#`` / ``@`` present. So ``[10S]``, ``[10s!]``,
+  ``[10s#@]``, ``[-5s]``, ``[.5s]``, ``[10]``, ``[ 10s]``, ``[10 sec]``, ``[1e3s]``, ``[s]`` and ``[#]``
+  are tag-like; units of other things (``[10x]``, ``[4K]``, ``[35mm]``, ``[1080p]``) are not.
+* **Markers.** The marker on scene i selects the transition OUT of scene i into scene i+1 (``#`` hard cut,
+  ``@`` recall, none = smooth); the last scene's marker is ignored (SPEC §3.12 gives the evidence).
+  :class:`Scene` stores the other way round: ``entry`` = how the scene is entered (the marker of the scene
+  before it; ``None`` for the first scene). :func:`parse_scene_script` and :func:`format_scene_script`
+  convert between the two.
+* **Timing.** A scene of d seconds nominally takes ``max(1, int(d * 16 / (4 * 3)))`` blocks; the video has
   ``ceil((int(total * 16) // 4) / 3) * 3`` latent frames (at least 3); scene boundaries are the cumulative
   sums of all scenes but the last, and the last scene takes all remaining blocks (6 x 10 s -> 13, 13, 13,
   13, 13, 15 blocks, 240 latent frames).
 
-Where the official parser (Echo-Forcing ``utils/interactive.py``) differs, we are stricter and raise
-:class:`SceneScriptError` instead of guessing:
+Where the official parser accepts a script and silently guesses, we are stricter and raise
+:class:`SceneScriptError`:
 
-* a scene without a duration tag: the official code falls back to 21 blocks for that scene and to the
-  ``--num_output_frames`` command-line value for the video length; here it is an error;
-* a bracketed token that looks like a broken tag (``[10s!]``, ``[10s#@]``, ``[10x]``, ``[s]``, ``[10]``,
-  ``[ 10s]``, ``[10S]``, ``[-5s]``, ``[.5s]``; i.e. any bracketed text of at most 16 characters that holds a
-  digit, or a lone ``s``): the official regex does not match it, so it silently stays in the prompt text and
-  the scene has no duration; here it is an error naming the token (brackets without digits, like
-  ``[sic]``, stay ordinary prompt text);
-* a zero duration (``[0s]``): the official code still gives the scene one block; here it is an error;
-* two or more tags in one scene: the official code uses the first one's duration and marker and deletes all
-  of them; here it is an error;
-* an empty scene between two ``|`` (or at the start), or a scene that is only a tag: the official code drops
-  the empty part (so the scenes and titles shift) or encodes an empty prompt; here it is an error. A single
-  trailing ``|`` is accepted, as the official code does;
-* a duration tag inside the titles tail (a ``;`` inside scene text ends the scene part early): an error;
-* durations so short that the last scene would get no block of its own: the official pipeline then never
-  reaches the last scene(s); here :func:`scene_block_counts` raises.
+* a scene without a valid duration tag (the official code falls back to 21 blocks for that scene and to the
+  ``--num_output_frames`` command-line value for the video length); the message names the tag-like group
+  that was probably meant (``'[10s!]' is not a duration tag ...; write [10s] ...``) or an unclosed ``[10s``;
+* two or more valid tags in one scene (the official code takes the first one's duration and marker and
+  deletes all of them): usually a forgotten ``|``;
+* a zero duration (``[0s]``; the official code still gives the scene one block);
+* an empty scene between two ``|`` (or at the start), or a scene that is only a tag (the official code drops
+  the empty part, so the scenes and titles shift, or encodes an empty prompt). A single trailing ``|`` is
+  accepted, as officially;
+* a valid duration tag after the first ``;`` (a ``;`` in a scene's text ends the scene part early);
+* durations so short that the last scene would get no block of its own (the official pipeline then never
+  reaches the last scene(s)): :func:`scene_block_counts` raises;
+* sizes no one writes by hand, so a script pasted into a server cannot tie it up: a script longer than
+  :data:`MAX_SCRIPT_CHARS` characters is refused before it is read (a six-shot script is about 3,000), and
+  more than :data:`MAX_SCENES` scenes, a scene longer than :data:`MAX_SCENE_SECONDS` or a video longer than
+  :data:`MAX_VIDEO_SECONDS` are refused (also for :class:`Scene` objects built in Python). The parser does
+  one pass over the text with regular expressions that cannot backtrack more than a constant per character,
+  so its time is linear in the script's length.
 
 :class:`Transition` also has ``AUTO`` (the paper's automatic router, appendix B, SPEC §3.11), which the tag
-format cannot express; neither can an explicit recall target (``Scene.recall_target``).
+format cannot express; neither can an explicit recall target (``Scene.recall_target``, a 0-based scene index
+or a label, in the Python API). Messages meant for artists count shots from 1.
 """
 
 from __future__ import annotations
@@ -53,9 +74,14 @@ from decimal import Decimal
 from enum import Enum
 
 __all__ = [
+    "MAX_SCENES",
+    "MAX_SCENE_SECONDS",
+    "MAX_SCRIPT_CHARS",
+    "MAX_VIDEO_SECONDS",
     "Scene",
     "ScenePlan",
     "SceneScriptError",
+    "ScriptWarning",
     "Transition",
     "format_scene_script",
     "latent_frames_for_seconds",
@@ -67,12 +93,29 @@ __all__ = [
     "validate_scenes",
 ]
 
-# The official duration tag, character for character (group 1: seconds, group 2: optional marker).
-DURATION_TAG = re.compile(r"\[(\d+\.?\d*)\s*s([#@])?\]")
-# Any bracket group without nested brackets; every official tag is one of these.
+MAX_SCRIPT_CHARS = 100_000
+"""Longest scene script :func:`parse_scene_script` reads, in characters (a six-shot script is about 3,000)."""
+MAX_SCENES = 256
+"""Most scenes (shots) in one script or scene list."""
+MAX_SCENE_SECONDS = 3600.0
+"""Longest scene, in seconds (one hour)."""
+MAX_VIDEO_SECONDS = 3600.0
+"""Longest video (all scenes together), in seconds (one hour: 14,400 latent frames at 16 fps)."""
+
+# The official duration tag ``\[(\d+\.?\d*)\s*s([#@])?\]``. ``\d+\.?\d*`` and ``\d+(?:\.\d*)?`` match the same
+# strings with the same group 1, but the second form cannot split a run of digits two ways, so a long run of
+# digits without a closing ``s]`` costs linear time instead of quadratic (group 1: seconds, group 2: marker).
+DURATION_TAG = re.compile(r"\[(\d+(?:\.\d*)?)\s*s([#@])?\]")
+_TAG_BODY = re.compile(r"(\d+(?:\.\d*)?)\s*s([#@])?")
+# Any bracket group without nested brackets. An official tag holds no bracket, so every official match is one
+# of these groups, and the groups never overlap: a scan over them finds exactly the official matches.
 _BRACKET_GROUP = re.compile(r"\[([^\[\]]*)\]")
-# Loose reading of a bracket group's content, used only to explain why a tag-like token is not a valid tag.
-_LOOSE_TAG = re.compile(r"\s*(?P<sign>[-+]?)\s*(?P<num>\d*\.?\d*)\s*(?P<unit>[A-Za-z]*)\s*(?P<rest>.*?)\s*", re.S)
+# A group that looks like a mistyped tag (applied to at most _NEAR_TAG_CHARS characters; see the docstring).
+_NEAR_TAG = re.compile(
+    r"(?P<sign>[-+]?)\s*(?:(?P<num>\d+(?:[.,]\d*)?|[.,]\d+)(?P<exp>e[-+]?\d+)?)?(?P<gap1>\s*)"
+    r"(?P<unit>seconds?|secs?|s)?(?P<gap2>\s*)(?P<marks>[#@!$&*~^?+=]{0,3})", re.I)
+_NEAR_TAG_CHARS = 40
+_MAX_WARNINGS = 20  # the last one says how many more there were
 _TAG_HELP = "write the duration as [<seconds>s], [<seconds>s#] (hard cut) or [<seconds>s@] (recall), e.g. [10s#]"
 
 DEFAULT_FPS = 16
@@ -95,6 +138,27 @@ class SceneScriptError(ValueError):
 def _error(scene: int | None, message: str, token: str | None = None) -> SceneScriptError:
     where = f"scene {scene}: " if scene is not None else ""
     return SceneScriptError(where + message, scene=scene, token=token)
+
+
+@dataclass(frozen=True)
+class ScriptWarning:
+    """Something in a scene script that parsed but may not say what its writer meant (text kept, or ignored).
+
+    ``message`` is the whole text (starting "scene N: " where it concerns one scene), ``scene`` the 1-based
+    scene number or ``None``, ``token`` the text it is about. ``str()`` gives the message.
+    """
+
+    message: str
+    scene: int | None = None
+    token: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _warning(scene: int | None, message: str, token: str | None = None) -> ScriptWarning:
+    where = f"scene {scene}: " if scene is not None else ""
+    return ScriptWarning(where + message, scene=scene, token=token)
 
 
 class Transition(str, Enum):
@@ -129,10 +193,11 @@ _MARKERS = {Transition.SMOOTH: "", Transition.HARD_CUT: "#", Transition.RECALL: 
 class Scene:
     """One shot of a multi-shot video.
 
-    ``prompt``: the scene's text prompt. ``duration``: seconds (> 0; ints are stored as float).
-    ``entry``: how this scene is entered (``None`` for the first scene; a :class:`Transition` or its value).
-    ``recall_target``: for a RECALL / AUTO entry only, the EARLIER scene to recall, as a 0-based index or a
-    label; ``None`` = choose automatically (by prompt similarity). ``label``: an optional title.
+    ``prompt``: the scene's text prompt. ``duration``: seconds (> 0 and at most :data:`MAX_SCENE_SECONDS`;
+    ints are stored as float). ``entry``: how this scene is entered (``None`` for the first scene; a
+    :class:`Transition` or its value). ``recall_target``: for a RECALL / AUTO entry only, the EARLIER scene to
+    recall, as a 0-based index into the scene list (shot number - 1) or a label; ``None`` = choose
+    automatically (by prompt similarity). ``label``: an optional title.
     """
 
     prompt: str
@@ -150,6 +215,9 @@ class Scene:
         duration = float(duration)
         if not math.isfinite(duration) or duration <= 0:
             raise SceneScriptError(f"Scene.duration must be a positive, finite number of seconds, got {duration!r}")
+        if duration > MAX_SCENE_SECONDS:
+            raise SceneScriptError(f"Scene.duration is {duration:g} s; a scene may last at most "
+                                   f"{MAX_SCENE_SECONDS:g} s (MAX_SCENE_SECONDS, one hour)")
         object.__setattr__(self, "duration", duration)
         if self.entry is not None and not isinstance(self.entry, Transition):
             try:
@@ -166,7 +234,8 @@ class Scene:
             if isinstance(target, bool) or not isinstance(target, (int, str)):
                 raise SceneScriptError(f"Scene.recall_target must be a scene index, a label or None, got {target!r}")
             if isinstance(target, int) and target < 0:
-                raise SceneScriptError(f"Scene.recall_target must be a 0-based index >= 0, got {target}")
+                raise SceneScriptError(f"Scene.recall_target must be a 0-based scene index >= 0 (shot number - 1), "
+                                       f"got {target}")
             if isinstance(target, str) and not target.strip():
                 raise SceneScriptError("Scene.recall_target must not be an empty label; use None for automatic")
         if self.label is not None and (not isinstance(self.label, str) or not self.label.strip()):
@@ -187,18 +256,29 @@ class Scene:
 def validate_scenes(scenes: Sequence[Scene], pool_labels: Collection[str] = ()) -> list[Scene]:
     """Check a scene list as a whole and return it as a list.
 
-    Scene 1 must have no entry, every later scene one; a recall target must name an EARLIER scene (0-based
+    Scene 1 must have no entry, every later scene one; a recall target must name an EARLIER scene (a 0-based
     index below the scene's own, or the label of exactly one earlier scene) or, when no earlier scene has
-    that label, a scene of a loaded scene pool (``pool_labels``, compared case-insensitively).
+    that label, a scene of a loaded scene pool (``pool_labels``, compared case-insensitively). At most
+    :data:`MAX_SCENES` scenes and :data:`MAX_VIDEO_SECONDS` in total. Messages count shots from 1 (the index
+    2 is "shot 3"), as the Scene Prompt node's ``recall_target`` does.
     """
     pooled = {label.lower() for label in pool_labels}
     scenes = list(scenes)
     if not scenes:
         raise _error(1, "there are no scenes; give at least one scene")
+    if len(scenes) > MAX_SCENES:
+        raise _error(MAX_SCENES + 1, f"there are {len(scenes)} scenes; a video may have at most {MAX_SCENES} "
+                                     "(MAX_SCENES)", token=str(len(scenes)))
+    total = 0.0
     for i, scene in enumerate(scenes):
         n = i + 1
         if not isinstance(scene, Scene):
             raise _error(n, f"expected a Scene, got {type(scene).__name__}", token=repr(scene))
+        total += scene.duration
+        if total > MAX_VIDEO_SECONDS:
+            raise _error(n, f"the scenes up to this one last {_format_seconds(total)} s; a video may last at most "
+                            f"{MAX_VIDEO_SECONDS:g} s (MAX_VIDEO_SECONDS, one hour); shorten the scenes",
+                         token=f"[{_format_seconds(scene.duration)}s]")
         if i == 0 and scene.entry is not None:
             raise _error(n, f"the first scene cannot have an entry transition (got {scene.entry.value!r}); "
                             "set entry=None", token=scene.entry.value)
@@ -206,109 +286,187 @@ def validate_scenes(scenes: Sequence[Scene], pool_labels: Collection[str] = ()) 
             raise _error(n, "every scene after the first needs an entry transition (smooth, hardcut, recall or "
                             "auto); entry is None", token="None")
         target = scene.recall_target
+        earlier = "shot 1" if i == 1 else f"shots 1-{i}"
         if isinstance(target, int) and target >= i:
-            raise _error(n, f"recall_target={target} is not an earlier scene; use a 0-based index below {i} "
-                            "or None", token=str(target))
+            raise _error(n, f"recall target shot {target + 1} is not an earlier shot; give the number of an earlier "
+                            f"shot ({earlier}), its label, or auto", token=str(target + 1))
         if isinstance(target, str):
             matches = [j for j in range(i) if scenes[j].label == target]
             if not matches and target.lower() in pooled:
                 continue
             if len(matches) != 1:
                 problem = "no earlier scene has" if not matches else f"{len(matches)} earlier scenes have"
-                raise _error(n, f"recall_target={target!r}: {problem} that label; use a unique label of an "
-                                "earlier scene" + (" or of the scene pool" if pool_labels else "")
-                                + " or a 0-based index", token=target)
+                raise _error(n, f"recall target {target!r}: {problem} that label; give the number of an earlier "
+                                f"shot ({earlier}), a label that exactly one earlier shot has"
+                                + (" or a scene of the scene pool" if pool_labels else "") + ", or auto",
+                             token=target)
     return scenes
 
 
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def _explain_bad_tag(token: str, content: str) -> str | None:
-    """Why a bracket group that is not an official tag looks like a broken one (``None``: ordinary text)."""
+def _near_tag(content: str) -> re.Match[str] | None:
+    """The :data:`_NEAR_TAG` reading of a bracket group's content when the group looks like a mistyped duration
+    tag (the caller has checked that it is not a valid one); ``None``: ordinary prompt text."""
     stripped = content.strip()
-    if not stripped or len(stripped) > 16:
+    if not stripped or len(stripped) > _NEAR_TAG_CHARS:
         return None
-    m = _LOOSE_TAG.fullmatch(content)
-    has_digit = any(ch.isdigit() for ch in stripped)
-    if m is None:
-        return f"malformed duration tag {token!r}; {_TAG_HELP}" if has_digit else None
-    sign, num, unit, rest = m["sign"], m["num"], m["unit"], m["rest"]
-    if not has_digit and not (unit in ("s", "S") and not num and not sign):
+    m = _NEAR_TAG.fullmatch(stripped)
+    if m is None or not (m["num"] or m["unit"] or "#" in m["marks"] or "@" in m["marks"]):
         return None
-    if not any(ch.isdigit() for ch in num):
-        return f"duration tag {token!r} has no number of seconds; {_TAG_HELP}"
+    return m
+
+
+def _near_tag_problem(content: str, m: re.Match[str]) -> tuple[str, str]:
+    """(what is wrong with a tag-like group, how to write it) for a :func:`_near_tag` match."""
+    sign, num, exp, unit, marks = m["sign"], m["num"] or "", m["exp"] or "", m["unit"] or "", m["marks"]
+    reasons = []
     if sign == "-":
-        return f"negative duration in {token!r}; durations must be positive seconds, e.g. [10s]"
-    if unit != "s":
-        if unit == "S":
-            return f"duration tag {token!r} uses 'S'; the unit must be a lowercase 's', e.g. [10s]"
+        reasons.append("a negative number; durations are positive seconds")
+    elif sign:
+        reasons.append(f"a {sign!r} sign")
+    if not num:
+        reasons.append("no number of seconds")
+    else:
+        if "," in num:
+            reasons.append("a decimal comma")
+        if num[0] in ".,":
+            reasons.append("no digit before the decimal point")
+        if exp:
+            reasons.append("an exponent")
         if not unit:
-            return f"duration tag {token!r} has no unit; add 's' for seconds, e.g. [{num}s]"
-        return f"duration tag {token!r} has unit {unit!r}; only seconds ('s') are supported, e.g. [10s]"
-    if rest not in ("", "#", "@"):
-        return (f"unknown transition marker {rest!r} in {token!r}; the marker is one of nothing (smooth), "
-                "'#' (hard cut) or '@' (recall), at most one, right after the 's'")
-    canonical = f"[{num if num[0].isdigit() else '0' + num}s{rest}]"
-    return f"malformed duration tag {token!r}; write it as {canonical} (no sign, no space after '[' or before ']')"
+            reasons.append("no unit 's'")
+    if unit and unit != "s":
+        reasons.append(f"the unit {unit!r} instead of a lowercase 's'")
+    if marks not in ("", "#", "@"):
+        reasons.append(f"the marker {marks!r}; after the 's' comes nothing (smooth), '#' (hard cut) or '@' (recall)")
+    if content != content.strip():
+        reasons.append("a space inside the brackets")
+    if marks and m["gap2"]:
+        reasons.append("a space before the marker")
+    if sign and num and m.start("num") > m.end("sign"):
+        reasons.append("a space after the sign")
+    if not reasons:  # cannot happen for a group that is not a valid tag; kept as a safe fallback
+        reasons.append("a character out of place")
+    marker = marks if marks in ("#", "@") else ""
+    if not marker and ("#" in marks) != ("@" in marks):
+        marker = "#" if "#" in marks else "@"
+    if not num:
+        fix = f"write the seconds, e.g. [10s{marker}]"
+    elif exp:
+        fix = f"write the seconds in plain digits, e.g. [10s{marker}]"
+    else:
+        number = num.replace(",", ".")
+        number = "0" + number if number[0] == "." else number
+        if marks in ("", "#", "@") or marker:
+            fix = f"write [{number}s{marker}]"
+        else:
+            fix = f"write [{number}s], [{number}s#] (hard cut) or [{number}s@] (recall)"
+    return "; ".join(reasons), fix
 
 
-def _parse_scene(part: str, n: int) -> tuple[str, float, str]:
-    """One '|'-separated part (already stripped) -> (prompt, seconds, marker)."""
-    tags = []
+def _unclosed_tag(part: str) -> str | None:
+    """A tag-like ``[10s`` at the end of a scene whose ``]`` is missing, or ``None``."""
+    start = part.rfind("[")
+    if start < 0 or part.rfind("]") > start or len(part) - start > _NEAR_TAG_CHARS + 1:
+        return None
+    content = part[start + 1:].rstrip()
+    if _TAG_BODY.fullmatch(content) or _near_tag(content):
+        return part[start:].rstrip()
+    return None
+
+
+def _parse_scene(part: str, n: int, last_before_titles: bool,
+                 warnings: list[ScriptWarning]) -> tuple[str, float, str]:
+    """One '|'-separated part (already stripped) -> (prompt, seconds, marker); tag-like text -> ``warnings``."""
+    tags: list[tuple[re.Match[str], re.Match[str]]] = []  # (bracket group, tag body)
+    near: list[tuple[str, str, str]] = []  # (token, problem, fix)
     for group in _BRACKET_GROUP.finditer(part):
-        token = group.group(0)
-        tag = DURATION_TAG.fullmatch(token)
-        if tag is not None:
-            tags.append(tag)
+        content = group.group(1)
+        body = _TAG_BODY.fullmatch(content)
+        if body is not None:
+            tags.append((group, body))
             continue
-        problem = _explain_bad_tag(token, group.group(1))
-        if problem is not None:
-            raise _error(n, problem, token=token)
-    # Every official match is a bracket group, so `tags` equals DURATION_TAG.findall(part).
+        m = _near_tag(content)
+        if m is not None:
+            token = group.group(0)
+            near.append((token, *_near_tag_problem(content, m)))
     if not tags:
+        if near:
+            token, problem, fix = near[0]
+            raise _error(n, f"missing duration: {token!r} is not a duration tag ({problem}); {fix}", token=token)
+        unclosed = _unclosed_tag(part)
+        if unclosed is not None:
+            raise _error(n, f"missing duration: {unclosed!r} has no closing ']'; {_TAG_HELP}", token=unclosed)
+        hint = (" (the first ';' ends the scenes and starts the titles, so a scene's text cannot hold a ';')"
+                if last_before_titles else "")
         raise _error(n, f"missing duration in {_snippet(part)!r}; end the scene with a tag such as [10s] "
-                        "(seconds), [10s#] (hard cut into the next scene) or [10s@] (recall into the next scene)",
-                     token=_snippet(part))
+                        "(seconds), [10s#] (hard cut into the next scene) or [10s@] (recall into the next scene)"
+                        + hint, token=_snippet(part))
     if len(tags) > 1:
-        listed = ", ".join(t.group(0) for t in tags)
+        listed = ", ".join(_snippet(t.group(0), 24) for t, _ in tags[:4]) + (", ..." if len(tags) > 4 else "")
         raise _error(n, f"more than one duration tag ({listed}); keep exactly one tag per scene and separate "
-                        "scenes with '|'", token=tags[1].group(0))
-    tag = tags[0]
-    seconds = float(tag.group(1))
+                        "scenes with '|'", token=_snippet(tags[1][0].group(0)))
+    tag, body = tags[0]
+    token = _snippet(tag.group(0))
+    seconds = float(body.group(1))  # digits only: never raises; more digits than a float holds give inf
     if not seconds > 0:
-        raise _error(n, f"zero duration in {tag.group(0)!r}; durations must be positive seconds, e.g. [10s]",
-                     token=tag.group(0))
-    prompt = DURATION_TAG.sub("", part).strip()
+        raise _error(n, f"zero duration in {token!r}; durations must be positive seconds, e.g. [10s]", token=token)
+    if seconds > MAX_SCENE_SECONDS:
+        raise _error(n, f"{token!r} is too long: a scene may last at most {MAX_SCENE_SECONDS:g} s "
+                        "(MAX_SCENE_SECONDS, one hour); split it into several scenes or shorten it", token=token)
+    prompt = (part[: tag.start()] + part[tag.end():]).strip()
     if not prompt:
-        raise _error(n, f"scene has no text, only the tag {tag.group(0)!r}; write the scene's prompt before its "
-                        "tag", token=tag.group(0))
-    return prompt, seconds, tag.group(2) or ""
+        raise _error(n, f"scene has no text, only the tag {token!r}; write the scene's prompt before its tag",
+                     token=token)
+    token_of_tag = token
+    for token, problem, fix in near:
+        warnings.append(_warning(n, f"{token!r} looks like a duration tag but is not one ({problem}), so it stays "
+                                    f"in the prompt text and the scene's duration is {token_of_tag!r}; if it was "
+                                    f"meant as a tag, {fix}", token=token))
+    return prompt, seconds, body.group(2) or ""
 
 
 def _snippet(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_scene_script(text: str) -> list[Scene]:
-    """Parse one line of the official format into scenes (see the module docstring for the rules)."""
+def parse_scene_script(text: str, warnings: list[ScriptWarning] | None = None) -> list[Scene]:
+    """Parse one line of the official format into scenes (see the module docstring for the rules).
+
+    Raises :class:`SceneScriptError` naming the scene and the token. ``warnings``: a list that, when the script
+    parses, gets one :class:`ScriptWarning` for every tag-like bracket group kept as prompt text and for
+    title text that is ignored (at most 20, the last one counting the rest; nothing is added when the script
+    is refused). Callers that pass nothing get the same scenes and no warnings.
+    """
     if not isinstance(text, str):
         raise SceneScriptError(f"scene 1: a scene script must be a string, got {type(text).__name__}", scene=1)
+    if len(text) > MAX_SCRIPT_CHARS:
+        raise SceneScriptError(f"the scene script is {len(text):,} characters long; a script may be at most "
+                               f"{MAX_SCRIPT_CHARS:,} characters (MAX_SCRIPT_CHARS; a six-shot script is about "
+                               "3,000)", token=_snippet(text))
+    found: list[ScriptWarning] = []
     prompt_part, has_tail, tail = text.partition(";")
+    titles_part, has_more, ignored = tail.partition(";")  # the official code reads only the second field
     prompt_part = prompt_part.strip()
     if prompt_part.endswith("|"):
         prompt_part = prompt_part[:-1].rstrip()  # one trailing separator is tolerated, as officially
     if not prompt_part:
         what = "the script is empty" if not text.strip() else f"there is no scene text in {_snippet(text)!r}"
         raise _error(1, f"{what}; write at least one scene such as 'a red fox runs through snow [10s]'",
-                     token=text)
-    parts = [part.strip() for part in prompt_part.split("|")]
-    titles = [title.strip() for title in tail.split("|")] if has_tail else []
-    tag_in_tail = DURATION_TAG.search(tail)
-    if tag_in_tail is not None:
-        raise _error(len(parts), f"the duration tag {tag_in_tail.group(0)!r} comes after the first ';', which starts "
-                                 "the titles tail (so it would be read as a title); remove the ';' from the scene "
-                                 "text", token=tag_in_tail.group(0))
+                     token=_snippet(text))
+    parts = prompt_part.split("|")
+    if len(parts) > MAX_SCENES:
+        raise _error(MAX_SCENES + 1, f"the script has {len(parts)} scenes; a script may have at most {MAX_SCENES} "
+                                     "(MAX_SCENES)", token=str(len(parts)))
+    parts = [part.strip() for part in parts]
+    for group in _BRACKET_GROUP.finditer(tail):
+        if _TAG_BODY.fullmatch(group.group(1)):
+            token = _snippet(group.group(0))
+            raise _error(len(parts), f"the duration tag {token!r} comes after the first ';', which starts the titles "
+                                     "tail (so it would be read as a title); remove the ';' from the scene text",
+                         token=token)
     parsed = []
     for i, part in enumerate(parts):
         n = i + 1
@@ -316,16 +474,37 @@ def parse_scene_script(text: str) -> list[Scene]:
             where = "before the first '|'" if i == 0 else "between two '|' separators"
             raise _error(n, f"empty scene: nothing {where}; remove the extra '|' or write the scene's text and tag",
                          token="|")
-        parsed.append(_parse_scene(part, n))
+        parsed.append(_parse_scene(part, n, bool(has_tail) and n == len(parts), found))
 
-    labels: list[str | None] = [None] * len(parsed)
-    for i, title in enumerate(titles[: len(parsed)]):
-        labels[i] = title or None
+    titles = [title.strip() for title in titles_part.split("|")] if has_tail else []
+    labels: list[str | None] = [title or None for title in titles[: len(parsed)]]
+    labels += [None] * (len(parsed) - len(labels))
+    extra = [title for title in titles[len(parsed):] if title]
+    if extra:
+        listed = ", ".join(repr(_snippet(title, 30)) for title in extra[:3]) + (", ..." if len(extra) > 3 else "")
+        scenes_text = "1 scene" if len(parsed) == 1 else f"{len(parsed)} scenes"
+        found.append(_warning(None, f"{len(titles)} titles for {scenes_text}; the extra titles are ignored: {listed}",
+                              token=_snippet(extra[0])))
+    if has_more and ignored.strip():
+        found.append(_warning(None, f"the text after the second ';' ({_snippet(ignored.strip())!r}) is ignored, as "
+                                    "the official parser does; titles are separated by '|' and cannot hold a ';'",
+                              token=_snippet(ignored.strip())))
 
     scenes = []
+    total = 0.0
     for i, (prompt, seconds, _marker) in enumerate(parsed):
+        total += seconds
+        if total > MAX_VIDEO_SECONDS:
+            raise _error(i + 1, f"the scenes up to this one last {_format_seconds(total)} s; a video may last at "
+                                f"most {MAX_VIDEO_SECONDS:g} s (MAX_VIDEO_SECONDS, one hour); shorten the scenes",
+                         token=f"[{_format_seconds(seconds)}s]")
         entry = None if i == 0 else Transition.from_marker(parsed[i - 1][2])
         scenes.append(Scene(prompt=prompt, duration=seconds, entry=entry, label=labels[i]))
+    if warnings is not None:
+        if len(found) > _MAX_WARNINGS:
+            more = len(found) - _MAX_WARNINGS + 1
+            found[_MAX_WARNINGS - 1:] = [_warning(None, f"{more} more warnings like the ones above are not listed")]
+        warnings.extend(found)
     return scenes
 
 
@@ -363,9 +542,9 @@ def format_scene_script(scenes: Sequence[Scene]) -> str:
                 raise _error(n, f"the prompt contains {char!r}, which the format uses as a separator; remove it",
                              token=char)
         for group in _BRACKET_GROUP.finditer(prompt):
-            if DURATION_TAG.fullmatch(group.group(0)) or _explain_bad_tag(group.group(0), group.group(1)):
-                raise _error(n, f"the prompt contains the tag-like text {group.group(0)!r}, which would be read "
-                                "as a duration tag; remove or reword it", token=group.group(0))
+            if _TAG_BODY.fullmatch(group.group(1)):
+                raise _error(n, f"the prompt contains the duration tag {group.group(0)!r}, which would be read "
+                                "as the scene's duration; remove or reword it", token=group.group(0))
         if scene.label is not None:
             for char in "|;":
                 if char in scene.label:

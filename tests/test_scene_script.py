@@ -1,4 +1,5 @@
-"""Scene scripts: parity with the official parser (recorded data), strict errors, formatting, block schedule."""
+"""Scene scripts: parity with the official parser (recorded data), strict errors, warnings, formatting, block
+schedule. Hostile scripts (huge, pathological, mistyped) are in test_hostile_scripts.py."""
 
 from __future__ import annotations
 
@@ -124,7 +125,40 @@ def test_trailing_separator_and_inner_whitespace_like_official():
 
 
 def test_ordinary_brackets_stay_in_the_prompt():
-    assert parse_scene_script("a sign says [sic] here [3s]")[0].prompt == "a sign says [sic] here"
+    warnings = []
+    assert parse_scene_script("a sign says [sic] here [3s]", warnings)[0].prompt == "a sign says [sic] here"
+    scenes = parse_scene_script("[4K] city [35mm] at [Take 2] night [3s#] | an [s-curve] road [s'mores] [2x] [4s]",
+                                warnings)
+    assert [s.prompt for s in scenes] == ["[4K] city [35mm] at [Take 2] night", "an [s-curve] road [s'mores] [2x]"]
+    assert warnings == []
+
+
+def test_tag_like_brackets_stay_text_with_a_warning():
+    warnings = []
+    scenes = parse_scene_script("a fox [10S] runs [4s#] | b [10s!] [-2s] [3s]", warnings)
+    assert [s.prompt for s in scenes] == ["a fox [10S] runs", "b [10s!] [-2s]"]
+    assert [s.duration for s in scenes] == [4.0, 3.0]
+    assert [(w.scene, w.token) for w in warnings] == [(1, "[10S]"), (2, "[10s!]"), (2, "[-2s]")]
+    assert str(warnings[0]).startswith("scene 1: '[10S]' looks like a duration tag but is not one")
+    assert "the scene's duration is '[4s#]'" in str(warnings[0]) and "write [10s]" in str(warnings[0])
+    assert parse_scene_script("a fox [10S] runs [4s#] | b [10s!] [-2s] [3s]") == scenes  # the list is optional
+
+
+def test_titles_follow_the_official_split_at_the_first_and_second_semicolon():
+    warnings = []
+    scenes = parse_scene_script("a [1s] | b [1s]; Act 1 | Act 2; the end | coda", warnings)
+    assert [s.label for s in scenes] == ["Act 1", "Act 2"]
+    assert [str(w) for w in warnings] == ["the text after the second ';' ('the end | coda') is ignored, as the "
+                                          "official parser does; titles are separated by '|' and cannot hold a ';'"]
+    warnings.clear()
+    assert [s.label for s in parse_scene_script("a [1s]; one; two", warnings)] == ["one"]
+    assert [w.token for w in warnings] == ["two"]
+    warnings.clear()
+    assert [s.label for s in parse_scene_script("a [1s]; one | two | three", warnings)] == ["one"]
+    assert "2 more" not in str(warnings[0]) and "ignored: 'two', 'three'" in str(warnings[0])
+    warnings.clear()
+    parse_scene_script("a [1s]; one | ;", warnings)  # empty extras are not worth a warning
+    assert warnings == []
 
 
 # ------------------------------------------------------------------------------------ strict errors
@@ -140,18 +174,20 @@ def _error(text: str) -> SceneScriptError:
     ("text", "scene", "token", "words"),
     [
         ("a [5s] | b walks away", 2, "b walks away", "missing duration"),
-        ("a [5s] | b [10s!]", 2, "[10s!]", "unknown transition marker"),
-        ("a [10s#@] | b [5s]", 1, "[10s#@]", "unknown transition marker"),
-        ("a [5s] | b [5s] | c [10x]", 3, "[10x]", "unit"),
-        ("a [s] [5s]", 1, "[s]", "no number"),
-        ("a [10]", 1, "[10]", "no unit"),
-        ("a [ 10s]", 1, "[ 10s]", "write it as [10s]"),
-        ("a [10 s #] | b [1s]", 1, "[10 s #]", "write it as [10s#]"),
-        ("a [.5s]", 1, "[.5s]", "write it as [0.5s]"),
-        ("a [10S]", 1, "[10S]", "lowercase"),
+        ("a [5s] | b [10s!]", 2, "[10s!]", "missing duration: '[10s!]' is not a duration tag (the marker '!'"),
+        ("a [10s#@] | b [5s]", 1, "[10s#@]", "the marker '#@'"),
+        ("a [5s] | b [5s] | c [10x]", 3, "c [10x]", "missing duration in 'c [10x]'"),  # [10x] is text
+        ("a [s]", 1, "[s]", "no number of seconds"),
+        ("a [10]", 1, "[10]", "(no unit 's'); write [10s]"),
+        ("a [ 10s]", 1, "[ 10s]", "space inside the brackets); write [10s]"),
+        ("a [10 s #] | b [1s]", 1, "[10 s #]", "space before the marker); write [10s#]"),
+        ("a [.5s]", 1, "[.5s]", "write [0.5s]"),
+        ("a [10S]", 1, "[10S]", "lowercase 's'); write [10s]"),
+        ("a [10 sec@]", 1, "[10 sec@]", "the unit 'sec'"),
         ("a [5s] | b [0s]", 2, "[0s]", "zero duration"),
         ("a [0.0s#] | b [1s]", 1, "[0.0s#]", "zero duration"),
-        ("a [5s] | b [-5s]", 2, "[-5s]", "negative duration"),
+        ("a [5s] | b [-5s]", 2, "[-5s]", "negative number; durations are positive seconds); write [5s]"),
+        ("a [5s] | b [10s", 2, "[10s", "has no closing ']'"),
         ("a [5s] [6s@]", 1, "[6s@]", "more than one duration tag"),
         ("a [5s] | | b [5s]", 2, "|", "empty scene"),
         ("| a [5s]", 1, "|", "empty scene"),
@@ -160,6 +196,7 @@ def _error(text: str) -> SceneScriptError:
         ("   ", 1, "   ", "empty"),
         ("; title", 1, "; title", "no scene text"),
         ("a [5s] | b; c [5s] | d [3s]", 2, "[5s]", "titles tail"),
+        ("a [5s] | b; c | d", 2, "b", "the first ';' ends the scenes"),
     ],
 )
 def test_parse_errors_name_scene_and_token(text, scene, token, words):
@@ -227,7 +264,9 @@ def test_validate_scenes():
         ([], 1, "no scenes"),
         ([Scene("a", 1, entry=Transition.SMOOTH)], 1, "first scene"),
         ([first, Scene("b", 1)], 2, "entry is None"),
-        ([first, Scene("b", 1, entry=Transition.RECALL, recall_target=1)], 2, "not an earlier scene"),
+        ([first, Scene("b", 1, entry=Transition.RECALL, recall_target=1)], 2,
+         "recall target shot 2 is not an earlier shot; give the number of an earlier shot \\(shot 1\\), its label, "
+         "or auto"),
         ([first, Scene("b", 1, entry=Transition.RECALL, recall_target="B")], 2, "no earlier scene"),
         ([first, Scene("b", 1, Transition.SMOOTH, label="A"), Scene("c", 1, Transition.RECALL, "A")], 3,
          "2 earlier scenes"),
@@ -257,11 +296,36 @@ def test_format_round_trips_every_fixture_case(case):
 
 def test_format_durations_and_titles():
     scenes = [Scene("a", 10), Scene("b", 2.5, Transition.HARD_CUT, label="B"), Scene("c", 1e-05, "recall"),
-              Scene("d", 123456789.0, Transition.SMOOTH)]
+              Scene("d", 3456.789, Transition.SMOOTH)]
     text = format_scene_script(scenes)
-    assert text == "a[10s#] | b[2.5s@] | c[0.00001s] | d[123456789s];  | B |  |"
+    assert text == "a[10s#] | b[2.5s@] | c[0.00001s] | d[3456.789s];  | B |  |"
     assert parse_scene_script(text) == scenes
     assert ";" not in format_scene_script([Scene("a", 3)])
+
+
+def test_format_keeps_tag_like_text_which_parses_back_as_text():
+    scenes = [Scene("a [10S] fox [4K]", 3), Scene("b [-1s]", 2, Transition.RECALL)]
+    text = format_scene_script(scenes)
+    assert text == "a [10S] fox [4K][3s@] | b [-1s][2s]"
+    warnings = []
+    assert parse_scene_script(text, warnings) == scenes
+    assert [w.token for w in warnings] == ["[10S]", "[-1s]"]
+
+
+def test_recall_target_messages_count_shots_from_one():
+    scenes = [Scene("a", 1, label="A"), Scene("b", 1, Transition.SMOOTH), Scene("c", 1, Transition.RECALL, 5)]
+    with pytest.raises(SceneScriptError) as info:
+        validate_scenes(scenes)
+    assert str(info.value) == ("scene 3: recall target shot 6 is not an earlier shot; give the number of an earlier "
+                               "shot (shots 1-2), its label, or auto")
+    assert (info.value.scene, info.value.token) == (3, "6")
+    assert "0-based" not in str(info.value)
+    scenes[2] = Scene("c", 1, Transition.AUTO, "kitchen")
+    with pytest.raises(SceneScriptError, match="scene 3: recall target 'kitchen': no earlier scene has that label; "
+                                               "give the number of an earlier shot \\(shots 1-2\\)"):
+        validate_scenes(scenes)
+    scenes[2] = Scene("c", 1, Transition.RECALL, 1)  # the Python API's 0-based index 1 is shot 2
+    assert validate_scenes(scenes) == scenes
 
 
 @pytest.mark.parametrize(
@@ -272,7 +336,7 @@ def test_format_durations_and_titles():
         ([Scene("a | b", 1)], 1, "'|'"),
         ([Scene("a; b", 1)], 1, "';'"),
         ([Scene("a [3s] b", 1)], 1, "[3s]"),
-        ([Scene("a [3x] b", 1)], 1, "[3x]"),
+        ([Scene("a [3s@] b", 1)], 1, "the duration tag '[3s@]'"),
         ([Scene("a", 1, label="x|y")], 1, "label"),
         ([Scene("a", 1), Scene("b", 1)], 2, "entry is None"),
     ],
@@ -317,10 +381,11 @@ def test_too_many_scenes_for_the_blocks():
 def test_a_recall_target_may_name_a_scene_of_a_loaded_pool():
     first = Scene("a", 1)
     later = Scene("b", 1, entry=Transition.RECALL, recall_target="Greenhouse")
-    with pytest.raises(SceneScriptError, match="no earlier scene has that label; use a unique label of an earlier "
-                                               "scene or a 0-based index"):
+    with pytest.raises(SceneScriptError, match="recall target 'Greenhouse': no earlier scene has that label; give "
+                                               "the number of an earlier shot \\(shot 1\\), a label that exactly "
+                                               "one earlier shot has, or auto"):
         validate_scenes([first, later])
     assert validate_scenes([first, later], pool_labels=["greenhouse"]) == [first, later]
     assert scene_block_counts([first, later], pool_labels=["greenhouse"]) == [1, 2]
-    with pytest.raises(SceneScriptError, match="or of the scene pool"):
+    with pytest.raises(SceneScriptError, match="or a scene of the scene pool"):
         validate_scenes([first, later], pool_labels=["station"])
