@@ -45,6 +45,8 @@ _LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora
 _LORA_STRIP = ("base_model.model.", "model.", "diffusion_model.")
 _OTHER_ARCHS = {"input_blocks.": "a Stable Diffusion 1.x/2.x/XL UNet", "double_blocks.": "a Flux transformer",
                 "joint_blocks.": "a Stable Diffusion 3 MMDiT", "transformer_blocks.": "a diffusers transformer"}
+STORED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, *_FP8)
+"""Weight dtypes a checkpoint may store (fp8 is dequantised or upcast at load); int8 and others are refused."""
 _LIST = 10
 
 
@@ -241,6 +243,12 @@ def merge_lora(state_dict: dict, lora_raw: Mapping, alpha: float | None = None) 
                               "PEFT '<module>.lora_A.weight'/'lora_B.weight' or 'lora_down'/'lora_up' names")
     if not parts:
         raise CheckpointError("the LoRA file contains no LoRA tensors (lora_A/lora_B or lora_down/lora_up)")
+    check_finite({f"{m}.{k}": t for m, p in parts.items() for k, t in p.items()}, "the LoRA file")
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    odd = sorted({str(t.dtype) for p in parts.values() for t in p.values() if t.dtype not in floats})
+    if odd:
+        raise CheckpointError(f"the LoRA stores its matrices as {', '.join(odd)}; use a float32, float16 or "
+                              "bfloat16 LoRA")
     out = dict(state_dict)
     for module, p in sorted(parts.items()):
         if "A" not in p or "B" not in p:
@@ -282,6 +290,10 @@ def validate_wan_state_dict(sd: Mapping) -> WanConfig:
             f"this checkpoint is {what}: {e}.{_architecture_hint(keys)} Found {len(keys)} keys, e.g. "
             f"{', '.join(keys[:_LIST]) or 'none'}. Echo-Forcing needs a causal Wan2.1 T2V student "
             "(Self-Forcing, CausVid, LongLive) or Wan2.1-T2V weights.") from None
+    bad = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.dtype not in STORED_DTYPES})
+    if bad:
+        raise CheckpointError(f"the checkpoint stores weights as {', '.join(bad)}, which this pack cannot compute "
+                              "with; use a float32, float16, bfloat16 or fp8 (e4m3fn / e5m2) file")
     expected = cfg.expected_shapes()
     missing = [k for k in expected if k not in sd]
     unexpected = sorted(k for k in sd if k not in expected)
@@ -300,6 +312,16 @@ def validate_wan_state_dict(sd: Mapping) -> WanConfig:
     return cfg
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse ``tensors`` (named ``what`` in the message) when a floating-point one holds NaN or infinity."""
+    bad = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - _LIST} more" if len(bad) > _LIST else ""
+        raise CheckpointError(f"{what} holds NaN or infinite values ({', '.join(bad[:_LIST])}{more}); it is damaged "
+                              "or was trained or merged badly, and would only make noise: use another file")
+
+
 def load_wan_checkpoint(path, *, lora=None, lora_alpha: float | None = None, weights: str = "auto",
                         dtype: torch.dtype = torch.bfloat16) -> LoadedCheckpoint:
     """Read, convert, validate, merge the LoRA, cast; raises before anything is built (SPEC §2, DESIGN §6).
@@ -316,6 +338,7 @@ def load_wan_checkpoint(path, *, lora=None, lora_alpha: float | None = None, wei
     del raw  # drop the entries that were not selected (critic, optimizer state) before the LoRA merge
     sd, notes = conv.state_dict, conv.notes
     cfg = validate_wan_state_dict(sd)
+    check_finite(sd, f"the checkpoint {os.path.basename(os.fspath(path))}")
     if lora is not None:
         if weights == "auto" and had_ema and conv.source.endswith("(generator)"):
             notes.append("LoRA given: used 'generator' rather than 'generator_ema' (LongLive's LoRA was "
@@ -323,6 +346,8 @@ def load_wan_checkpoint(path, *, lora=None, lora_alpha: float | None = None, wei
         sd = merge_lora(sd, read_tensors(lora), alpha=lora_alpha)
         notes.append(f"merged LoRA {os.path.basename(os.fspath(lora))}")
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    if lora is not None or dtype.itemsize < 4:
+        check_finite(sd, f"the weights in {str(dtype).replace('torch.', '')} (after the LoRA merge and the cast)")
     return LoadedCheckpoint(state_dict=sd, config=cfg, source=conv.source, notes=notes)
 
 

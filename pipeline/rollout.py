@@ -27,12 +27,15 @@ from ..models.block_forward import CausalWan, TextContext
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
 from .latents import LATENT_CHANNELS, VAE_STRIDE
+from .memory_need import check_memory, memory_need
 from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
 from .scene_script import Scene, scene_block_counts, validate_scenes
 from .shot_boundary import ShotBoundary
 
 PIXELS_PER_TOKEN = 16
 """VAE stride 8 times the DiT's 2x2 patch: width and height must be multiples of this."""
+MAX_SIDE = 4096
+"""The largest width or height (pixels). The students were trained at 832x480; 4096 is already 40x the tokens."""
 
 
 def _nearest_multiple(value: int, step: int) -> int:
@@ -51,11 +54,27 @@ class CachePolicy(Protocol):
     def create(self, num_layers: int, scenes: Sequence[SceneInfo] | None = None) -> MemoryState: ...
 
 
+class PendingText:
+    """A prompt encoded only when its shot starts, so a long video holds one shot's text keys and values
+    (94 MB per shot at 1.3B in bf16), not every shot's."""
+
+    def __init__(self, encode: Callable[[], TextContext], batch: int = 1):
+        self.encode, self.batch = encode, batch
+
+    def __repr__(self) -> str:
+        return "PendingText()"
+
+
+def _batch_of(text: TextContext | PendingText) -> int:
+    return text.batch if isinstance(text, PendingText) else text.k[0].shape[0]
+
+
 @dataclass(frozen=True, repr=False)
 class RolloutScene:
-    """One shot of the video: its encoded prompt, its length in blocks and how it is entered."""
+    """One shot of the video: its encoded prompt (or one encoded when the shot starts), its length in blocks
+    and how it is entered."""
 
-    text: TextContext
+    text: TextContext | PendingText
     num_blocks: int
     prompt: str = ""
     entry: str | None = None
@@ -101,7 +120,10 @@ class RolloutSettings:
             if value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
                 raise RolloutInputError(
                     f"{name} must be a positive multiple of {PIXELS_PER_TOKEN} pixels (VAE stride 8 x patch 2), "
-                    f"got {value}; nearest valid: {_nearest_multiple(value, PIXELS_PER_TOKEN)}")
+                    f"got {value}; nearest valid: {min(MAX_SIDE, _nearest_multiple(value, PIXELS_PER_TOKEN))}")
+            if value > MAX_SIDE:
+                raise RolloutInputError(f"{name} is {value} pixels, over the limit of {MAX_SIDE}; the models were "
+                                        "trained at 832x480")
         if self.frames_per_block < 1:
             raise RolloutInputError(f"frames_per_block must be at least 1, got {self.frames_per_block}")
         if self.num_frames < 1:
@@ -222,9 +244,9 @@ def _scenes(text: TextContext | Sequence[RolloutScene], settings: RolloutSetting
         raise RolloutInputError(f"the scenes have {sum(blocks)} blocks in all but the settings ask for "
                                 f"{settings.num_blocks} ({settings.num_frames} latent frames)")
     for i, scene in enumerate(scenes):
-        if scene.text.k[0].shape[0] != settings.batch_size:
+        if _batch_of(scene.text) != settings.batch_size:
             where = f"scene {i + 1}: " if len(scenes) > 1 else ""
-            raise RolloutInputError(f"{where}text context has batch {scene.text.k[0].shape[0]}, "
+            raise RolloutInputError(f"{where}text context has batch {_batch_of(scene.text)}, "
                                     f"settings ask for {settings.batch_size}")
     return scenes
 
@@ -254,6 +276,10 @@ def _check_resume(boundary: ShotBoundary, scenes: list[RolloutScene], settings: 
             f"use per-shot noise to change lengths or add shots")
 
 
+class NonFiniteError(RolloutInputError):
+    """A block produced NaN or infinite latents (damaged weights or LoRA, an overflowing dtype)."""
+
+
 def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settings: RolloutSettings,
             cache: CachePolicy, on_block: Callable[[BlockEvent], None] | None = None,
             interrupt: Callable[[], None] | None = None, *, resume_from: ShotBoundary | None = None,
@@ -278,6 +304,9 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
                                 "a causal student predicts the same channels it reads")
     grid = token_grid(model.config.patch_size, settings)
     cache.check_length(settings.num_frames, settings.frames_per_block)
+    check_memory(memory_need(model.config, model.dtype, cache, grid, frames=settings.num_frames,
+                             frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
+                             batch=settings.batch_size, noise=settings.noise, shots=len(scenes)), model.device)
     shape = settings.noise_shape(model.config.in_dim)
     if resume_from is not None:
         _check_resume(resume_from, scenes, settings, shape)
@@ -314,6 +343,8 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     stopped = False
     for scene_index in range(first_shot, len(scenes)):
         scene = scenes[scene_index]
+        text = None  # the previous shot's text keys and values are freed before this shot's are made
+        text = scene.text.encode() if isinstance(scene.text, PendingText) else scene.text
         if scene_index > 0:
             if scene_index > first_shot:
                 stopped = stop_after is not None and stop_after(scene_index - 1)
@@ -326,7 +357,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             if recache:  # LongLive: re-encode the latest clean frames with the new prompt, in one call
                 first = index * f - recache
                 clean = output[:, first:index * f].to(device=model.device, dtype=model.dtype)
-                model(clean, torch.zeros((b, recache), dtype=torch.float32), scene.text, memories,
+                model(clean, torch.zeros((b, recache), dtype=torch.float32), text, memories,
                       BlockCall(first, recache, 0.0, True, grid))
         switch = result.switches[-1] if scene_index > 0 else None
         for block_in_scene in range(scene.num_blocks):
@@ -338,14 +369,19 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
             for i, t in enumerate(timesteps):
                 t_block = torch.full((b, f), float(t), dtype=torch.float32)
-                flow = model(x, t_block, scene.text, memories, BlockCall(start, f, float(t), False, grid))
+                flow = model(x, t_block, text, memories, BlockCall(start, f, float(t), False, grid))
                 x0 = schedule.x0_from_flow(flow, x, t_block)
                 if i + 1 < len(timesteps):
                     eps = noise.step(f).to(device=model.device, dtype=model.dtype)
                     x = schedule.add_noise(x0, eps, timesteps[i + 1])
             output[:, start:start + f] = x0.float().cpu()
+            if not bool(torch.isfinite(output[:, start:start + f]).all()):
+                raise NonFiniteError(
+                    f"block {index + 1} of {settings.num_blocks} (shot {scene_index + 1}) produced NaN or infinite "
+                    "values, so the video would be noise; nothing was returned. Check the model file and any LoRA "
+                    "(a damaged or badly merged file), or use bfloat16/float32 weights instead of float16")
             state.before_context_pass()
-            model(x0, torch.zeros((b, f), dtype=torch.float32), scene.text, memories,
+            model(x0, torch.zeros((b, f), dtype=torch.float32), text, memories,
                   BlockCall(start, f, 0.0, True, grid))
             report = state.end_block(scene_index, block_in_scene == 0, block_in_scene == scene.num_blocks - 1)
             seconds = time.perf_counter() - started

@@ -21,10 +21,12 @@ from ..models.block_forward import CausalWan
 from ..models.config import WanConfig
 from ..models.schedule import evenly_spaced_steps
 from .digests import digest, tensor_digest
+from .memory_need import MemoryNeed, check_memory, memory_need
 from .noise import OFFICIAL, PER_SHOT, shot_seeds
 from .prefix_cache import PrefixCache
 from .rollout import (
     BlockEvent,
+    PendingText,
     RolloutInputError,
     RolloutResult,
     RolloutScene,
@@ -39,6 +41,7 @@ from .shot_boundary import ShotBoundary
 from .story import Story, StoryError, story_header
 
 FRAMES_PER_BLOCK = 3
+MAX_FPS = 120.0
 ROUTING_ENTRIES = (Transition.RECALL, Transition.AUTO)
 KEY_VERSION = 1
 """Bumped whenever what a shot boundary holds or how it is computed changes (old cache entries never match)."""
@@ -92,6 +95,13 @@ class RunPlan:
         """The cache's persistent bytes (``memory.footprint``) for this model, dtype and size."""
         return memory_footprint(self.policy, self.model.num_layers, self.model.num_heads, self.model.head_dim,
                                 self.dtype, self.grid, len(self.shots))
+
+    def memory_need(self, weights_on_device: bool = False) -> MemoryNeed:
+        """What the run needs on the device and in RAM, by part (``pipeline.memory_need``)."""
+        s = self.settings
+        return memory_need(self.model, self.dtype, self.policy, self.grid, frames=s.num_frames,
+                           frames_per_block=s.frames_per_block, latent_size=s.latent_size, batch=s.batch_size,
+                           noise=s.noise, shots=len(self.shots), weights_on_device=weights_on_device)
 
     def story_of(self, result: RolloutResult) -> Story | None:
         """The video a run made, as a story to save or continue (None when no end state was kept)."""
@@ -171,12 +181,19 @@ def pool_digest(pool: ScenePool) -> str:
 def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 832, height: int = 480,
              fps: float = 16.0, steps: int = 4, shift: float = 5.0, choice: PresetChoice | None = None,
              pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
-             encode_text=None, stop_after_shot: int = 0) -> RunPlan:
+             encode_text=None, stop_after_shot: int = 0, device: torch.device | str = "cpu",
+             device_memory: int | None = None, host_memory: int | None = None,
+             weights_on_device: bool = False) -> RunPlan:
     """Check a run and decide everything before any model is loaded (see the module docstring).
 
     ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
     ``encode_text`` the text encoder for 'Similar' recall matching (a ``memory.routing.TextEncoder``).
+    The run's memory need (``pipeline.memory_need``) on ``device`` is checked against ``device_memory`` (default:
+    the device's total) and ``host_memory`` (default: the RAM available now); ``weights_on_device`` counts the
+    DiT's weights too (when the caller, not ComfyUI, places them).
     """
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
+        raise RolloutInputError(f"fps must be a number in (0, {MAX_FPS}], got {fps!r}")
     if not isinstance(shots, SceneList) or not len(shots):
         raise RolloutInputError("no shots: connect a Scene Prompt or Scene Script to 'scenes'")
     choice = choice if choice is not None else PresetChoice()
@@ -203,8 +220,9 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     if width_of_text != model.text_dim:
         raise RolloutInputError(f"the shots' text encoding is {width_of_text} wide but the model takes "
                                 f"{model.text_dim}; use the text encoder the model was trained with (umT5-XXL)")
-    notes = [f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored"
-             ] if choice.ignored else []
+    notes = [f"scene script: {note}" for note in shots.notes]
+    if choice.ignored:
+        notes.append(f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored")
     grid = token_grid(model.patch_size, settings)
     if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
         pool.signature.require(PoolSignature.of(model.num_layers, model.num_heads, model.head_dim, dtype, grid),
@@ -227,6 +245,11 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
         story.check(story_header(model, dtype, grid, settings, fps, choice.preset, policy))
         if len(shots) > len(story.shots):
             story.check_extension()
+    need = memory_need(model, dtype, policy, grid, frames=settings.num_frames,
+                       frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
+                       batch=settings.batch_size, noise=settings.noise, shots=len(shots),
+                       weights_on_device=weights_on_device)
+    check_memory(need, device, device_memory=device_memory, host_memory=host_memory)
     return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
                    stop_after_shot, tuple(notes), model.text_len, routes, story)
 
@@ -293,7 +316,7 @@ def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache
         return plan.stop_after(shot) or (stop_requested is not None and stop_requested())
 
     model = load()
-    texts = [model.encode_text(t) for t in plan.text_inputs()]
+    texts = [PendingText(lambda t=t: model.encode_text(t)) for t in plan.text_inputs()]
     return rollout(model, plan.rollout_scenes(texts), plan.settings, plan.policy, on_block=on_block,
                    interrupt=interrupt, resume_from=start, stop_after=stop_after, keep_end=True,
                    on_boundary=passed if cache is not None or on_boundary is not None else None)
