@@ -12,6 +12,7 @@ from comfy_api.latest import io
 from ..models import CheckpointError, load_wan_checkpoint
 from . import host
 from .sockets import CATEGORY
+from .validation import CombosChecked, shown
 
 COMFY_TEXT_DIM = 4096
 """ComfyUI builds every Wan2.1 DiT for umT5-XXL's 4096-wide text (its model detection fixes this)."""
@@ -27,7 +28,7 @@ WEIGHT_DTYPES = {
 WEIGHTS = ["auto", "ema", "generator"]
 
 
-class LoadCausalDiT(io.ComfyNode):
+class LoadCausalDiT(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -62,16 +63,19 @@ class LoadCausalDiT(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name: str, lora_name: str, weight_dtype: str, weights: str):
+    def validate_inputs(cls, ckpt_name: str | None = None):
+        # only the file name: weights, lora_name and weight_dtype are combos ComfyUI checks itself, each on its
+        # own input; a missing ckpt_name is ComfyUI's "Required input is missing", a linked one is checked on run
+        if ckpt_name is None:
+            return True
+        if not isinstance(ckpt_name, str) or not ckpt_name.strip():
+            return f"Load Causal DiT: ckpt_name {shown(ckpt_name)} is not a file name; pick a checkpoint from the list"
         try:
             host.dit_path(ckpt_name)
-            host.lora_path(lora_name)
-        except FileNotFoundError as err:
-            return str(err)
-        if weight_dtype not in WEIGHT_DTYPES:
-            return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}"
-        if weights not in WEIGHTS:
-            return f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}"
+        except (FileNotFoundError, ValueError, TypeError, OSError):
+            return (f"Load Causal DiT: ckpt_name {shown(ckpt_name)} was not found in models/causal_dit or "
+                    "models/diffusion_models; put the checkpoint there and press R to refresh, or pick one from "
+                    "the list")
         return True
 
     @classmethod

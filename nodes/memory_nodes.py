@@ -9,6 +9,7 @@ from ..memory import PRESET_DEFAULT, PRESETS, PresetChoice, ScenePool, ScenePool
 from ..memory.presets import RECALL_SCOPES, ROPE_CHOICES, UNIFIED_ROPE_PRESETS
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType
+from .validation import CombosChecked, file_name_problem
 
 NEW_POOL = "new (empty)"
 
@@ -17,7 +18,7 @@ def _preset_help() -> str:
     return "\n".join(f"{p.name}: {p.title} - keeps {p.keeps}" for p in PRESETS.values())
 
 
-class EchoMemoryConfig(io.ComfyNode):
+class EchoMemoryConfig(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -75,7 +76,7 @@ class EchoMemoryConfig(io.ComfyNode):
                                           rope_positions, recall_scope))
 
 
-class SceneRecallPool(io.ComfyNode):
+class SceneRecallPool(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -97,10 +98,13 @@ class SceneRecallPool(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, pool: str):
+    def validate_inputs(cls, pool: str | None = None):
         if pool == NEW_POOL:
             return True
-        return host.name_problem(host.pool_folder(), pool, "scene pool", must_exist=True) or True
+        return file_name_problem(
+            "Scene Recall Pool", "pool", pool,
+            lambda name: host.name_problem(host.pool_folder(), name, "scene pool", must_exist=True),
+            f"pick a saved pool or '{NEW_POOL}' (press R to refresh the list)") or True
 
     @classmethod
     def fingerprint_inputs(cls, pool: str):
@@ -113,7 +117,7 @@ class SceneRecallPool(io.ComfyNode):
         return io.NodeOutput(ScenePool.load(pool_file(host.pool_folder(), pool)))
 
 
-class SaveScenePool(io.ComfyNode):
+class SaveScenePool(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -135,7 +139,8 @@ class SaveScenePool(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name: str | None = None):
-        return True if name is None else host.name_problem(host.pool_folder(), name, "scene pool") or True
+        return file_name_problem("Save Scene Pool", "name", name,
+                                 lambda n: host.name_problem(host.pool_folder(), n, "scene pool")) or True
 
     @classmethod
     def execute(cls, pool: ScenePool, name: str) -> io.NodeOutput:
@@ -144,7 +149,8 @@ class SaveScenePool(io.ComfyNode):
         if not len(pool) or pool.signature is None:
             raise ScenePoolError("the scene pool is empty, so there is nothing to save: only the echo-forcing "
                                  "presets build scene pools (one recall frame per finished shot)")
-        path = pool.save(pool_file(host.pool_folder(), name))
+        saved = pool.save(pool_file(host.pool_folder(), name))
         labels = ", ".join(e.label for e in pool.entries)
+        replaced = " (replacing the pool of that name)" if saved.replaced else ""
         return io.NodeOutput(ui=ui.PreviewText(f"saved {len(pool)} scenes ({labels}) as scene pool "
-                                               f"'{path.stem}'"))
+                                               f"'{saved.path.stem}'{replaced}"))

@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..memory import PresetChoice, ScenePool
 from ..models import CausalWan
 from ..models.block_forward import module_config
+from ..models.checkpoints import STORED_DTYPES
 from ..pipeline import (
     RolloutInputError,
     SceneList,
@@ -24,13 +25,13 @@ from ..pipeline import (
 )
 from ..pipeline.noise import MAX_SEED, NOISE_MODES, PER_SHOT
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, PrefixCache, budget_bytes
-from ..pipeline.run_plan import FRAMES_PER_BLOCK
+from ..pipeline.rollout import MAX_SIDE, PIXELS_PER_TOKEN
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType, Scenes, StoryType
+from .validation import CombosChecked, pixel_problem
 
-ACTIVATION_FACTOR = 12
-"""Working memory of one block forward, in units of the block's hidden states (FFN, q/k/v, attention)."""
-
+PIXELS_MIN, PIXELS_MAX, PIXELS_STEP = PIXELS_PER_TOKEN, MAX_SIDE, PIXELS_PER_TOKEN
+"""Width and height: multiples of 16 pixels (the VAE's 8 times the DiT's 2x2 patch), at most 4096."""
 
 SHOT_CACHE = PrefixCache(budget_bytes(DEFAULT_BUDGET_GB))
 """Shot boundaries kept between runs in this ComfyUI process (pipeline.prefix_cache)."""
@@ -42,6 +43,11 @@ def _wan_tree(model):
     if tree is None:
         raise RolloutInputError(f"the model input is not a ComfyUI diffusion model ({type(model).__name__}); "
                                 "connect Load Causal DiT or core Load Diffusion Model")
+    odd = sorted({str(p.dtype).replace("torch.", "") for p in tree.parameters() if p.dtype not in STORED_DTYPES})
+    if odd:
+        raise RolloutInputError(f"the model's weights are stored as {', '.join(odd)}, which the sampler cannot "
+                                "compute with; load it with weight_dtype default or fp8 (float32, float16, "
+                                "bfloat16 or fp8 weights)")
     try:
         cfg = module_config(tree)
     except (AttributeError, ValueError, IndexError, TypeError) as err:
@@ -56,7 +62,7 @@ def _compute_dtype(model) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
 
 
-class AutoregressiveSampler(io.ComfyNode):
+class AutoregressiveSampler(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -77,9 +83,9 @@ class AutoregressiveSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Noise seed. The same seed, shots and settings give the same video (the "
                                      "official code's random order)."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                io.Int.Input("width", default=832, min=PIXELS_MIN, max=PIXELS_MAX, step=PIXELS_STEP,
                              tooltip="Video width in pixels, a multiple of 16. The models were trained at 832x480."),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                io.Int.Input("height", default=480, min=PIXELS_MIN, max=PIXELS_MAX, step=PIXELS_STEP,
                              tooltip="Video height in pixels, a multiple of 16."),
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
                                tooltip="Frames per second used to turn shot durations into frames (Wan2.1: 16). "
@@ -139,6 +145,15 @@ class AutoregressiveSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width: int | None = None, height: int | None = None):
+        # ComfyUI checks every other input itself (the noise combo, the ranges of seed, fps, steps, shift, the
+        # shot cache sizes and stop_after_shot), but not a widget's step, so the frame size is checked here.
+        # ComfyUI repeats a returned message on each argument it passed, so it names the input that is wrong.
+        problems = [pixel_problem("Autoregressive Sampler", name, value, PIXELS_MIN, PIXELS_MAX, PIXELS_STEP)
+                    for name, value in (("width", width), ("height", height))]
+        return "; ".join(p for p in problems if p) or True
+
+    @classmethod
     def execute(cls, model, scenes: SceneList, seed: int, width: int, height: int, fps: float, steps: int,
                 shift: float, config: PresetChoice | None = None, pool: ScenePool | None = None,
                 noise: str = PER_SHOT, reuse_shots: bool = True, shot_cache_gb: float = DEFAULT_BUDGET_GB,
@@ -149,7 +164,8 @@ class AutoregressiveSampler(io.ComfyNode):
         encoder = scenes.encoder() if isinstance(scenes, SceneList) else None
         plan = plan_run(scenes, cfg, seed=seed, width=width, height=height, fps=fps, steps=steps, shift=shift,
                         choice=config, pool=pool, dtype=dtype, noise=noise, stop_after_shot=stop_after_shot,
-                        encode_text=host.text_encoder(encoder) if encoder is not None else None)
+                        encode_text=host.text_encoder(encoder) if encoder is not None else None, device=device,
+                        device_memory=mm.get_total_memory(device) if device.type != "cpu" else None)
         cache = None
         if reuse_shots:
             SHOT_CACHE.resize(budget_bytes(shot_cache_gb))
@@ -159,10 +175,7 @@ class AutoregressiveSampler(io.ComfyNode):
 
         # ---- load the model with room for the cache, then generate what is not cached ----------------------
         def load() -> CausalWan:
-            grid = plan.grid
-            block_bytes = FRAMES_PER_BLOCK * grid[0] * grid[1] * max(cfg.dim, cfg.ffn_dim) * dtype.itemsize
-            mm.load_models_gpu([model], memory_required=plan.footprint().device_bytes
-                               + ACTIVATION_FACTOR * block_bytes)
+            mm.load_models_gpu([model], memory_required=plan.memory_need().device_bytes)
             return CausalWan(tree, dtype=dtype, device=device)
 
         node_id = cls.hidden.unique_id if cls.hidden else None

@@ -6,16 +6,20 @@ from comfy_api.latest import io
 
 from ..pipeline import SceneList, SceneListError, SceneScriptError, parse_scene_script
 from ..pipeline.noise import MAX_SEED
-from ..pipeline.scene_list import TRANSITIONS, conditioning_tensor
+from ..pipeline.scene_list import TRANSITIONS, conditioning_tensor, parse_recall_target
 from . import host
 from .sockets import CATEGORY, Scenes
+from .validation import CombosChecked, shown, text_problem
+
+ANY_SHOT = 2**62
+"""A shot number after every real one: recall targets are checked against it at submit time (syntax only)."""
 
 DERIVED_SEED = -1
 """The Scene Prompt's shot_seed value for "derived from the sampler's seed and the shot's number". (Not named
 "seed": the frontend gives every widget called seed a "control after generate" that re-rolls it each queue.)"""
 
 
-class ScenePrompt(io.ComfyNode):
+class ScenePrompt(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -65,6 +69,23 @@ class ScenePrompt(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, recall_target: str | None = None):
+        # the syntax only: which shots come before this one is known when the chain runs. The transition
+        # (a combo), the duration range and the rest are ComfyUI's own checks, each on its input.
+        problem = text_problem("Scene Prompt", "recall_target", recall_target)
+        if problem or recall_target is None:
+            return problem or True
+        try:  # as the shot of a chain too long to be real, every shot number from 1 on is an earlier one
+            parse_recall_target(recall_target, ANY_SHOT)
+        except SceneListError:
+            return (f"Scene Prompt: recall_target {shown(recall_target)} is not a shot number: shots are numbered "
+                    "from 1; give an earlier shot's number (1, 2, ...), its label, or 'auto'")
+        except ValueError:  # a number too long to read
+            return (f"Scene Prompt: recall_target {shown(recall_target)} is not a shot number of this video; give "
+                    "an earlier shot's number (1, 2, ...), its label, or 'auto'")
+        return True
+
+    @classmethod
     def execute(cls, text: str, duration: float, transition: str, recall_target: str, label: str,
                 previous: SceneList | None = None, clip=None, conditioning=None,
                 shot_seed: int = DERIVED_SEED) -> io.NodeOutput:
@@ -82,7 +103,7 @@ class ScenePrompt(io.ComfyNode):
                                            None if shot_seed == DERIVED_SEED else shot_seed))
 
 
-class SceneScript(io.ComfyNode):
+class SceneScript(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -110,14 +131,18 @@ class SceneScript(io.ComfyNode):
     def validate_inputs(cls, script: str | None = None):
         if script is None:  # linked from another node: checked when it runs
             return True
+        problem = text_problem("Scene Script", "script", script)
+        if problem:
+            return problem
         try:
             parse_scene_script(script)
         except SceneScriptError as err:
-            return f"bad scene script: {err}"
+            return f"Scene Script: bad scene script: {err}"
         return True
 
     @classmethod
     def execute(cls, clip, script: str) -> io.NodeOutput:
-        scenes = parse_scene_script(script)
+        warnings = []
+        scenes = parse_scene_script(script, warnings)
         texts = [host.encode_prompt(clip, s.prompt) for s in scenes]
-        return io.NodeOutput(SceneList.from_scenes(scenes, texts, clip))
+        return io.NodeOutput(SceneList.from_scenes(scenes, texts, clip, warnings))

@@ -10,13 +10,14 @@ from ..pipeline import SceneList
 from ..pipeline.story import Story, StoryError
 from . import host
 from .sockets import CATEGORY, Scenes, StoryType
+from .validation import CombosChecked, file_name_problem
 
 
 def _story_file(name: str):
     return named_file(host.story_folder(), name, "story", StoryError)
 
 
-class SaveStory(io.ComfyNode):
+class SaveStory(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -39,19 +40,21 @@ class SaveStory(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name: str | None = None):
-        return True if name is None else host.name_problem(host.story_folder(), name, "story") or True
+        return file_name_problem("Save Story", "name", name,
+                                 lambda n: host.name_problem(host.story_folder(), n, "story")) or True
 
     @classmethod
     def execute(cls, story: Story, name: str) -> io.NodeOutput:
         if not isinstance(story, Story):
             raise StoryError(f"expected a story from the Autoregressive Sampler, got {type(story).__name__}")
-        path = story.save(_story_file(name))
-        size = path.stat().st_size / 2**20
+        saved = story.save(_story_file(name))
+        replaced = " (replacing the story of that name)" if saved.replaced else ""
         return io.NodeOutput(ui=ui.PreviewText(f"saved {len(story.shots)} shots ({story.frames} latent frames, "
-                                               f"{size:.1f} MiB) as story '{path.stem}'"))
+                                               f"{saved.size / 2**20:.1f} MiB) as story '{saved.path.stem}'"
+                                               f"{replaced}"))
 
 
-class LoadStory(io.ComfyNode):
+class LoadStory(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -73,8 +76,11 @@ class LoadStory(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, story: str):
-        return host.name_problem(host.story_folder(), story, "story", must_exist=True) or True
+    def validate_inputs(cls, story: str | None = None):
+        return file_name_problem(
+            "Load Story", "story", story,
+            lambda name: host.name_problem(host.story_folder(), name, "story", must_exist=True),
+            "pick a story saved by Save Story (press R to refresh the list)") or True
 
     @classmethod
     def fingerprint_inputs(cls, story: str):

@@ -461,3 +461,107 @@ def test_consecutive_batch_jobs_sharing_shots_reuse_them(comfy_server, tiny_mode
         timeline = next(o["echo_timeline"][0] for o in record["outputs"].values() if "echo_timeline" in o)
         states.append([s["state"] for s in timeline["scenes"]])
     assert states == [["generated"] * 3, ["reused", "reused", "generated"]]
+
+
+MISSING = object()
+"""A BAD_INPUTS value: the input is left out of the prompt."""
+
+NOT_IN_LIST, CUSTOM, MISSING_INPUT = "value_not_in_list", "custom_validation_failed", "required_input_missing"
+BAD_INPUTS = [
+    # (workflow, node class, input, value, ComfyUI's error type, text its details start with)
+    ("six_shot_smooth", "EchoForcingLoadCausalDiT", "ckpt_name", MISSING, MISSING_INPUT, "ckpt_name"),
+    ("six_shot_smooth", "EchoForcingLoadCausalDiT", "ckpt_name", "nope_dit.safetensors", CUSTOM,
+     "ckpt_name - Load Causal DiT: ckpt_name 'nope_dit.safetensors' was not found in models/causal_dit or "
+     "models/diffusion_models; put the checkpoint there"),
+    ("six_shot_smooth", "EchoForcingLoadCausalDiT", "lora_name", "nope_lora.pt", NOT_IN_LIST,
+     "lora_name: 'nope_lora.pt' not in ['none', 'echo_forcing_tiny_longlive_lora.pt']"),
+    ("six_shot_smooth", "EchoForcingLoadCausalDiT", "weight_dtype", "fp4", NOT_IN_LIST, "weight_dtype: 'fp4' not in"),
+    ("six_shot_smooth", "EchoForcingLoadCausalDiT", "weights", "best", NOT_IN_LIST,
+     "weights: 'best' not in ['auto', 'ema', 'generator']"),
+    ("six_shot_smooth", "EchoForcingSampler", "width", 500, CUSTOM,
+     "Autoregressive Sampler: width 500 is not a multiple of 16; use 496 or 512"),
+    ("six_shot_smooth", "EchoForcingSampler", "height", 0, CUSTOM,
+     "Autoregressive Sampler: height 0 is below the minimum of 16; use 16 or more"),
+    ("six_shot_smooth", "EchoForcingSampler", "height", MISSING, MISSING_INPUT, "height"),
+    ("six_shot_smooth", "EchoForcingSampler", "noise", "pink", NOT_IN_LIST, "noise: 'pink' not in ['per-shot', "
+     "'official']"),
+    ("six_shot_smooth", "EchoForcingSampler", "steps", 0, "value_smaller_than_min", "steps"),
+    ("six_shot_smooth", "EchoForcingSampler", "fps", 1000, "value_bigger_than_max", "fps"),
+    ("six_shot_smooth", "EchoForcingSampler", "stop_after_shot", -1, "value_smaller_than_min", "stop_after_shot"),
+    ("six_shot_smooth", "EchoForcingMemoryConfig", "preset", "nope", NOT_IN_LIST, "preset: 'nope' not in "
+     "['echo-forcing', "),
+    ("six_shot_smooth", "EchoForcingMemoryConfig", "recall_matching", "exact", NOT_IN_LIST, "recall_matching: "),
+    ("six_shot_smooth", "EchoForcingMemoryConfig", "recall_scope", "all", NOT_IN_LIST, "recall_scope: 'all' not in"),
+    ("six_shot_smooth", "EchoForcingMemoryConfig", "preset", MISSING, MISSING_INPUT, "preset"),
+    ("six_shot_smooth", "EchoForcingMemoryConfig", "scene_pool_size", 5000, "value_bigger_than_max",
+     "scene_pool_size"),
+    ("six_shot_smooth", "EchoForcingScenePrompt", "transition", "fade", NOT_IN_LIST,
+     "transition: 'fade' not in ['smooth', 'hard cut', 'recall', 'auto']"),
+    ("six_shot_smooth", "EchoForcingScenePrompt", "recall_target", "0", CUSTOM,
+     "recall_target - Scene Prompt: recall_target '0' is not a shot number: shots are numbered from 1; give an "
+     "earlier shot's number (1, 2, ...), its label, or 'auto'"),
+    ("six_shot_smooth", "EchoForcingScenePrompt", "recall_target", "shot 0", CUSTOM,
+     "recall_target - Scene Prompt: recall_target 'shot 0' is not a shot number"),
+    ("six_shot_smooth", "EchoForcingScenePrompt", "duration", 0, "value_smaller_than_min", "duration"),
+    ("recall_abcabc", "EchoForcingSceneRecallPool", "pool", "../x", CUSTOM,
+     "pool - Scene Recall Pool: pool: invalid scene pool name '../x': use 1-100 letters"),
+    ("recall_abcabc", "EchoForcingSceneRecallPool", "pool", "no such pool", CUSTOM,
+     "pool - Scene Recall Pool: pool: scene pool 'no such pool' was not found"),
+    ("six_shot_hard_cut", "EchoForcingSceneScript", "script", "a fox in the snow [10x] | a lighthouse [5s]", CUSTOM,
+     "script - Scene Script: bad scene script: scene 1: "),
+    ("six_shot_hard_cut", "EchoForcingSceneScript", "script", "", CUSTOM,
+     "script - Scene Script: bad scene script: scene 1: "),
+    ("story_2_three_more", "EchoForcingLoadStory", "story", "../x", CUSTOM,
+     "story - Load Story: story: invalid story name '../x'"),
+]
+"""Bad inputs a submitted prompt can hold (the API queue takes any literal; the frontend's widgets would not),
+each refused at submit on that one input. Both hosts give the same answers: ComfyUI checks the combos itself
+(v0.3.64 through nodes.validation.CombosChecked), the ranges and the missing inputs; the pack's
+validate_inputs checks what ComfyUI cannot (file names, the frame size's step, a script, a recall target)."""
+
+
+def _case_id(case) -> str:
+    value = "missing" if case[3] is MISSING else str(case[3])[:12]
+    return f"{case[1].removeprefix('EchoForcing')}-{case[2]}-{value}"
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[_case_id(c) for c in BAD_INPUTS])
+def test_a_bad_input_is_refused_at_submit_on_that_input_alone(comfy_server, tiny_models, case):
+    workflow, node_class, name, value, kind, text = case
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name(f"{workflow}.json"), tiny_models)
+    node = node_of(prompt, node_class)
+    if value is MISSING:
+        del prompt[node]["inputs"][name]
+    else:
+        prompt[node]["inputs"][name] = value
+    status, body, _ = run(comfy_server.url, prompt)
+    assert status == 400, body
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert set(body["node_errors"]) == {node}, body["node_errors"]  # the nodes after it have no errors of their own
+    errors = body["node_errors"][node]["errors"]
+    if node_class == "EchoForcingSampler" and kind == CUSTOM:
+        # the frame size is the one check of two inputs: ComfyUI puts its message on both (named in it)
+        assert sorted(e["extra_info"]["input_name"] for e in errors) == ["height", "width"], errors
+        assert all(e["type"] == kind and e["details"].startswith(e["extra_info"]["input_name"] + " - " + text)
+                   for e in errors), errors
+        return
+    assert len(errors) == 1, errors
+    error = errors[0]
+    assert (error["type"], error["extra_info"]["input_name"]) == (kind, name), error
+    assert error["details"].startswith(text), error
+    assert "exception" not in json.dumps(body)
+
+
+def test_a_linked_input_that_validate_inputs_reads_is_checked_when_the_node_runs(comfy_server, tiny_models):
+    """A linked input reaches validate_inputs as None: the prompt is queued and the run refuses the bad script
+    with the same message (before any block)."""
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_hard_cut.json"), tiny_models)
+    script = node_of(prompt, "EchoForcingSceneScript")
+    prompt["90"] = {"class_type": "PrimitiveString", "inputs": {"value": "a fox in the snow [10x]"}}
+    prompt[script]["inputs"]["script"] = ["90", 0]
+    status, body, events = run(comfy_server.url, prompt)
+    assert status == 200 and body["node_errors"] == {}, body
+    error = next(d for k, d in events if k == "execution_error")
+    assert error["node_id"] == script and "scene 1" in error["exception_message"], error
+    assert "[10x]" in error["exception_message"], error
+    assert not [k for k, _ in events if k == "echo_forcing.block"]
