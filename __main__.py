@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .batch import BatchUsageError
-from .cli import demo, queue, render, tiny_models, workflows
-from .pipeline import RolloutInputError
-
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["queue"]:  # the batch client alone: it needs neither torch nor ComfyUI
+        from .cli import queue
+
+        return queue.main(argv[1:])
+    from .batch import BatchUsageError
+    from .cli import demo, queue, render, tiny_models, workflows
+    from .pipeline import RolloutInputError
+
     parser = argparse.ArgumentParser(prog="python -m echo_forcing", description="Echo-Forcing for ComfyUI tools")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)

@@ -1,13 +1,16 @@
 """The batch queue: one ComfyUI job per line of an official-format prompt file (``python -m echo_forcing queue``).
 
 ``jobs`` holds the pure logic (prompt lines, filling the API workflow, the resume manifest, ComfyUI's error
-texts); ``client`` talks to ComfyUI servers over HTTP and the websocket (aiohttp, imported on first use). No
-ComfyUI imports: this is a client of ComfyUI's API, and scaling out means more ComfyUI servers.
+texts, the exit codes and default limits); ``outfiles`` every rule for the files the command writes or removes
+(names, confinement to the output folder, temporary files); ``client`` talks to ComfyUI servers over HTTP and
+the websocket (aiohttp, imported on first use). No ComfyUI and no torch imports: this is a client of ComfyUI's
+API, and scaling out means more ComfyUI servers.
 """
 
 from .jobs import (
     MANIFEST_NAME,
     SCENE_SCRIPT_CLASS,
+    BatchInterrupted,
     BatchUsageError,
     LineResult,
     Manifest,
@@ -32,6 +35,7 @@ def __getattr__(name: str):
 __all__ = [
     "MANIFEST_NAME",
     "SCENE_SCRIPT_CLASS",
+    "BatchInterrupted",
     "BatchUsageError",
     "JobFailed",
     "LineResult",

@@ -12,6 +12,10 @@
   is empty), so the files of different lines never collide on the server either.
 * **Manifest** ``<out>/queue-state.json``, rewritten atomically after every change. A line is skipped on a
   rerun only when it is ``done``, its text and the workflow hash are unchanged, and all its files exist.
+* **Output names** come from ComfyUI's history and are checked by :mod:`.outfiles` (one safe path component,
+  confined to the line's folder). A name that fails the check fails its line, never the batch.
+* **Limits and exit codes**: the ``DEFAULT_*`` figures and ``EXIT_*`` codes below are the command's documented
+  defaults (README, "Batch jobs").
 """
 
 from __future__ import annotations
@@ -24,9 +28,19 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..pipeline.scene_script import SceneScriptError, parse_scene_script
+from .outfiles import (
+    UnsafePath,
+    check_name,
+    check_view_params,
+    confined_file,
+    listed_file,
+    plain,
+    shown,
+    write_atomic,
+)
 
 SCENE_SCRIPT_CLASS = "EchoForcingSceneScript"
 SCRIPT_INPUT = "script"
@@ -37,9 +51,39 @@ MANIFEST_VERSION = 1
 
 DONE, FAILED, PENDING = "done", "failed", "pending"
 
+# Exit codes of ``python -m echo_forcing queue``.
+EXIT_OK = 0  # every line is done (in this run or an earlier one)
+EXIT_FAILED = 1  # the batch ran and at least one line failed (the summary and queue-state.json say why)
+EXIT_USAGE = 2  # nothing was submitted: bad arguments, prompt file, workflow, state file, output folder or server
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): running prompts were cancelled on their servers, the state is saved
+EXIT_TERMINATED = 143  # SIGTERM: the same as Ctrl-C
+
+# Defaults of the command's limits (each is an option of the command).
+DEFAULT_JOB_TIMEOUT = 3 * 3600.0  # seconds per line, from submitting to the last downloaded file (--timeout)
+DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte from a server before a request counts as stalled
+CONNECT_TIMEOUT = 10.0  # seconds to connect to a server (HTTP and websocket)
+DEFAULT_MAX_DOWNLOAD_GB = 20.0  # GiB per downloaded file (--max-download-gb)
+DOWNLOAD_RETRIES = 3  # a failed or stalled download is tried again this many times ...
+RETRY_DELAY = 2.0  # ... after this many seconds, doubling each time (at most MAX_RETRY_DELAY)
+MAX_RETRY_DELAY = 30.0
+MAX_JSON_BYTES = 64 << 20  # the largest JSON answer (/history/<id>, /queue, ...) the client reads
+
 
 class BatchUsageError(Exception):
     """The batch cannot start (bad prompt file, workflow, manifest or server); the CLI exits with code 2."""
+
+
+class BatchInterrupted(Exception):
+    """The batch was stopped by a signal (Ctrl-C or SIGTERM); the manifest is saved. ``exit_code`` is 128+signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class UnsafeOutput(Exception):
+    """ComfyUI's history names an output that cannot be saved safely; its line fails, the batch goes on."""
 
 
 # ------------------------------------------------------------------------------------------------ prompt lines
@@ -279,36 +323,53 @@ def _node_order(node_id: str) -> tuple:
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
+def _node_tag(node_id: str) -> str:
+    """The node id as a file name prefix (ComfyUI's ids are digits, or ``parent:child`` in subgraphs)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", node_id)[:32] or "node"
+
+
 def output_files(outputs: object) -> list[OutputFile]:
     """Every ``{"filename", "subfolder"?, "type"?}`` item of every output list, with unique local names.
 
-    Nodes are taken in id order. A local name is the server file's base name; when two outputs share one
-    (same file name in different subfolders), the later gets ``<node id>-`` in front (and a counter if
-    needed). ``job.json`` is reserved.
+    Nodes are taken in id order. A local name is the server's file name, checked by
+    :func:`.outfiles.check_name` (no folders, no ``..``, no NUL, at most 255 bytes, ...); a leading ``.`` becomes
+    ``_.`` (names starting with ``.`` are the client's own temporary files). When two outputs share a name
+    (same file name in different subfolders, or names equal but for case), the later gets ``<node id>-`` in
+    front (and a counter if needed). ``job.json`` is reserved. :class:`UnsafeOutput` when any item's file
+    name, subfolder or type is unsafe: the line's outputs are then not downloaded at all.
     """
     files: list[OutputFile] = []
     seen: set[tuple[str, str, str]] = set()
-    used = {JOB_FILE}
+    used = {JOB_FILE.casefold()}
     for node_id in sorted((outputs if isinstance(outputs, dict) else {}), key=lambda n: _node_order(str(n))):
         ui = outputs[node_id]
         for key, items in (ui.items() if isinstance(ui, dict) else ()):
             for item in items if isinstance(items, list) else ():
                 if not (isinstance(item, dict) and isinstance(item.get("filename"), str) and item["filename"]):
                     continue
-                subfolder, kind = str(item.get("subfolder") or ""), str(item.get("type") or "output")
-                ident = (item["filename"], subfolder, kind)
+                where = f"node {plain(node_id)}, {plain(key)}"
+                subfolder, kind = item.get("subfolder") or "", item.get("type") or "output"
+                try:
+                    filename = check_name(item["filename"], f"ComfyUI's history ({where}) names an output file")
+                    check_view_params(subfolder, kind, f"ComfyUI's history ({where})")
+                except UnsafePath as err:
+                    raise UnsafeOutput(f"{err}; the line's outputs are not downloaded") from None
+                ident = (filename, subfolder, kind)
                 if ident in seen:
                     continue
                 seen.add(ident)
-                base = PurePosixPath(item["filename"].replace("\\", "/")).name
-                if base in ("", ".", ".."):
-                    base = f"output-{len(files) + 1}"
+                base = "_" + filename if filename.startswith(".") else filename
                 name, n = base, 1
-                while name in used:
-                    name = f"{node_id}-{base}" if n == 1 else f"{node_id}-{n}-{base}"
+                while name.casefold() in used:
+                    tag = _node_tag(str(node_id))
+                    name = f"{tag}-{base}" if n == 1 else f"{tag}-{n}-{base}"
                     n += 1
-                used.add(name)
-                files.append(OutputFile(str(node_id), str(key), item["filename"], subfolder, kind, name))
+                try:
+                    check_name(name, f"ComfyUI's history ({where}) names an output file {shown(filename)}; saved as")
+                except UnsafePath as err:
+                    raise UnsafeOutput(f"{err}; the line's outputs are not downloaded") from None
+                used.add(name.casefold())
+                files.append(OutputFile(str(node_id), str(key), filename, subfolder, kind, name))
     return files
 
 
@@ -322,14 +383,9 @@ def text_outputs(outputs: object) -> dict[str, list[str]]:
     return found
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``.<name>.partial`` next to ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def json_bytes(data: object) -> bytes:
+    """Indented UTF-8 JSON; text that is not valid Unicode (from a server) is kept as ``\\uXXXX`` escapes."""
+    return (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 # ---------------------------------------------------------------------------------------------------- manifest
@@ -355,10 +411,20 @@ class Manifest:
     def out_dir(self) -> Path:
         return self.path.parent
 
+    @property
+    def root(self) -> Path:
+        """The output folder, resolved: everything the batch writes or removes must lie inside it."""
+        return self.out_dir.resolve()
+
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> Manifest:
-        """The manifest in ``out_dir`` (empty when there is none yet)."""
+        """The manifest in ``out_dir`` (empty when there is none yet). Records that are not JSON objects are
+        dropped (their lines run again); the file lists are checked when they are used."""
         path = Path(out_dir) / MANIFEST_NAME
+        try:
+            confined_file(path.parent.resolve(), path)
+        except UnsafePath as err:
+            raise BatchUsageError(f"cannot use the queue state: {err}") from None
         if not path.exists():
             return cls(path)
         try:
@@ -370,12 +436,17 @@ class Manifest:
         except (OSError, ValueError) as err:
             raise BatchUsageError(f"cannot use the queue state {path}: {err}; delete it to start over (every line "
                                   "is then run again)") from None
-        return cls(path, data["jobs"])
+        return cls(path, {name: record for name, record in data["jobs"].items() if isinstance(record, dict)})
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": MANIFEST_VERSION, "jobs": dict(sorted(self.jobs.items()))}
-        write_atomic(self.path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+        write_atomic(self.root, self.path, json_bytes(data))
+
+    def listed_files(self, name: str) -> list[object]:
+        """The files the record of job ``name`` lists (unchecked: see :func:`.outfiles.listed_file`)."""
+        files = self.jobs.get(name, {}).get("files")
+        return files if isinstance(files, list) else []
 
     def rerun_reason(self, name: str, line: PromptLine, workflow_hash: str) -> str | None:
         """Why the line must run (again), or ``None`` when its finished result can be kept."""
@@ -389,8 +460,15 @@ class Manifest:
         status = record.get("status")
         if status != DONE:
             return "failed before" if status == FAILED else "unfinished before"
-        for rel in record.get("files") or []:
-            if not (self.out_dir / rel).is_file():
+        if not isinstance(record.get("files"), list):
+            return "its file list is unreadable"
+        root = self.root
+        for rel in record["files"]:
+            try:
+                path = listed_file(root, name, rel)
+            except UnsafePath as err:
+                return f"{MANIFEST_NAME} lists {shown(rel)}: {err}"
+            if not path.is_file():
                 return f"output {rel} is missing"
         return None
 
@@ -473,7 +551,7 @@ def summarize(plan: Plan, manifest: Manifest) -> list[LineResult]:
     for line in plan.lines:
         name = job_name(plan.stem, line.number)
         record = manifest.jobs.get(name, {})
-        files = record.get("files") or []
+        files = record.get("files") if isinstance(record.get("files"), list) else []
         count = f"{len(files)} file" + ("" if len(files) == 1 else "s")
         where = f" on {record['server']}" if record.get("server") else ""
         if line.number in skipped:

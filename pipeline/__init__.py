@@ -1,70 +1,68 @@
 """The rollout: scene scripts, scenes to blocks, the block loop, RNG, events, and the latent layouts at the
-ComfyUI boundary. No ComfyUI imports."""
+ComfyUI boundary. No ComfyUI imports.
 
-from .latents import from_comfy_latent, to_comfy_latent, video_frames
-from .noise import NOISE_MODES, OFFICIAL, PER_SHOT
-from .prefix_cache import PrefixCache, PrefixCacheError
-from .rollout import (
-                      BlockEvent,
-                      RolloutInputError,
-                      RolloutResult,
-                      RolloutScene,
-                      RolloutSettings,
-                      rollout,
-                      scenes_for_script,
-)
-from .run_plan import RunPlan, generate, plan_run
-from .run_report import build_report, plan_entries, report_text, timeline
-from .scene_list import TRANSITIONS, SceneList, SceneListError, Shot, transition_from_name
-from .scene_script import (
-                      Scene,
-                      ScenePlan,
-                      SceneScriptError,
-                      Transition,
-                      format_scene_script,
-                      parse_scene_script,
-                      plan_blocks,
-                      scene_block_counts,
-                      total_latent_frames,
-)
-from .shot_boundary import ShotBoundary
+The names below are loaded on first use (PEP 562), so importing one torch-free module of this package (the
+scene-script parser, which the batch client uses) does not import torch. ``from .pipeline import X`` works for
+every name in ``__all__`` as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+# name -> the module of this package that defines it
+_EXPORTS = {
+    **dict.fromkeys(("from_comfy_latent", "to_comfy_latent", "video_frames"), "latents"),
+    **dict.fromkeys(("NOISE_MODES", "OFFICIAL", "PER_SHOT"), "noise"),
+    **dict.fromkeys(("PrefixCache", "PrefixCacheError"), "prefix_cache"),
+    **dict.fromkeys(("BlockEvent", "RolloutInputError", "RolloutResult", "RolloutScene", "RolloutSettings", "rollout",
+                     "scenes_for_script"), "rollout"),
+    **dict.fromkeys(("RunPlan", "generate", "plan_run"), "run_plan"),
+    **dict.fromkeys(("build_report", "plan_entries", "report_text", "timeline"), "run_report"),
+    **dict.fromkeys(("TRANSITIONS", "SceneList", "SceneListError", "Shot", "transition_from_name"), "scene_list"),
+    **dict.fromkeys(("Scene", "ScenePlan", "SceneScriptError", "Transition", "format_scene_script",
+                     "parse_scene_script", "plan_blocks", "scene_block_counts", "total_latent_frames"),
+                    "scene_script"),
+    "ShotBoundary": "shot_boundary",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """Keeps an exported name bound to its object when a submodule of the same name is imported.
+
+    Importing ``pipeline.rollout`` makes the import system set the package attribute ``rollout`` to the
+    submodule; the package exports the function ``rollout`` under that name (as the eager imports did).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if (isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name
+                and value.__name__ == f"{self.__name__}.{name}" and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
-                      "NOISE_MODES",
-                      "OFFICIAL",
-                      "PER_SHOT",
-                      "TRANSITIONS",
-                      "BlockEvent",
-                      "PrefixCache",
-                      "PrefixCacheError",
-                      "RolloutInputError",
-                      "RolloutResult",
-                      "RolloutScene",
-                      "RolloutSettings",
-                      "RunPlan",
-                      "Scene",
-                      "SceneList",
-                      "SceneListError",
-                      "ScenePlan",
-                      "SceneScriptError",
-                      "Shot",
-                      "ShotBoundary",
-                      "Transition",
-                      "build_report",
-                      "format_scene_script",
-                      "from_comfy_latent",
-                      "generate",
-                      "parse_scene_script",
-                      "plan_blocks",
-                      "plan_entries",
-                      "plan_run",
-                      "report_text",
-                      "rollout",
-                      "scene_block_counts",
-                      "scenes_for_script",
-                      "timeline",
-                      "to_comfy_latent",
-                      "total_latent_frames",
-                      "transition_from_name",
-                      "video_frames",
+    "NOISE_MODES", "OFFICIAL", "PER_SHOT", "TRANSITIONS", "BlockEvent", "PrefixCache", "PrefixCacheError",
+    "RolloutInputError", "RolloutResult", "RolloutScene", "RolloutSettings", "RunPlan", "Scene", "SceneList",
+    "SceneListError", "ScenePlan", "SceneScriptError", "Shot", "ShotBoundary", "Transition", "build_report",
+    "format_scene_script", "from_comfy_latent", "generate", "parse_scene_script", "plan_blocks", "plan_entries",
+    "plan_run", "report_text", "rollout", "scene_block_counts", "scenes_for_script", "timeline", "to_comfy_latent",
+    "total_latent_frames", "transition_from_name", "video_frames",
 ]

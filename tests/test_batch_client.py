@@ -1,252 +1,35 @@
-"""The batch client against an in-process fake ComfyUI (aiohttp.web on 127.0.0.1, random ports).
-
-The fake speaks the API as COMFYUI.md §3.1-3.5 records it: ``/system_stats``, ``POST /prompt`` (with the
-HTTP 400 validation answer), ``/ws`` events, ``/history/<id>`` (stored just after ``execution_success``, as in
-ComfyUI), ``/view``, ``POST /queue`` and ``POST /interrupt``. It runs one prompt at a time in its own thread's
-event loop; words in the prompt line choose what it does (CRASH, INVALID, HANG, FLAKY, SILENT,
-VANISH, DIE).
+"""The batch client against an in-process fake ComfyUI (``fake_comfy.py``: aiohttp.web on 127.0.0.1, random
+ports); words in a prompt line choose what the fake does (CRASH, INVALID, HANG, FLAKY, SILENT, VANISH, DIE).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import socket
-import threading
-import uuid
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from echo_forcing.__main__ import main
 from echo_forcing.batch.client import run_queue
 
-WORKFLOW = {
-    "1": {"class_type": "EchoForcingLoadCausalDiT", "inputs": {"model": "tiny.safetensors"}},
-    "2": {"class_type": "EchoForcingSceneScript", "inputs": {"script": "placeholder [5s]"},
-          "_meta": {"title": "Scene Script"}},
-    "3": {"class_type": "EchoForcingSampler", "inputs": {"model": ["1", 0], "scenes": ["2", 0], "seed": 7},
-          "_meta": {"title": "Autoregressive Sampler"}},
-    "4": {"class_type": "SaveVideo", "inputs": {"video": ["3", 1], "filename_prefix": "echo/video",
-                                                "format": "auto", "codec": "auto"}},
-    "5": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "echo/latent"}},
-}
-EXTENSIONS = {"4": ("images", "mp4"), "5": ("latents", "latent")}
+
+def _fake_comfy():
+    """``tests/fake_comfy.py``, loaded once by path (the tests folder is not a package)."""
+    name = "echo_forcing_tests_fake_comfy"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_comfy.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-class FakeComfy:
-    """One fake ComfyUI server; ``executed`` lists the scripts it ran, in order."""
-
-    def __init__(self, hold: Callable[[], bool] | None = None, mortal: bool = False):
-        self.hold = hold
-        self.mortal = mortal
-        self.dead = False
-        self.hang = True
-        self.sockets: dict[str, web.WebSocketResponse] = {}
-        self.files: dict[tuple[str, str, str], bytes] = {}
-        self.history: dict[str, dict] = {}
-        self.submitted: list[str] = []
-        self.executed: list[str] = []
-        self.prefixes: list[str] = []
-        self.client_ids: list[str] = []
-        self.deleted: list[str] = []
-        self.interrupted: list[str] = []
-        self.flaky_seen: set[str] = set()
-        self.pending: list[str] = []
-        self.running: str | None = None
-        self.hanging = threading.Event()
-        self.url = ""
-
-    async def start(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.interrupt = asyncio.Event()
-        app = web.Application()
-        app.router.add_get("/system_stats", self.system_stats)
-        app.router.add_post("/prompt", self.post_prompt)
-        app.router.add_get("/ws", self.websocket)
-        app.router.add_get("/history/{prompt_id}", self.get_history)
-        app.router.add_get("/view", self.view)
-        app.router.add_get("/queue", self.get_queue)
-        app.router.add_post("/queue", self.post_queue)
-        app.router.add_post("/interrupt", self.post_interrupt)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        self.worker = asyncio.ensure_future(self.execute_loop())
-
-    async def stop(self) -> None:
-        self.worker.cancel()
-        if not self.dead:
-            self.dead = True
-            for ws in list(self.sockets.values()):
-                await ws.close()
-            await self.runner.cleanup()
-
-    async def system_stats(self, request):
-        return web.json_response({"system": {"os": "posix", "comfyui_version": "0.3.64"},
-                                  "devices": [{"name": "cpu", "type": "cpu"}]})
-
-    async def websocket(self, request):
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        sid = request.query.get("clientId") or uuid.uuid4().hex
-        self.sockets[sid] = ws
-        self.client_ids.append(sid)
-        await ws.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": sid}})
-        async for _ in ws:
-            pass
-        return ws
-
-    async def post_prompt(self, request):
-        body = await request.json()
-        graph, client_id = body["prompt"], body.get("client_id")
-        prompt_id = body.get("prompt_id") or str(uuid.uuid4())
-        script = next(n for n in graph.values() if n["class_type"] == "EchoForcingSceneScript")["inputs"]["script"]
-        self.submitted.append(script)
-        if "INVALID" in script:  # COMFYUI.md §3.5, "out of range"
-            return web.json_response({
-                "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                          "details": "", "extra_info": {}},
-                "node_errors": {"3": {"errors": [{"type": "value_bigger_than_max",
-                                                  "message": "Value 99 bigger than max of 21",
-                                                  "details": "frames_per_block",
-                                                  "extra_info": {"input_name": "frames_per_block",
-                                                                 "received_value": 99}}],
-                                      "dependent_outputs": ["4", "5"], "class_type": "EchoForcingSampler"}}},
-                status=400)
-        self.queue.put_nowait((prompt_id, graph, client_id, script))
-        self.pending.append(prompt_id)
-        return web.json_response({"prompt_id": prompt_id, "number": len(self.submitted), "node_errors": {}})
-
-    async def get_history(self, request):
-        prompt_id = request.match_info["prompt_id"]
-        return web.json_response({prompt_id: self.history[prompt_id]} if prompt_id in self.history else {})
-
-    async def view(self, request):
-        key = (request.query["filename"], request.query.get("subfolder", ""), request.query.get("type", "output"))
-        if key not in self.files:
-            return web.Response(status=404)
-        return web.Response(body=self.files[key], content_type="application/octet-stream")
-
-    async def get_queue(self, request):
-        running = [[0, self.running, {}, {}, []]] if self.running else []
-        return web.json_response({"queue_running": running,
-                                  "queue_pending": [[0, prompt_id, {}, {}, []] for prompt_id in self.pending]})
-
-    async def post_queue(self, request):
-        self.deleted.extend((await request.json()).get("delete", []))
-        return web.Response()
-
-    async def post_interrupt(self, request):
-        self.interrupted.append((await request.json()).get("prompt_id"))
-        self.interrupt.set()
-        return web.Response()
-
-    async def send(self, client_id, kind, data) -> None:
-        ws = self.sockets.get(client_id)
-        if ws is not None and not ws.closed:
-            await ws.send_json({"type": kind, "data": data})
-
-    async def execute_loop(self) -> None:
-        while True:
-            job = await self.queue.get()
-            while self.hold is not None and not self.hold():
-                await asyncio.sleep(0.005)
-            self.pending.remove(job[0])
-            if "VANISH" in job[3]:  # dropped without a trace, as by a restart or a cleared queue
-                continue
-            self.running = job[0]
-            await self.execute(*job)
-            self.running = None
-
-    async def execute(self, prompt_id, graph, client_id, script) -> None:
-        self.executed.append(script)
-        silent = "SILENT" in script
-        messages = []
-
-        async def event(kind, **data):
-            data["prompt_id"] = prompt_id
-            if kind.startswith("execution_"):
-                messages.append([kind, data])
-            if not silent:
-                await self.send(client_id, kind, data)
-
-        await event("execution_start", timestamp=1)
-        if "DIE" in script and self.mortal:  # the machine goes away mid-job
-            self.dead = True
-            for ws in list(self.sockets.values()):
-                await ws.close()
-            await self.runner.cleanup()
-            return
-        await event("execution_cached", nodes=["1"], timestamp=1)
-        for node in ("2", "3"):
-            await event("executing", node=node, display_node=node)
-        status, outputs = "success", {}
-        for value in (1, 2, 3):
-            await event("progress", value=value, max=3, node="3")
-            ws = self.sockets.get(client_id)
-            if ws is not None and not silent:
-                await ws.send_bytes(b"\x00\x00\x00\x01\x00\x00\x00\x01jpeg")  # PREVIEW_IMAGE
-        crash = "CRASH" in script or ("FLAKY" in script and script not in self.flaky_seen)
-        self.flaky_seen.add(script)
-        if "HANG" in script and self.hang:
-            self.interrupt.clear()
-            self.hanging.set()
-            await self.interrupt.wait()
-            await event("execution_interrupted", node_id="3", node_type="EchoForcingSampler", executed=["1", "2"],
-                        timestamp=2)
-            status = "error"
-        elif crash:  # COMFYUI.md §3.5, exception inside a node
-            await event("execution_error", node_id="3", node_type="EchoForcingSampler", executed=["1", "2"],
-                        exception_message="sampler: simulated failure at block 1\n", exception_type="RuntimeError",
-                        traceback=["  File \"execution.py\", line 496, in execute\n"],
-                        current_inputs={"seed": [7]}, current_outputs=["1", "2"], timestamp=2)
-            status = "error"
-        else:
-            outputs["3"] = {"text": [f"report for {script}"]}
-            await event("executed", node="3", display_node="3", output=outputs["3"])
-            for node, (key, ext) in EXTENSIONS.items():
-                prefix = graph[node]["inputs"]["filename_prefix"]
-                self.prefixes.append(prefix)
-                subfolder, _, base = prefix.rpartition("/")
-                item = {"filename": f"{base}_00001_.{ext}", "subfolder": subfolder, "type": "output"}
-                self.files[(item["filename"], subfolder, "output")] = bytes(range(256)) * 40 + script.encode()
-                outputs[node] = {key: [item], "animated": [True]} if key == "images" else {key: [item]}
-                await event("executed", node=node, display_node=node, output=outputs[node])
-            await event("execution_success", timestamp=3)
-        await asyncio.sleep(0.01)  # ComfyUI stores the history only after execution_success
-        self.history[prompt_id] = {"prompt": [0, prompt_id, graph, {}, ["4", "5"]], "outputs": outputs,
-                                   "status": {"status_str": status, "completed": status == "success",
-                                              "messages": messages}, "meta": {}}
-        if not silent:
-            await self.send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
-
-
-class FakeHosts:
-    """Fake servers in a background event loop (the client under test runs its own loop in the test)."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[FakeComfy] = []
-
-    def start(self, **kwargs) -> FakeComfy:
-        server = FakeComfy(**kwargs)
-        asyncio.run_coroutine_threadsafe(server.start(), self.loop).result(5)
-        self.servers.append(server)
-        return server
-
-    def close(self) -> None:
-        for server in self.servers:
-            asyncio.run_coroutine_threadsafe(server.stop(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+FakeHosts = _fake_comfy().FakeHosts
+manifest, scene, write_inputs = _fake_comfy().manifest, _fake_comfy().scene, _fake_comfy().write_inputs
 
 
 @pytest.fixture()
@@ -254,22 +37,6 @@ def hosts():
     fake = FakeHosts()
     yield fake
     fake.close()
-
-
-def scene(text: str) -> str:
-    return f"{text}, a lighthouse keeper climbs the stairs [5s#] | a night market [5s]"
-
-
-def write_inputs(tmp_path: Path, lines: list[str]) -> tuple[Path, Path]:
-    prompts = tmp_path / "story prompts.txt"
-    prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    workflow = tmp_path / "echo_api.json"
-    workflow.write_text(json.dumps(WORKFLOW), encoding="utf-8")
-    return prompts, workflow
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "queue-state.json").read_text(encoding="utf-8"))["jobs"]
 
 
 def test_two_servers_share_the_lines_and_outputs_arrive_intact(hosts, tmp_path, capsys):

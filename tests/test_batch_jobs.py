@@ -14,6 +14,7 @@ from echo_forcing.batch.jobs import (
     BatchUsageError,
     Manifest,
     PromptLine,
+    UnsafeOutput,
     file_stem,
     fill_workflow,
     format_execution_error,
@@ -249,7 +250,9 @@ def test_output_files_take_every_file_list_with_unique_local_names():
         "10": {"images": [{"filename": "frame_00001_.png", "subfolder": "other", "type": "temp"}],
                "animated": [True], "text": ["not a file"]},
         "12": {"gifs": [{"filename": "job.json", "subfolder": "", "type": "output"},
-                        {"filename": "../../evil.mp4", "subfolder": "x"}]},
+                        {"filename": "JOB.JSON", "subfolder": "x"}, {"filename": ".hidden.mp4"},
+                        {"filename": "a.partial"}, {"filename": "b.job.json"}]},
+        "1:7": {"images": [{"filename": "frame_00002_.PNG", "subfolder": "sub", "type": "output"}]},
         "6": {"images": [{"filename": "video_00001_.mp4", "subfolder": "sfprobe", "type": "output"}],
               "videos": [{"filename": "video_00001_.mp4", "subfolder": "sfprobe", "type": "output"}]},
         "2": {"text": ["start_blocks=0 end=4 runs=2"]},
@@ -262,11 +265,38 @@ def test_output_files_take_every_file_list_with_unique_local_names():
         ("9", "latents", "latent_00001_.latent", "sfprobe", "output", "latent_00001_.latent"),
         ("10", "images", "frame_00001_.png", "other", "temp", "10-frame_00001_.png"),
         ("12", "gifs", "job.json", "", "output", "12-job.json"),
-        ("12", "gifs", "../../evil.mp4", "x", "output", "evil.mp4"),
+        ("12", "gifs", "JOB.JSON", "x", "output", "12-2-JOB.JSON"),  # names equal but for case are distinct
+        ("12", "gifs", ".hidden.mp4", "", "output", "_.hidden.mp4"),  # never a name of the client's own temps
+        ("12", "gifs", "a.partial", "", "output", "a.partial"),
+        ("12", "gifs", "b.job.json", "", "output", "b.job.json"),
+        ("1:7", "images", "frame_00002_.PNG", "sub", "output", "1_7-frame_00002_.PNG"),
     ]
     assert files[4].view_params() == {"filename": "frame_00001_.png", "subfolder": "other", "type": "temp"}
     assert text_outputs(outputs) == {"10": ["not a file"], "2": ["start_blocks=0 end=4 runs=2"]}
     assert output_files({}) == [] and output_files(None) == []
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ({"filename": "../../evil.mp4"}, r"'\.\./\.\./evil\.mp4', which contains a path separator"),
+    ({"filename": "a\\b.png"}, "which contains a path separator"),
+    ({"filename": "/etc/passwd"}, "which contains a path separator"),
+    ({"filename": ".."}, "which is '..'"),
+    ({"filename": "clip\x00.mp4"}, r"'clip\\x00\.mp4', which contains a NUL character"),
+    ({"filename": "clip\n.mp4"}, "which contains the control character"),
+    ({"filename": "C:evil.mp4"}, "which starts with a drive letter"),
+    ({"filename": "x" * 252 + ".mp4"}, "which is 256 bytes long"),
+    ({"filename": "\udc80.mp4"}, "which is not valid Unicode"),
+    ({"filename": "ok.mp4", "subfolder": "../../etc"}, "the subfolder '../../etc', which contains '..'"),
+    ({"filename": "ok.mp4", "subfolder": "/abs"}, "which is an absolute path"),
+    ({"filename": "ok.mp4", "subfolder": {"a": 1}}, "which is not a string"),
+    ({"filename": "ok.mp4", "type": "out\x00put"}, "the type 'out\\\\x00put', which contains a control"),
+])
+def test_unsafe_output_names_fail_the_whole_output_list(item, message):
+    outputs = {"3": {"images": [{"filename": "fine.png"}]}, "4": {"images": [item]}}
+    with pytest.raises(UnsafeOutput, match=message) as err:
+        output_files(outputs)
+    assert "(node 4, images)" in str(err.value) and str(err.value).endswith("the line's outputs are not downloaded")
+    assert output_files({"3": {"images": [{"filename": "x" * 251 + ".mp4"}]}})[0].local_name == "x" * 251 + ".mp4"
 
 
 # ---------------------------------------------------------------------------------------------------- manifest
