@@ -16,6 +16,26 @@ from echo_forcing.cli import tiny_models as tiny_files
 from echo_forcing.models import WanConfig, WanDiT, random_wan_state_dict
 
 
+def _register_helpers() -> None:
+    """Make the tests' helper modules importable as ``echo_forcing_tests.<name>`` (pytest runs with
+    --import-mode=importlib, so the tests folder is not on sys.path and is not a package)."""
+    import importlib.util
+    import types
+
+    package = sys.modules.setdefault("echo_forcing_tests", types.ModuleType("echo_forcing_tests"))
+    for name in ("fake_comfy",):
+        full = f"echo_forcing_tests.{name}"
+        if full not in sys.modules:
+            spec = importlib.util.spec_from_file_location(full, Path(__file__).with_name(f"{name}.py"))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[full] = module
+            spec.loader.exec_module(module)
+            setattr(package, name, module)
+
+
+_register_helpers()
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> WanConfig:
     """Two heads of 128 (the real head dim and RoPE split), two layers, small FFN and text width."""

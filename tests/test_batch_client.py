@@ -5,31 +5,14 @@ ports); words in a prompt line choose what the fake does (CRASH, INVALID, HANG, 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import socket
-import sys
-from pathlib import Path
 
 import pytest
+from echo_forcing_tests.fake_comfy import FakeHosts, manifest, scene, write_inputs
 
 from echo_forcing.__main__ import main
 from echo_forcing.batch.client import run_queue
-
-
-def _fake_comfy():
-    """``tests/fake_comfy.py``, loaded once by path (the tests folder is not a package)."""
-    name = "echo_forcing_tests_fake_comfy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_comfy.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-FakeHosts = _fake_comfy().FakeHosts
-manifest, scene, write_inputs = _fake_comfy().manifest, _fake_comfy().scene, _fake_comfy().write_inputs
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ or its command line, against the fake ComfyUI in ``fake_comfy.py``.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -19,26 +18,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from echo_forcing_tests.fake_comfy import FakeHosts, manifest, scene, write_inputs  # loaded by conftest
 
 from echo_forcing.__main__ import main
 from echo_forcing.batch.client import run_queue
 
 POSIX = pytest.mark.skipif(os.name == "nt", reason="POSIX signals, modes and symbolic links")
-
-
-def _fake_comfy():
-    """``tests/fake_comfy.py``, loaded once by path (the tests folder is not a package)."""
-    name = "echo_forcing_tests_fake_comfy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_comfy.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-FakeHosts = _fake_comfy().FakeHosts
-manifest, scene, write_inputs = _fake_comfy().manifest, _fake_comfy().scene, _fake_comfy().write_inputs
 
 # Short timeouts so that stalls and retries take a fraction of a second.
 FAST = {"poll_interval": 0.05, "read_timeout": 0.3, "download_retries": 2, "retry_delay": 0.01}
