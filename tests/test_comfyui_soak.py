@@ -112,6 +112,7 @@ def test_twenty_mixed_prompts_good_ones_succeed_bad_ones_fail_cleanly(comfy_serv
             assert status == 400, (name, status, body)
             errors = [e for n in body["node_errors"].values() for e in n["errors"]]
             assert errors and all({"type", "message", "details"} <= set(e) for e in errors), (name, body)
+            print(f"soak: {name}: HTTP 400 {errors[0]['type']}: {errors[0]['details'][:160]}")
         else:
             assert status == 200, (name, status, body)
             queued[body["prompt_id"]] = (name, expected)
@@ -126,9 +127,13 @@ def test_twenty_mixed_prompts_good_ones_succeed_bad_ones_fail_cleanly(comfy_serv
             error = next(m[1] for m in outcome["status"]["messages"] if m[0] == "execution_error")
             assert error["node_id"] in ("1", "4", "6") and error["exception_message"].strip(), (name, error)
             assert error["exception_type"] != "AttributeError", (name, error)
+            print(f"soak: {name}: {error['exception_type']}: {error['exception_message'].strip()[:160]}")
     status, _ = _request(url, "/system_stats")
     assert status == 200
-    growth = _rss(comfy_server.process.pid) / baseline - 1
+    after = _rss(comfy_server.process.pid)
+    growth = after / baseline - 1
+    print(f"soak: server RSS {baseline / 2**20:.0f} MiB after the warm-up, {after / 2**20:.0f} MiB after 20 prompts "
+          f"({growth:+.1%})")
     assert growth < 0.05, f"server RSS grew {growth:.1%} over 20 prompts"
 
 
