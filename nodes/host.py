@@ -170,33 +170,39 @@ class BlockProgress:
                                           "seconds": round(event.seconds, 3)})
 
 
-_STOP_ANY = "*"
 _stop_requests: set[str] = set()
-"""Prompt ids whose run should stop after the current shot ("*": whichever run is going)."""
+"""Prompt ids (running or queued when asked) whose run should stop after the current shot."""
 
 
 class StopRequest:
-    """``stop_requested`` for a run: true once ``POST /echo_forcing/stop_after_shot`` asked this prompt (or
-    the running one) to stop after the current shot. ``close`` forgets the request when the run ends."""
+    """``stop_requested`` for a run: true once ``POST /echo_forcing/stop_after_shot`` asked this prompt to stop
+    after the current shot. ``close`` forgets the request when the run ends."""
 
     def __init__(self, prompt_id: str | None):
         self.prompt_id = prompt_id
 
     def __call__(self) -> bool:
-        return _STOP_ANY in _stop_requests or (self.prompt_id is not None and self.prompt_id in _stop_requests)
+        return self.prompt_id is not None and self.prompt_id in _stop_requests
 
     def close(self) -> None:
-        _stop_requests.discard(_STOP_ANY)
         if self.prompt_id is not None:
             _stop_requests.discard(self.prompt_id)
+
+
+def _queue_ids(server) -> tuple[list[str], list[str]]:
+    """The ids of the running and the queued prompts (a queue item is ``(number, prompt_id, ...)``)."""
+    running, queued = server.prompt_queue.get_current_queue_volatile()
+    return [item[1] for item in running], [item[1] for item in queued]
 
 
 MAX_PROMPT_ID = 200
 
 
 def register_routes() -> None:
-    """``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ...}`` (optional: the running prompt): the
-    run ends successfully after its current shot with the shots done, and their boundary stays cached."""
+    """``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ...}`` (a running or queued prompt; ``{}``:
+    the running one): that run ends successfully after its current shot with the shots done, and their
+    boundary stays cached. An id that is neither running nor queued is refused (404), ``{}`` with nothing
+    running too (409), so no request can stop a later run; requests for prompts that have ended are dropped."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -219,8 +225,19 @@ def register_routes() -> None:
         prompt = body.get("prompt_id")
         if prompt is not None and (not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT_ID):
             return web.json_response({"error": "prompt_id must be a prompt id string"}, status=400)
-        _stop_requests.add(prompt or _STOP_ANY)
-        return web.json_response({"stop_after_shot": prompt or "running prompt"})
+        running, queued = _queue_ids(server)
+        if prompt is None:
+            if not running:
+                return web.json_response({"error": "no prompt is running; give the prompt_id of a queued one"},
+                                         status=409)
+            targets = running
+        elif prompt in running or prompt in queued:
+            targets = [prompt]
+        else:
+            return web.json_response({"error": "no running or queued prompt has that prompt_id"}, status=404)
+        _stop_requests.intersection_update(running + queued)  # forget requests for prompts that have ended
+        _stop_requests.update(targets)
+        return web.json_response({"stop_after_shot": targets})
 
 
 _identities: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -415,6 +415,16 @@ def test_the_stop_route_ends_the_run_after_the_current_shot(comfy_server, tiny_m
     assert [d["block"] for k, d in events if k == "echo_forcing.block"] in ([0], [0, 1])
     bad = asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b"not json"))
     assert bad == 400
+    # nothing is running now: a request cannot be left behind to stop somebody's next run
+    assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b"{}")) == 409
+    for unknown in (b'{"prompt_id": "not-a-prompt"}', b'{"prompt_id": "' + b"x" * 200 + b'"}'):
+        assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", unknown)) == 404
+    assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b'{"prompt_id": 5}')) == 400
+    again = json.loads(json.dumps(prompt))
+    again[sampler]["inputs"]["seed"] = 4322
+    status, _, events = run(comfy_server.url, again)
+    assert status == 200 and events[-1][0] == "execution_success"
+    assert len([1 for k, _ in events if k == "echo_forcing.block"]) > 2  # the whole video: nothing stopped it
 
 
 async def _post(url: str, path: str, data: bytes) -> int:
