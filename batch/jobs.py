@@ -67,6 +67,7 @@ DOWNLOAD_RETRIES = 3  # a failed or stalled download is tried again this many ti
 RETRY_DELAY = 2.0  # ... after this many seconds, doubling each time (at most MAX_RETRY_DELAY)
 MAX_RETRY_DELAY = 30.0
 MAX_JSON_BYTES = 64 << 20  # the largest JSON answer (/history/<id>, /queue, ...) the client reads
+MAX_INPUT_FILE_BYTES = 64 << 20  # the largest prompt or workflow file the command reads
 
 
 class BatchUsageError(Exception):
@@ -118,11 +119,20 @@ def parse_prompt_lines(text: str) -> list[PromptLine]:
     return lines
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A prompt or workflow file's text, refused when it is over ``MAX_INPUT_FILE_BYTES``."""
+    size = path.stat().st_size
+    if size > MAX_INPUT_FILE_BYTES:
+        raise BatchUsageError(f"{what} file {path} is {size / 2**20:.0f} MiB; the limit is "
+                              f"{MAX_INPUT_FILE_BYTES // 2**20} MiB")
+    return path.read_text(encoding="utf-8-sig")
+
+
 def read_prompt_file(path: str | os.PathLike) -> list[PromptLine]:
     """Read and validate a prompt file (UTF-8, a BOM is ignored); :class:`BatchUsageError` when it is unusable."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _read_text(path, "prompt")
     except FileNotFoundError:
         raise BatchUsageError(f"prompt file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -209,7 +219,7 @@ def load_workflow(path: str | os.PathLike) -> Workflow:
     """Read an API-format workflow file (see :func:`parse_workflow`)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(_read_text(path, "workflow"))
     except FileNotFoundError:
         raise BatchUsageError(f"workflow file {path} does not exist") from None
     except json.JSONDecodeError as err:

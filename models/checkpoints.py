@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..safe_files import available_memory
 from .config import WanConfig
 from .wan import WanDiT
 
@@ -79,6 +80,10 @@ def read_tensors(path) -> dict:
                               f"supported: {', '.join(SUPPORTED_SUFFIXES)}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path} (check the file name and the models folder)")
+    size, free = os.path.getsize(path), available_memory()
+    if free is not None and size > free:
+        raise CheckpointError(f"{name} is {size / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of RAM is "
+                              "available; close other programs or models, or use a smaller (fp8) file")
     corrupt = f"{name} is truncated or corrupt (an interrupted download?); re-download it"
     if suffix == ".safetensors":
         try:

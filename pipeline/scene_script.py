@@ -208,7 +208,10 @@ class Scene:
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise SceneScriptError(f"Scene.prompt must be a non-empty string, got {self.prompt!r}")
+            raise SceneScriptError(f"Scene.prompt must be a non-empty string, got {repr(self.prompt)[:60]}")
+        if len(self.prompt) > MAX_SCRIPT_CHARS:
+            raise SceneScriptError(f"Scene.prompt is {len(self.prompt)} characters; a prompt has at most "
+                                   f"{MAX_SCRIPT_CHARS} (MAX_SCRIPT_CHARS)")
         duration = self.duration
         if isinstance(duration, bool) or not isinstance(duration, (int, float)):
             raise SceneScriptError(f"Scene.duration must be a number of seconds, got {duration!r}")

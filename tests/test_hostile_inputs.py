@@ -445,3 +445,21 @@ def test_tag_like_prompt_text_is_kept_and_warned_about_in_the_report(tmp_path, c
     for bad in (["--fps", "1e308"], ["--width", "16384"], ["--height", "40"]):
         assert main(["render", "x [1s]", "--out", str(out), *bad]) == 2
     assert "must be" in capsys.readouterr().err
+
+
+def test_inputs_larger_than_memory_or_the_limits_are_refused_before_reading(tmp_path, monkeypatch):
+    from echo_forcing.batch import jobs
+    from echo_forcing.models import checkpoints
+
+    path = _checkpoint(tmp_path, "big.safetensors")
+    monkeypatch.setattr(checkpoints, "available_memory", lambda: 1024)
+    with pytest.raises(CheckpointError, match=r"GiB of RAM is available"):
+        load_wan_checkpoint(path, dtype=torch.float32)
+    monkeypatch.setattr(jobs, "MAX_INPUT_FILE_BYTES", 100)
+    for what, reader in (("prompt", jobs.read_prompt_file), ("workflow", jobs.load_workflow)):
+        big = tmp_path / f"{what}.txt"
+        big.write_text("x [1s]\n" * 50)
+        with pytest.raises(jobs.BatchUsageError, match=f"{what} file .* the limit is"):
+            reader(big)
+    with pytest.raises(SceneScriptError, match="MAX_SCRIPT_CHARS"):
+        Scene("x" * 100_001, 1.0)
