@@ -226,9 +226,14 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     except ImportError:  # Windows: os.replace is still atomic
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for locking (some network file systems): write unlocked
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # no lock support (ENOLCK): os.replace alone still keeps files whole
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
