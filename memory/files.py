@@ -38,7 +38,9 @@ def named_file(folder: str | os.PathLike, name: object, what: str, error: type[E
 
 
 def file_names(folder: str | os.PathLike) -> list[str]:
-    """Names of the files in ``folder`` (sorted; hidden files and names that are not valid skipped)."""
+    """Names of the files in ``folder`` (sorted; hidden files and names that are not valid skipped). Stale
+    temporaries of a killed save are cleaned first, so they go when the nodes list the folder (at start)."""
+    safe_files.clean_stale_temps(folder)
     return safe_files.file_names(folder, SUFFIX)
 
 

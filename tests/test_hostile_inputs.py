@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from echo_forcing import safe_files
-from echo_forcing.memory import EchoMemory, PresetChoice, ScenePool, ScenePoolError
+from echo_forcing.memory import EchoMemory, PresetChoice, ScenePool, ScenePoolError, pool_names
 from echo_forcing.memory.scene_pool import PoolEntry
 from echo_forcing.models import (
     CausalWan,
@@ -290,6 +290,10 @@ atomic_write(Path({str(folder / "p.safetensors")!r}), slow)
     os.utime(temp, (old, old))
     safe_files.write_text(folder / "other.txt", "x")  # the next write in the folder cleans it
     assert sorted(p.name for p in folder.iterdir()) == ["other.txt"]
+    stale = folder / ".q.safetensors.0123456789abcdef.echo-tmp"
+    stale.write_bytes(b"\0")
+    os.utime(stale, (old, old))
+    assert pool_names(folder) == [] and not stale.exists()  # so does listing it (the nodes do at start)
 
 
 # ---- class 8: modes follow the umask ----------------------------------------------------------------------
