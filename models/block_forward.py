@@ -92,6 +92,21 @@ COMPILE_RECOMPILE_LIMIT = 64
 by a block at a time until the cache is full, a LongLive re-cache has its own length)."""
 
 
+def cpu_compile_problem() -> str | None:
+    """Why ``torch.compile`` cannot build CPU kernels here (None when it can): no C++ compiler, or PyTorch
+    installed under a path with whitespace (inductor passes its library folder to the linker unquoted)."""
+    import shutil
+    from pathlib import Path
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (g++ or clang++)"
+    lib = Path(torch.__file__).parent / "lib"
+    if any(ch.isspace() for ch in str(lib)):
+        return (f"torch.compile on the CPU cannot link when PyTorch is installed under a path with a space "
+                f"({lib}); use an environment in a folder without spaces, or leave compile off")
+    return None
+
+
 def compile_layer_functions(*functions: Callable) -> tuple[Callable, ...]:
     """``torch.compile`` the per-layer tensor functions of the block forward (the memory update, the RoPE and
     the weighting between them stay eager). The layers share the compiled graphs: their modules are traced
@@ -123,6 +138,9 @@ class CausalWan:
         self.compiled = compile
         self._layer_in, self._layer_out = self._layer_inputs, self._layer_outputs
         if compile:
+            problem = cpu_compile_problem() if self.device.type == "cpu" else None
+            if problem is not None:
+                raise ValueError(problem)
             self._layer_in, self._layer_out = compile_layer_functions(self._layer_inputs, self._layer_outputs)
 
     def _param(self, p: torch.Tensor) -> torch.Tensor:

@@ -6,15 +6,13 @@ decay span of the window, the pinned-memory copies, and ``torch.compile`` of the
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from echo_forcing.memory import make_policy
 from echo_forcing.memory.devices import gather_to_device, to_device, to_storage
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.models.block_forward import weigh_window
+from echo_forcing.models.block_forward import cpu_compile_problem, weigh_window
 from echo_forcing.models.rope import ROTATIONS_KEPT, Rope3D
 from echo_forcing.models.seam import AttentionWindow
 from echo_forcing.models.text_stand_in import stand_in_text_embedding
@@ -142,11 +140,7 @@ def test_storage_copies_use_pinned_memory_under_a_gpu():
 
 # --- torch.compile ---------------------------------------------------------------------------------------------
 
-def _compiler_available() -> bool:
-    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-@pytest.mark.skipif(not _compiler_available(), reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.skipif(cpu_compile_problem() is not None, reason=str(cpu_compile_problem()))
 def test_compiled_layers_give_the_same_latents():
     cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=16)
     dit = WanDiT.from_state_dict(random_wan_state_dict(cfg, seed=6))
@@ -159,3 +153,14 @@ def test_compiled_layers_give_the_same_latents():
     got = rollout(compiled, text, settings, make_policy("echo-forcing")).latents
     # fused kernels round differently in the last float32 bits; nothing else may change
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_where_cpu_kernels_cannot_be_built_is_refused_with_the_reason(monkeypatch):
+    from echo_forcing.models import block_forward
+
+    cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=16)
+    dit = WanDiT.from_state_dict(random_wan_state_dict(cfg, seed=6))
+    monkeypatch.setattr(block_forward, "cpu_compile_problem", lambda: "no C++ compiler here")
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler here"):
+        CausalWan(dit, dtype=torch.float32, compile=True)
+    assert not CausalWan(dit, dtype=torch.float32).compiled  # eager needs nothing
