@@ -29,6 +29,8 @@ from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_d
 from echo_forcing.models.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutSettings, parse_scene_script, rollout, scenes_for_script
 
+pytestmark = pytest.mark.slow  # about 7 minutes on 2 cores: opt-in (python -m pytest -m slow)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "echo_forcing"
 CONFIG = WanConfig(dim=1536, ffn_dim=256, num_heads=12, num_layers=1, text_dim=64, in_dim=4, out_dim=4)
 P = 1560
