@@ -88,7 +88,7 @@ def file_names(folder: str | os.PathLike, suffix: str) -> list[str]:
     return sorted(names, key=str.lower)
 
 
-_DRIVE = re.compile(r"[A-Za-z]:")
+DRIVE_LETTER = re.compile(r"[A-Za-z]:")
 _WINDOWS_CHARS = set('<>:"|?*')
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                     *(f"LPT{i}" for i in range(1, 10))}
@@ -115,7 +115,7 @@ def component_problem(name: object) -> str | None:
         return "contains a path separator"
     if name in (".", ".."):
         return f"is {name!r}"
-    if _DRIVE.match(name):
+    if DRIVE_LETTER.match(name):
         return "starts with a drive letter"
     if size > MAX_NAME_BYTES:
         return f"is {size} bytes long (at most {MAX_NAME_BYTES})"

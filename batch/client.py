@@ -44,6 +44,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..safe_files import AtomicFile, UnsafePathError, confined_file, confined_folder
 from .jobs import (
     CONNECT_TIMEOUT,
     DEFAULT_JOB_TIMEOUT,
@@ -81,11 +82,7 @@ from .jobs import (
     summarize,
 )
 from .outfiles import (
-    TempFile,
-    UnsafePath,
     clean_stale_temps,
-    confined_dir,
-    confined_file,
     listed_file,
     remove_file,
     shown,
@@ -418,7 +415,7 @@ class ComfyServer:
                 if limit is not None and resp.content_length is not None and resp.content_length > limit:
                     raise JobFailed(f"{what} is {resp.content_length} bytes, more than the download limit of "
                                     f"{_size(limit)} (--max-download-gb); not downloaded", retry=False)
-                with TempFile(dest) as handle:
+                with AtomicFile(dest) as handle:
                     async for chunk in resp.content.iter_chunked(1 << 20):
                         if limit is not None and handle.size + len(chunk) > limit:
                             raise JobFailed(f"{what} is larger than the download limit of {_size(limit)} "
@@ -486,7 +483,7 @@ def _remove_earlier_outputs(job: Job, run: _Run, tag: str) -> None:
     for rel in run.manifest.listed_files(job.name):
         try:
             remove_file(root, listed_file(root, job.name, rel))
-        except UnsafePath as err:
+        except UnsafePathError as err:
             run.log(f"{tag}: {MANIFEST_NAME} lists {shown(rel)}: {err}; left alone (was the state file edited?)")
 
 
@@ -495,7 +492,7 @@ async def _run_job(server: ComfyServer, job: Job, run: _Run) -> list[str]:
     tag = f"line {job.line.number} [{server.url}]"
     root = run.root
     job_dir = run.out_dir / job.name
-    confined_dir(root, job_dir)  # refuse a line folder that leads out of the output folder before any work
+    confined_folder(root, job_dir)  # refuse a line folder that leads out of the output folder before any work
     _remove_earlier_outputs(job, run, tag)
     if server.ws is None or server.ws.closed:
         await server.connect()  # before submitting: ComfyUI drops the events of a client that is not connected
@@ -517,7 +514,7 @@ async def _run_job(server: ComfyServer, job: Job, run: _Run) -> list[str]:
     except UnsafeOutput as err:
         raise JobFailed(str(err), retry=False) from None
 
-    folder = confined_dir(root, job_dir)
+    folder = confined_folder(root, job_dir)
     folder.mkdir(exist_ok=True)
     files = []
     for item in listed:
@@ -582,7 +579,7 @@ async def _worker(server: ComfyServer, run: _Run) -> None:
             _failed(run, job, f"timed out after {run.timeout:g} s", server, True)
         except JobFailed as err:
             _failed(run, job, str(err), server, err.retry)
-        except UnsafePath as err:  # the line's folder or a file in it leads out of the output folder
+        except UnsafePathError as err:  # the line's folder or a file in it leads out of the output folder
             _failed(run, job, str(err), server, False)
         except OSError as err:  # writing the outputs
             _failed(run, job, f"cannot write the outputs: {err}", server, True)

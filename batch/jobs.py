@@ -31,11 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..pipeline.scene_script import SceneScriptError, parse_scene_script
+from ..safe_files import UnsafePathError, confined_file
 from .outfiles import (
-    UnsafePath,
     check_name,
     check_view_params,
-    confined_file,
     listed_file,
     plain,
     shown,
@@ -362,7 +361,7 @@ def output_files(outputs: object) -> list[OutputFile]:
                 try:
                     filename = check_name(item["filename"], f"ComfyUI's history ({where}) names an output file")
                     check_view_params(subfolder, kind, f"ComfyUI's history ({where})")
-                except UnsafePath as err:
+                except UnsafePathError as err:
                     raise UnsafeOutput(f"{err}; the line's outputs are not downloaded") from None
                 ident = (filename, subfolder, kind)
                 if ident in seen:
@@ -376,7 +375,7 @@ def output_files(outputs: object) -> list[OutputFile]:
                     n += 1
                 try:
                     check_name(name, f"ComfyUI's history ({where}) names an output file {shown(filename)}; saved as")
-                except UnsafePath as err:
+                except UnsafePathError as err:
                     raise UnsafeOutput(f"{err}; the line's outputs are not downloaded") from None
                 used.add(name.casefold())
                 files.append(OutputFile(str(node_id), str(key), filename, subfolder, kind, name))
@@ -433,7 +432,7 @@ class Manifest:
         path = Path(out_dir) / MANIFEST_NAME
         try:
             confined_file(path.parent.resolve(), path)
-        except UnsafePath as err:
+        except UnsafePathError as err:
             raise BatchUsageError(f"cannot use the queue state: {err}") from None
         if not path.exists():
             return cls(path)
@@ -476,7 +475,7 @@ class Manifest:
         for rel in record["files"]:
             try:
                 path = listed_file(root, name, rel)
-            except UnsafePath as err:
+            except UnsafePathError as err:
                 return f"{MANIFEST_NAME} lists {shown(rel)}: {err}"
             if not path.is_file():
                 return f"output {rel} is missing"

@@ -26,14 +26,9 @@ import re
 from pathlib import Path
 
 from .. import safe_files
+from ..safe_files import DRIVE_LETTER, UnsafePathError, component_problem, confined_file, confined_folder
 
-UnsafePath = safe_files.UnsafePathError
-"""A name or path that the batch command refuses to write or remove."""
-name_problem = safe_files.component_problem
-confined_dir = safe_files.confined_folder
-confined_file = safe_files.confined_file
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DRIVE = re.compile(r"[A-Za-z]:")
 
 
 def shown(name: object, limit: int = 80) -> str:
@@ -49,10 +44,10 @@ def plain(value: object, limit: int = 40) -> str:
 
 
 def check_name(name: object, what: str) -> str:
-    """``name`` itself when it is a safe file name; :class:`UnsafePath` naming ``what`` otherwise."""
-    problem = name_problem(name)
+    """``name`` itself when it is a safe file name; :class:`UnsafePathError` naming ``what`` otherwise."""
+    problem = component_problem(name)
     if problem is not None:
-        raise UnsafePath(f"{what} {shown(name)}, which {problem}")
+        raise UnsafePathError(f"{what} {shown(name)}, which {problem}")
     return name
 
 
@@ -64,26 +59,22 @@ def check_view_params(subfolder: object, kind: object, where: str) -> None:
             problem = "is not a string"
         elif _CONTROL.search(value):
             problem = "contains a control character"
-        elif what == "subfolder" and (value.startswith(("/", "\\")) or _DRIVE.match(value)):
+        elif what == "subfolder" and (value.startswith(("/", "\\")) or DRIVE_LETTER.match(value)):
             problem = "is an absolute path"
         elif ".." in value.replace("\\", "/").split("/"):
             problem = "contains '..'"
         else:
             continue
-        raise UnsafePath(f"{where} gives an output the {what} {shown(value)}, which {problem}")
+        raise UnsafePathError(f"{where} gives an output the {what} {shown(value)}, which {problem}")
 
 
 def listed_file(root: Path, folder_name: str, rel: object) -> Path:
     """A file the state file lists for a line: ``<folder_name>/<file name>``, confined to that line's folder."""
     prefix = folder_name + "/"
     if not isinstance(rel, str) or not rel.startswith(prefix):
-        raise UnsafePath(f"it is not a file of the line's folder {folder_name}/")
+        raise UnsafePathError(f"it is not a file of the line's folder {folder_name}/")
     name = check_name(rel[len(prefix):], "its file name")
     return confined_file(root, root / folder_name / name)
-
-
-TempFile = safe_files.AtomicFile
-"""A streamed download written under the pack's temporary name and renamed when complete."""
 
 
 def write_atomic(root: Path, path: Path, data: bytes) -> Path:
@@ -109,7 +100,7 @@ def clean_stale_temps(root: Path, folder: Path) -> list[Path]:
     """Remove the pack's own temporary files in ``folder`` (confined to ``root``) that nothing wrote to for
     ``safe_files.STALE_SECONDS``; the paths removed."""
     try:
-        folder = confined_dir(root, folder)
-    except UnsafePath:
+        folder = confined_folder(root, folder)
+    except UnsafePathError:
         return []
     return [folder / name for name in safe_files.clean_stale_temps(folder)]
