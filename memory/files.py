@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import safe_files
+from ..models.checkpoints import non_finite
 from ..safe_files import WriteOutcome, available_memory
 
 SUFFIX = ".safetensors"
@@ -50,10 +51,6 @@ def save_atomically(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     from safetensors.torch import save_file
 
     return safe_files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def physical_memory() -> int | None:
-    return safe_files.physical_memory()
 
 
 def _header_length(path: Path, size: int, what: str, error: type[Exception]) -> int:
@@ -95,10 +92,10 @@ def read_state_file(path: str | os.PathLike, fmt: str, version: int, what: str,
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as err:
         raise error(f"{path.name} is truncated or corrupt ({err}); save the {what} again") from None
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            raise error(f"{path.name} holds NaN or infinite values (tensor {name!r}); it is damaged and cannot be "
-                        f"used: save the {what} again from a good run")
+    bad = non_finite(tensors)
+    if bad:
+        raise error(f"{path.name} holds NaN or infinite values (tensor {bad[0]!r}); it is damaged and cannot be "
+                    f"used: save the {what} again from a good run")
     return meta, tensors
 
 
@@ -130,13 +127,18 @@ class HeaderFields:
     def int(self, record: dict, key: str, low: int, high: int, where: str = "", optional: bool = False,
             text: bool = False) -> int | None:
         """An integer in ``low..high`` (``text``: written as decimal digits, as safetensors metadata is)."""
-        value = record.get(key) if isinstance(record, dict) else None
+        return self.whole(record.get(key) if isinstance(record, dict) else None, where + key, low, high, optional,
+                          text)
+
+    def whole(self, value: object, field: str, low: int, high: int, optional: bool = False,
+              text: bool = False) -> int | None:
+        """``value`` (the header field ``field``) as an integer in ``low..high`` (see :meth:`int`)."""
         if value is None and optional:
             return None
         if text and isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 20:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(where + key, f"an integer in {low}..{high}", value)
+            raise self.fail(field, f"an integer in {low}..{high}", value)
         return value
 
     def number(self, record: dict, key: str, low: float, high: float, where: str = "") -> float:

@@ -184,8 +184,8 @@ class ScenePool:
         grid = raw.get("grid")
         if not (isinstance(grid, list) and len(grid) == 2):
             raise fields.fail("signature.grid", "two numbers", grid)
-        grid_hw = fields.int({"h": grid[0]}, "h", 1, MAX_GRID, "signature.grid."), fields.int(
-            {"w": grid[1]}, "w", 1, MAX_GRID, "signature.grid.")
+        grid_hw = (fields.whole(grid[0], "signature.grid.h", 1, MAX_GRID),
+                   fields.whole(grid[1], "signature.grid.w", 1, MAX_GRID))
         dtype = raw.get("dtype")
         if dtype not in POOL_DTYPES:
             raise fields.fail("signature.dtype", "one of " + ", ".join(POOL_DTYPES), dtype)

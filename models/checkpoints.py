@@ -317,10 +317,15 @@ def validate_wan_state_dict(sd: Mapping) -> WanConfig:
     return cfg
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or infinity (weights, LoRAs, the pack's state files)."""
+    return [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()
+            and not bool(torch.isfinite(v).all())]
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
     """Refuse ``tensors`` (named ``what`` in the message) when a floating-point one holds NaN or infinity."""
-    bad = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()
-           and not bool(torch.isfinite(v).all())]
+    bad = non_finite(tensors)
     if bad:
         more = f" and {len(bad) - _LIST} more" if len(bad) > _LIST else ""
         raise CheckpointError(f"{what} holds NaN or infinite values ({', '.join(bad[:_LIST])}{more}); it is damaged "
