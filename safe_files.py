@@ -64,13 +64,13 @@ def named_file(folder: str | os.PathLike, name: object, suffix: str, what: str,
     """The file called ``name`` (plus ``suffix``) directly in ``folder``; ``error`` names the ``what``."""
     stem = name_stem(name, suffix)
     if stem is None:
-        shown = name if isinstance(name, str) else type(name).__name__
-        raise error(f"invalid {what} name {_short(shown)}: use 1-100 letters, digits, spaces, '_', '-' or '.', "
+        quoted = name if isinstance(name, str) else type(name).__name__
+        raise error(f"invalid {what} name {shown(quoted)}: use 1-100 letters, digits, spaces, '_', '-' or '.', "
                     "starting with a letter or digit (no folders, no '..')")
     root = Path(folder).resolve()
     path = (root / (stem + suffix)).resolve()
     if path.parent != root:
-        raise error(f"invalid {what} name {_short(name)}: it leaves the {what} folder")
+        raise error(f"invalid {what} name {shown(name)}: it leaves the {what} folder")
     return path
 
 
@@ -164,16 +164,23 @@ def output_folder(text: str) -> Path:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the output folder is empty; give a folder name, e.g. --out renders")
     if any(ord(ch) < 32 for ch in text):
-        raise ValueError(f"the output folder {_short(text)} holds a control character")
+        raise ValueError(f"the output folder {shown(text)} holds a control character")
     path = Path(text)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{_short(text)} is a file, not a folder")
+        raise ValueError(f"{shown(text)} is a file, not a folder")
     return path
 
 
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for a message, at most ``limit`` characters; never raises (a repr that fails, or an
+    int too long for ``repr``, is named by its type). Every message that quotes an outside value uses it."""
+    try:
+        text = repr(value)
+    except Exception:  # any object may reach a message; a repr that fails must not break it
+        text = f"<{type(value).__name__}>"
+    if not isinstance(text, str):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------------------------------ writes

@@ -26,15 +26,9 @@ import re
 from pathlib import Path
 
 from .. import safe_files
-from ..safe_files import DRIVE_LETTER, UnsafePathError, component_problem, confined_file, confined_folder
+from ..safe_files import DRIVE_LETTER, UnsafePathError, component_problem, confined_file, confined_folder, shown
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def shown(name: object, limit: int = 80) -> str:
-    """``repr`` of a name for messages (control characters escaped), shortened when long."""
-    text = repr(name)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(name))} characters)"
 
 
 def plain(value: object, limit: int = 40) -> str:

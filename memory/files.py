@@ -107,10 +107,8 @@ class HeaderFields:
         self.source, self.what, self.error = source, what, error
 
     def fail(self, field: str, expected: str, value: object) -> Exception:
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:59] + "…"
         return self.error(f"{self.source} has a damaged {self.what} header: {field} should be {expected}, got "
-                          f"{shown}; save the {self.what} again")
+                          f"{safe_files.shown(value, 60)}; save the {self.what} again")
 
     def json(self, meta: dict, key: str, kind: type) -> object:
         raw = meta.get(key)

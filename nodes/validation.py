@@ -20,20 +20,7 @@ from __future__ import annotations
 import inspect
 import sys
 
-SHOWN_CHARS = 80
-"""A value in a message is its repr, cut to this many characters."""
-
-
-def shown(value: object, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` for a message, at most ``limit`` characters; never raises (a repr that fails, or an
-    int too long for ``repr``, is named by its type)."""
-    try:
-        text = repr(value)
-    except Exception:  # any object may reach a check; a repr that fails must not break the message
-        text = f"<{type(value).__name__}>"
-    if not isinstance(text, str):
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from ..safe_files import shown
 
 
 def is_whole(value: object) -> bool:
