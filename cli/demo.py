@@ -1,7 +1,7 @@
 """``python -m echo_forcing demo``: an end-to-end run with a tiny built-in model and no downloads.
 
 It builds a small random Wan2.1-shaped DiT (two heads of the real head dim 128, two layers), turns the
-prompt into word-hash text embeddings (``models.text_stand_in``: the demo has no text encoder), runs the
+prompt into word-hash text embeddings (``cli.text_stand_in``: the demo has no text encoder), runs the
 real block-wise rollout with the Self-Forcing cache, and writes
 
 * ``latents.safetensors`` — the output in ComfyUI's raw VAE-space LATENT layout ``[1, 16, T, H/8, W/8]``;
@@ -27,7 +27,7 @@ import torch
 from .. import __version__
 from ..memory import SelfForcingCacheConfig
 from ..models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from ..models.text_stand_in import stand_in_text_embedding
+from .text_stand_in import stand_in_text_embedding
 from ..pipeline import BlockEvent, RolloutSettings, rollout, to_comfy_latent, video_frames
 from ..pipeline.latents import VAE_STRIDE
 from ..safe_files import atomic_write, output_folder, write_text

@@ -4,7 +4,7 @@ edit reusing every shot before the edit, or continue a saved story.
 The script is the official one-line format (``shot [10s] | shot [10s#] | shot [10s@]; title | title``), given
 on the command line or as a file. The model is a causal Wan2.1 checkpoint (``--checkpoint``, with an optional
 ``--lora``) or, without one, the demo's tiny random model. The command line has no umT5 text encoder: prompts
-become word-hash stand-in embeddings (``models.text_stand_in``) and recalls match prompts by IDF; real videos
+become word-hash stand-in embeddings (``cli.text_stand_in``) and recalls match prompts by IDF; real videos
 come from ComfyUI, where Scene Prompt encodes with the real encoder. What it is for: checking scripts, timing
 a model, and the same reuse the sampler node does.
 
@@ -25,7 +25,7 @@ import torch
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
 from ..models import CausalWan, WanDiT, load_wan_model, random_wan_state_dict
-from ..models.text_stand_in import stand_in_text_embedding
+from .text_stand_in import stand_in_text_embedding
 from ..pipeline import (
     NOISE_MODES,
     PER_SHOT,

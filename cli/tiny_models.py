@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..models import random_wan_state_dict
-from ..models.tiny_files import (
+from .tiny_files import (
     TINY_DIT_CONFIG,
     random_clip_l_state_dict,
     random_wan21_vae_state_dict,

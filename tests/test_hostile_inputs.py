@@ -32,7 +32,7 @@ from echo_forcing.models import (
     load_wan_checkpoint,
     random_wan_state_dict,
 )
-from echo_forcing.models.text_stand_in import stand_in_text_embedding
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import (
     RolloutInputError,
     RolloutScene,

@@ -14,7 +14,7 @@ import json, sys, torch
 from pathlib import Path
 from echo_forcing.memory.echo_memory import EchoMemory
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.models.text_stand_in import stand_in_text_embedding
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutScene, RolloutSettings, rollout
 
 blocks = int(sys.argv[1])

@@ -248,7 +248,7 @@ def test_module_config_is_inferred_from_the_tree(tiny_dit):
 
 
 def test_stand_in_text_embedding_is_per_word_and_zero_padded():
-    from echo_forcing.models.text_stand_in import stand_in_text_embedding, word_row
+    from echo_forcing.cli.text_stand_in import stand_in_text_embedding, word_row
 
     emb = stand_in_text_embedding(["A red kite", "red  KITE over dunes", ""], 8)
     assert emb.shape == (3, 512, 8)

@@ -26,7 +26,7 @@ from echo_forcing.memory.routing import (
 )
 from echo_forcing.memory.scene_pool import PoolSignature, ScenePool, ScenePoolError
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.models.text_stand_in import stand_in_text_embedding
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutScene, RolloutSettings, rollout
 
 CFG = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16)

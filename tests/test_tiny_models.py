@@ -31,7 +31,7 @@ from echo_forcing.cli.tiny_models import (
 )
 from echo_forcing.models import WanConfig, load_wan_checkpoint, load_wan_model
 from echo_forcing.models.checkpoints import read_tensors
-from echo_forcing.models.tiny_files import (
+from echo_forcing.cli.tiny_files import (
     TINY_DIT_CONFIG,
     clip_l_shapes,
     parameter_count,

@@ -23,7 +23,7 @@ from itertools import pairwise
 
 import torch
 
-from .config import WanConfig
+from ..models.config import WanConfig
 
 Shapes = dict[str, tuple[int, ...]]
 
