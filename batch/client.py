@@ -313,30 +313,35 @@ class ComfyServer:
                 continue
             if event is None:
                 continue
-            kind, data = event.get("type"), event.get("data")
-            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
-                continue
-            if kind == "execution_start":
-                report("started")
-            elif kind == "progress":
-                node, value, total = str(data.get("node")), data.get("value"), data.get("max")
-                if isinstance(value, (int, float)) and isinstance(total, (int, float)) and total > 0:
-                    tenth = int(10 * value / total)
-                    if tenth > last_tenth.get(node, -1) or value == total:
-                        last_tenth[node] = tenth
-                        report(f"{node_label(graph, node)}: {value:g}/{total:g}")
-            elif kind == "execution_success":
+            if await self._on_event(event, prompt_id, graph, report, last_tenth):
                 return
-            elif kind == "execution_error":
-                raise JobFailed(format_execution_error(data, graph))
-            elif kind == "execution_interrupted":
-                raise JobFailed(format_interrupted(data, graph))
-            elif kind == "executing" and data.get("node") is None:
-                entry = await self.history(prompt_id)
-                if entry is None:
-                    raise JobFailed("ComfyUI finished the prompt but has no history entry for it")
-                self._check_history(entry, graph)
-                return
+
+    async def _on_event(self, event: dict, prompt_id: str, graph: dict, report: Log,
+                        last_tenth: dict[str, int]) -> bool:
+        """Act on one websocket event; True when it says the prompt succeeded (:class:`JobFailed` when it failed).
+
+        Events of other prompts, and events without a ``data`` object, are ignored.
+        """
+        kind, data = event.get("type"), event.get("data")
+        if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
+            return False
+        if kind == "execution_start":
+            report("started")
+        elif kind == "progress":
+            _report_progress(data, graph, report, last_tenth)
+        elif kind == "execution_success":
+            return True
+        elif kind == "execution_error":
+            raise JobFailed(format_execution_error(data, graph))
+        elif kind == "execution_interrupted":
+            raise JobFailed(format_interrupted(data, graph))
+        elif kind == "executing" and data.get("node") is None:
+            entry = await self.history(prompt_id)
+            if entry is None:
+                raise JobFailed("ComfyUI finished the prompt but has no history entry for it")
+            self._check_history(entry, graph)
+            return True
+        return False
 
     async def _finished(self, prompt_id: str, graph: dict) -> bool:
         """Whether ``/history/<id>`` has the prompt's entry (:class:`JobFailed` when it failed or vanished)."""
@@ -436,6 +441,16 @@ class ComfyServer:
     async def _cancel(self, prompt_id: str) -> None:
         await self._json("POST", "/queue", json={"delete": [prompt_id]})
         await self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+
+def _report_progress(data: dict, graph: dict, report: Log, last_tenth: dict[str, int]) -> None:
+    """Report a node's ``progress`` event when it reaches a new tenth of its total, or its end."""
+    node, value, total = str(data.get("node")), data.get("value"), data.get("max")
+    if isinstance(value, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        tenth = int(10 * value / total)
+        if tenth > last_tenth.get(node, -1) or value == total:
+            last_tenth[node] = tenth
+            report(f"{node_label(graph, node)}: {value:g}/{total:g}")
 
 
 def _size(limit: int) -> str:
@@ -625,6 +640,19 @@ async def run_queue(prompts: str | os.PathLike, workflow: str | os.PathLike, ser
     ``timeout`` is per line (None or 0: no limit); ``max_download_bytes`` per file (None: no limit).
     :class:`BatchUsageError` before anything is submitted when a file, the manifest or a server is unusable.
     """
+    urls = _server_urls(servers)
+    _check_limits(timeout, read_timeout, max_download_bytes, retries, download_retries)
+    limits = Limits(read_timeout=read_timeout, download_retries=download_retries, retry_delay=retry_delay,
+                    max_download_bytes=max_download_bytes)
+    plan, manifest = _load_plan(prompts, workflow, out, log)
+    if plan.jobs:
+        run = _Run(plan, manifest, asyncio.Queue(), timeout or None, retries, log)
+        await _run_on_servers(run, urls, client_id or uuid.uuid4().hex, poll_interval, limits)
+    return summarize(plan, manifest)
+
+
+def _server_urls(servers: list[str]) -> list[str]:
+    """The normalised server URLs; :class:`BatchUsageError` when there are none or one is given twice."""
     if not servers:
         raise BatchUsageError("give at least one --server")
     urls = [normalize_server(url) for url in servers]
@@ -632,6 +660,12 @@ async def run_queue(prompts: str | os.PathLike, workflow: str | os.PathLike, ser
     if duplicates:
         raise BatchUsageError(f"--server {duplicates[0]} is given twice; a ComfyUI server runs one prompt at a "
                               "time, so give each server once")
+    return urls
+
+
+def _check_limits(timeout: float | None, read_timeout: float, max_download_bytes: int | None, retries: int,
+                  download_retries: int) -> None:
+    """:class:`BatchUsageError` for a negative timeout or retry count, or a non-positive read or size limit."""
     if timeout is not None and timeout < 0:
         raise BatchUsageError(f"--timeout must be 0 (no limit) or positive seconds, got {timeout:g}")
     if not read_timeout > 0:
@@ -640,8 +674,11 @@ async def run_queue(prompts: str | os.PathLike, workflow: str | os.PathLike, ser
         raise BatchUsageError(f"the download limit must be positive, got {max_download_bytes} bytes")
     if retries < 0 or download_retries < 0:
         raise BatchUsageError(f"--retries must be 0 or more, got {min(retries, download_retries)}")
-    limits = Limits(read_timeout=read_timeout, download_retries=download_retries, retry_delay=retry_delay,
-                    max_download_bytes=max_download_bytes)
+
+
+def _load_plan(prompts: str | os.PathLike, workflow: str | os.PathLike, out: str | os.PathLike,
+               log: Log) -> tuple[Plan, Manifest]:
+    """Read the prompt file, the workflow and the output folder's manifest; plan the lines and log the plan."""
     lines = read_prompt_file(prompts)
     flow = load_workflow(workflow)
     out_dir = Path(out)
@@ -656,38 +693,51 @@ async def run_queue(prompts: str | os.PathLike, workflow: str | os.PathLike, ser
         f"{len(plan.invalid)} invalid")
     for line in plan.invalid:
         log(f"line {line.number}: FAILED: {line.error}")
-    if plan.jobs:
-        client_id = client_id or uuid.uuid4().hex
-        # every request passes its own timeouts (Limits); the websocket lives as long as the run
-        session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout)
-        async with aiohttp.ClientSession(timeout=session_timeout) as session:
-            for url in urls:
-                log(describe_server(url, await check_server(session, url)))
-            workers = [ComfyServer(session, url, client_id, poll_interval, limits) for url in urls]
-            run = _Run(plan, manifest, asyncio.Queue(), timeout or None, retries, log)
-            for job in plan.jobs:
-                run.queue.put_nowait(job)
-            try:
-                for server in workers:
-                    await server.connect()
-            except ServerLost as err:
-                raise BatchUsageError(str(err)) from None
-            tasks = [asyncio.ensure_future(_worker(server, run)) for server in workers]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            finally:  # an unexpected error or Ctrl-C: stop the other workers too (they cancel their prompts)
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                for server in workers:
-                    await server.close()
-            for task in done:
-                task.result()
-            lost = "; ".join(f"{server.url}: {server.lost}" for server in workers if server.lost)
-            while not run.queue.empty():
-                job = run.queue.get_nowait()
-                run.mark(job, FAILED, error=f"no server left to run it ({lost})")
-    return summarize(plan, manifest)
+    return plan, manifest
+
+
+async def _run_on_servers(run: _Run, urls: list[str], client_id: str, poll_interval: float, limits: Limits) -> None:
+    """Check and connect every server, run the planned lines on one worker per server, then mark the lines
+    no server was left to run as failed."""
+    # every request passes its own timeouts (Limits); the websocket lives as long as the run
+    session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout)
+    async with aiohttp.ClientSession(timeout=session_timeout) as session:
+        for url in urls:
+            run.log(describe_server(url, await check_server(session, url)))
+        workers = [ComfyServer(session, url, client_id, poll_interval, limits) for url in urls]
+        for job in run.plan.jobs:
+            run.queue.put_nowait(job)
+        try:
+            for server in workers:
+                await server.connect()
+        except ServerLost as err:
+            raise BatchUsageError(str(err)) from None
+        await _run_workers(run, workers)
+        _fail_unrun_lines(run, workers)
+
+
+async def _run_workers(run: _Run, workers: list[ComfyServer]) -> None:
+    """One :func:`_worker` per server until all end; the first unexpected error stops (and is raised after)
+    the others, as does cancellation; every server is closed either way."""
+    tasks = [asyncio.ensure_future(_worker(server, run)) for server in workers]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # an unexpected error or Ctrl-C: stop the other workers too (they cancel their prompts)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in workers:
+            await server.close()
+    for task in done:
+        task.result()
+
+
+def _fail_unrun_lines(run: _Run, workers: list[ComfyServer]) -> None:
+    """Mark the lines still queued (every server was lost) as failed, naming why each server was lost."""
+    lost = "; ".join(f"{server.url}: {server.lost}" for server in workers if server.lost)
+    while not run.queue.empty():
+        job = run.queue.get_nowait()
+        run.mark(job, FAILED, error=f"no server left to run it ({lost})")
 
 
 def run_queue_sync(*args, **kwargs) -> list[LineResult]:

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from benchmark_report import commit, hardware, write_section
 
-from echo_forcing.memory import EchoMemoryConfig, TransitionMode
+from echo_forcing.memory import EchoMemoryConfig, Transition
 from echo_forcing.memory.decay import apply_decay, difference_rates, estimate_rates, start_decay
 from echo_forcing.memory.echo_memory import layer_recall_frame
 from echo_forcing.memory.hierarchical_memory import EchoLayerMemory
@@ -227,7 +227,7 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
 
     Run last: it leaves the layer with non-trivial weights, as in the first blocks of a new scene.
     """
-    decay = layer.config.mode(TransitionMode.SMOOTH).decay
+    decay = layer.config.mode(Transition.SMOOTH).decay
     p, last = FRAME_TOKENS, WARM_BLOCKS - 1
     start_decay(layer, decay, 0, BLOCK_FRAMES * p, evict_tokens=BLOCK_FRAMES * p)
     estimate_rates(layer, decay, None)

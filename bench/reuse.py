@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from benchmark_report import commit, hardware, write_section
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory import PresetChoice, memory_footprint, preset_names
 from echo_forcing.memory.presets import make_policy
 from echo_forcing.models import WAN21_T2V_1_3B, CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import PrefixCache, SceneList, generate, plan_run
 
 TINY = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)

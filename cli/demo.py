@@ -27,10 +27,10 @@ import torch
 from .. import __version__
 from ..memory import SelfForcingCacheConfig
 from ..models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from .text_stand_in import stand_in_text_embedding
 from ..pipeline import BlockEvent, RolloutSettings, rollout, to_comfy_latent, video_frames
 from ..pipeline.latents import VAE_STRIDE
 from ..safe_files import atomic_write, output_folder, write_text
+from .text_stand_in import stand_in_text_embedding
 
 DEMO_CONFIG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
 """The built-in tiny model: 2 x 128 heads (real head dim and RoPE split), 2 layers, ~2.2M parameters."""

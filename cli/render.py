@@ -25,7 +25,6 @@ import torch
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
 from ..models import CausalWan, WanDiT, load_wan_model, random_wan_state_dict
-from .text_stand_in import stand_in_text_embedding
 from ..pipeline import (
     NOISE_MODES,
     PER_SHOT,
@@ -40,11 +39,11 @@ from ..pipeline import (
 )
 from ..pipeline.digests import digest
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, budget_bytes
-from ..pipeline.scene_list import TRANSITIONS
-from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError
+from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError, Transition
 from ..pipeline.story import Story
 from ..safe_files import output_folder, write_text
 from .demo import DEMO_CONFIG, write_json, write_latents
+from .text_stand_in import stand_in_text_embedding
 
 
 def read_script(text: str) -> str:
@@ -153,7 +152,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue this story (Save Story / --save-story): the script holds the NEW shots")
     p.add_argument("--save-story", type=Path, default=None, metavar="FILE",
                    help="save the video with its state as a story, to continue later")
-    p.add_argument("--enter", choices=list(TRANSITIONS), default="smooth",
+    p.add_argument("--enter", choices=Transition.labels(), default=Transition.SMOOTH.label,
                    help="with --story: how the script's first shot is entered (default smooth)")
     p.set_defaults(func=run)
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 from ..models import random_wan_state_dict
+from ..safe_files import atomic_write
 from .tiny_files import (
     TINY_DIT_CONFIG,
     random_clip_l_state_dict,
     random_wan21_vae_state_dict,
     tiny_lora_state_dict,
 )
-from ..safe_files import atomic_write
 
 PARTS = ("dit", "clip", "vae")
 DIT_FILE = "diffusion_models/echo_forcing_tiny_dit.safetensors"

@@ -4,13 +4,22 @@ Echo-Forcing's scene memory (docs/MEMORY.md) and the baselines it is compared wi
 selectable by name through ``memory.presets``.
 """
 
-from .config import ConfigError, EchoMemoryConfig, TransitionMode
-from .echo_memory import EchoMemory, SceneMemoryError
-from .footprint import MemoryFootprint, memory_footprint
-from .presets import PRESET_DEFAULT, PRESETS, PresetChoice, make_policy, preset_names
-from .scene_pool import PoolEntry, PoolSignature, ScenePool, ScenePoolError, pool_file, pool_names
-from .self_forcing import CacheLengthError, SelfForcingCacheConfig, SelfForcingLayerCache
-from .state import MemoryState, SceneInfo
+from ..lazy_package import install
+
+# name -> the module of this package that defines it (loaded on first use: ``memory.config``, which holds the
+# transition vocabulary the torch-free scene-script parser uses, must import without torch)
+_EXPORTS = {
+    **dict.fromkeys(("ConfigError", "EchoMemoryConfig", "Transition"), "config"),
+    **dict.fromkeys(("EchoMemory", "SceneMemoryError"), "echo_memory"),
+    **dict.fromkeys(("MemoryFootprint", "memory_footprint"), "footprint"),
+    **dict.fromkeys(("PRESET_DEFAULT", "PRESETS", "PresetChoice", "make_policy", "preset_names"), "presets"),
+    **dict.fromkeys(("PoolEntry", "PoolSignature", "ScenePool", "ScenePoolError", "pool_file", "pool_names"),
+                    "scene_pool"),
+    **dict.fromkeys(("CacheLengthError", "SelfForcingCacheConfig", "SelfForcingLayerCache"), "self_forcing"),
+    **dict.fromkeys(("MemoryState", "SceneInfo"), "state"),
+}
+
+install(__name__, _EXPORTS)
 
 __all__ = [
     "PRESETS",
@@ -30,7 +39,7 @@ __all__ = [
     "ScenePoolError",
     "SelfForcingCacheConfig",
     "SelfForcingLayerCache",
-    "TransitionMode",
+    "Transition",
     "make_policy",
     "memory_footprint",
     "pool_file",

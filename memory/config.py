@@ -31,12 +31,58 @@ def check_int(name: str, value, low: int, high: int | None = None, why: str = ""
         raise ConfigError(f"{name} must lie in {low}..{high}{why}, got {value}")
 
 
-class TransitionMode(str, Enum):
-    """How a scene is entered (memory-side name of the scene-script transitions)."""
+class Transition(str, Enum):
+    """How a shot is entered from the shot before it: the pack's one vocabulary for transitions.
+
+    The value is the memory's and the files' spelling; ``label`` is what artists read (node options, reports,
+    the timeline) and ``marker`` the official scene-script tag's character, written at the end of the shot
+    the transition leaves (``a[5s#] b`` cuts hard from a into b). ``AUTO`` is the paper's automatic router
+    (appendix B): it becomes one of the three others when the shot starts and has no tag marker.
+    """
 
     SMOOTH = "smooth"
     HARD_CUT = "hardcut"
     RECALL = "recall"
+    AUTO = "auto"
+
+    @property
+    def label(self) -> str:
+        """The artist's name: "smooth", "hard cut", "recall", "auto"."""
+        return "hard cut" if self is Transition.HARD_CUT else self.value
+
+    @property
+    def marker(self) -> str:
+        """The official tag's marker ("" smooth, "#" hard cut, "@" recall); AUTO has none (ValueError)."""
+        if self is Transition.AUTO:
+            raise ValueError("Transition.AUTO has no marker in the official tag format")
+        return {Transition.SMOOTH: "", Transition.HARD_CUT: "#", Transition.RECALL: "@"}[self]
+
+    @classmethod
+    def from_marker(cls, marker: str) -> Transition:
+        """The transition for a tag marker ("", "#" or "@")."""
+        for transition in cls.modes():
+            if transition.marker == marker:
+                return transition
+        raise ValueError(f"unknown transition marker {marker!r}; use '' (smooth), '#' (hard cut) or '@' (recall)")
+
+    @classmethod
+    def from_label(cls, name: str) -> Transition:
+        """The transition for an artist's name or a value, forgiving case, spaces, "_" and "-" ("Hard_Cut")."""
+        key = "".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+        for transition in cls:
+            if key == transition.value:
+                return transition
+        raise ValueError(f"unknown transition {name!r}; choose one of: {', '.join(cls.labels())}")
+
+    @classmethod
+    def labels(cls) -> list[str]:
+        """The artists' names in menu order (the Scene Prompt node's options)."""
+        return [transition.label for transition in cls]
+
+    @classmethod
+    def modes(cls) -> tuple[Transition, ...]:
+        """The transitions the memory carries out (each with its own ``ModeConfig``): all but AUTO."""
+        return cls.SMOOTH, cls.HARD_CUT, cls.RECALL
 
 
 class OldMemorySource(str, Enum):
@@ -154,17 +200,17 @@ class ModeConfig:
         _check(0 <= self.old_recent_frames <= 6, f"old_recent_frames must lie in 0..6, got {self.old_recent_frames}")
 
 
-def _default_modes() -> dict[TransitionMode, ModeConfig]:
+def _default_modes() -> dict[Transition, ModeConfig]:
     return {
-        TransitionMode.SMOOTH: ModeConfig(
+        Transition.SMOOTH: ModeConfig(
             old_recent_frames=2,
             decay=DecayConfig(strategy=DecayStrategy.DIFF, min_rate=0.80, max_rate=0.95, clear_after_blocks=5),
             rope_jump=RopeJumpConfig(JumpStrategy.FIXED, value=0)),
-        TransitionMode.HARD_CUT: ModeConfig(
+        Transition.HARD_CUT: ModeConfig(
             decay=DecayConfig(strategy=DecayStrategy.FIXED, fixed_rate=1.0, first_block_weight=0.8,
                               clear_after_blocks=1),
             rope_jump=RopeJumpConfig(JumpStrategy.FIXED, value=45)),
-        TransitionMode.RECALL: ModeConfig(
+        Transition.RECALL: ModeConfig(
             decay=DecayConfig(strategy=DecayStrategy.DIFF, min_rate=0.55, max_rate=0.90, clear_after_blocks=5),
             rope_jump=RopeJumpConfig(JumpStrategy.SIMILARITY, min_value=0, max_value=6)),
     }
@@ -213,7 +259,7 @@ class EchoMemoryConfig:
         object.__setattr__(self, "recall_fusion", RecallFusion(self.recall_fusion))
         object.__setattr__(self, "match_method", MatchMethod(self.match_method))
         object.__setattr__(self, "match_scope", MatchScope(self.match_scope))
-        modes = {TransitionMode(k): v for k, v in self.modes.items()}
+        modes = {Transition(k): v for k, v in self.modes.items()}
         object.__setattr__(self, "modes", modes)
         fpb = self.frames_per_block
         _check(fpb == 3, f"the Echo-Forcing memory works on 3-frame blocks, got frames_per_block={fpb}")
@@ -241,11 +287,12 @@ class EchoMemoryConfig:
         _check(1 <= self.pool_size <= 1024, f"pool_size must lie in 1..1024, got {self.pool_size}")
         _check(1 <= self.transition_frames <= fpb,
                f"transition_frames must lie in 1..{fpb}, got {self.transition_frames}")
-        missing = [m.value for m in TransitionMode if m not in modes]
+        missing = [m.value for m in Transition.modes() if m not in modes]
         _check(not missing, f"modes is missing {', '.join(missing)}")
+        _check(Transition.AUTO not in modes, "modes cannot configure 'auto': the router picks one of the others")
         for mode, cfg in modes.items():
             _check(isinstance(cfg, ModeConfig), f"modes[{mode.value}] must be a ModeConfig")
-            _check(mode is TransitionMode.SMOOTH or cfg.old_recent_frames == 0,
+            _check(mode is Transition.SMOOTH or cfg.old_recent_frames == 0,
                    f"modes[{mode.value}].old_recent_frames must be 0: only a smooth transition carries the "
                    "previous scene's last frames")
             _check(1 + cfg.old_recent_frames + fpb <= self.budget_frames,
@@ -256,13 +303,13 @@ class EchoMemoryConfig:
         """Most old-memory slots any mode puts in front of a new scene (1 recall frame + recent frames)."""
         return max(1 + m.old_recent_frames for m in self.modes.values())
 
-    def mode(self, mode: TransitionMode | str) -> ModeConfig:
-        return self.modes[TransitionMode(mode)]
+    def mode(self, mode: Transition | str) -> ModeConfig:
+        return self.modes[Transition(mode)]
 
-    def with_mode(self, mode: TransitionMode | str, **changes) -> EchoMemoryConfig:
+    def with_mode(self, mode: Transition | str, **changes) -> EchoMemoryConfig:
         """A copy with some fields of one mode replaced (``decay=...``, ``rope_jump=...``, ...)."""
         modes = dict(self.modes)
-        modes[TransitionMode(mode)] = replace(modes[TransitionMode(mode)], **changes)
+        modes[Transition(mode)] = replace(modes[Transition(mode)], **changes)
         return replace(self, modes=modes)
 
     def describe(self) -> dict:

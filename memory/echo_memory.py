@@ -29,7 +29,7 @@ from .config import (
     MatchMethod,
     MatchScope,
     OldMemorySource,
-    TransitionMode,
+    Transition,
 )
 from .decay import apply_decay, estimate_rates, evict_step
 from .devices import to_device, to_storage
@@ -40,7 +40,6 @@ from .scene_pool import LayerFrames, PoolEntry, PoolSignature, ScenePool
 from .state import BlockReport, MemoryState, SceneInfo
 from .transitions import enter_scene
 
-AUTO = "auto"
 CPU = torch.device("cpu")
 """Where the scene pool keeps its frames (saved with the pool, shared between runs)."""
 
@@ -86,19 +85,13 @@ def layer_recall_frame(layer: EchoLayerMemory) -> tuple[torch.Tensor, torch.Tens
     return to_storage(made[0].to(layer.dtype), CPU), to_storage(made[1].to(layer.dtype), CPU)
 
 
-def _entry_mode(entry: str | None) -> TransitionMode | str | None:
-    if entry is None or entry == AUTO:
-        return entry
-    return TransitionMode(entry)
-
-
 class EchoMemoryState(MemoryState):
     def __init__(self, policy: EchoMemory, num_layers: int, scenes: list[SceneInfo], compute_features: bool = True):
         cfg = policy.config
         super().__init__([EchoLayerMemory(cfg, policy.storage) for _ in range(num_layers)])
         self.policy, self.config = policy, cfg
         self.scenes = scenes or [SceneInfo(prompt="", num_blocks=0)]
-        self.entries = [_entry_mode(s.entry) for s in self.scenes]
+        self.entries = [s.entry for s in self.scenes]
         self.base_pool = policy.pool or ScenePool(max_size=cfg.pool_size)
         self._validate()
         # What each scene records for later switches follows from the config alone, not from the
@@ -118,7 +111,7 @@ class EchoMemoryState(MemoryState):
         self.smooth_recall: LayerFrames | None = None
         self.pending_smooth_select = True
         self.pending_smooth_recall = True
-        self.scene_modes: list[TransitionMode | None] = [None] * len(self.scenes)
+        self.scene_modes: list[Transition | None] = [None] * len(self.scenes)
 
     # ---- validation before any model call -------------------------------------------------------------------
 
@@ -128,9 +121,9 @@ class EchoMemoryState(MemoryState):
                 continue
             if mode is None:
                 raise SceneMemoryError(f"scene {i + 1} has no transition; choose smooth, hard cut, recall or auto")
-            if mode is TransitionMode.RECALL and not self.config.mode(mode).use_old_memory:
+            if mode is Transition.RECALL and not self.config.mode(mode).use_old_memory:
                 continue
-            if mode is TransitionMode.RECALL:
+            if mode is Transition.RECALL:
                 earlier = i - (1 if self.config.exclude_previous_scene else 0)
                 if earlier <= 0 and not self.base_pool.recallable():
                     raise SceneMemoryError(
@@ -140,7 +133,7 @@ class EchoMemoryState(MemoryState):
             target = scene.recall_target
             if target is None:
                 continue
-            if mode not in (TransitionMode.RECALL, AUTO):
+            if mode not in (Transition.RECALL, Transition.AUTO):
                 raise SceneMemoryError(f"scene {i + 1} names a recall target but is entered by {mode.value}")
             if isinstance(target, int):
                 if not 0 <= target < i:
@@ -160,7 +153,7 @@ class EchoMemoryState(MemoryState):
     def _features(self, compute: bool = True) -> list[torch.Tensor]:
         """Routing features of the whole video's scenes, then of loaded pool entries (one document set; the
         official scope). Empty when no scene routes; with the "so-far" scope computed per switch instead."""
-        self.routes = any(m in (TransitionMode.RECALL, AUTO) for m in self.entries)
+        self.routes = any(m in (Transition.RECALL, Transition.AUTO) for m in self.entries)
         if not self.routes:
             return []
         if self.config.match_method is MatchMethod.SIMILAR and self.policy.encode_text is None:
@@ -198,7 +191,7 @@ class EchoMemoryState(MemoryState):
         mode = self.entries[scene]
         route_jump = None
         target = self.scenes[scene].recall_target
-        if mode == AUTO:
+        if mode == Transition.AUTO:
             route = auto_route(scene, self.features_at(scene)[:len(self.scenes)])
             mode, route_jump = route.mode, route.jump
             if target is None and route.target is not None:
@@ -212,13 +205,13 @@ class EchoMemoryState(MemoryState):
                                    cfg.rope_jump.min_value, cfg.rope_jump.max_value)
         elif cfg.rope_jump.strategy is JumpStrategy.PAPER:
             jump = (paper_recall_jump(scene, recalled.scene) if recalled is not None and recalled.scene is not None
-                    and not recalled.source else {TransitionMode.SMOOTH: 0}.get(mode, 45))
+                    and not recalled.source else {Transition.SMOOTH: 0}.get(mode, 45))
         else:
             jump = cfg.rope_jump.value
         old_slots = 0
         for i, layer in enumerate(self.layers):
             old_slots = enter_scene(layer, mode, cfg, frames[i] if frames is not None else None, jump, start_frame)
-        if mode is not TransitionMode.SMOOTH:
+        if mode is not Transition.SMOOTH:
             self.smooth_select = self.smooth_recall = None
             self.pending_smooth_select = self.pending_smooth_recall = True
         self.scene_modes[scene] = mode
@@ -334,16 +327,16 @@ class EchoMemoryState(MemoryState):
 
     # ---- old memory of a switch -----------------------------------------------------------------------------
 
-    def _old_frames(self, mode: TransitionMode, cfg, scene: int, target) -> tuple:
+    def _old_frames(self, mode: Transition, cfg, scene: int, target) -> tuple:
         """(per-layer old frame or None, similarity, ranked candidates, recalled entry)."""
         if not cfg.use_old_memory:
             return None, None, [], None
         source = cfg.old_memory_source
-        if mode is TransitionMode.RECALL:
+        if mode is Transition.RECALL:
             return self._recall(scene, source, target)
         if source is OldMemorySource.RESINK:
             return self._resink(), None, [], None
-        if mode is TransitionMode.SMOOTH:
+        if mode is Transition.SMOOTH:
             if source is OldMemorySource.COMPRESS:
                 frames = self.smooth_recall or self._newest_recall() or self.smooth_select or self.scene_select
             else:

@@ -17,7 +17,7 @@ Positions (§5.2): keys are stored pre-RoPE and the frame in slot i sits at temp
   otherwise at L-3..L-1, also right after a flush while the buffer refills, when the block's own keys sit at
   3..5, 6..8, ... (the disagreement of §5.4).
 
-Scenes (``create(num_layers, scenes)``; SceneInfo.entry "hardcut" marks a hard cut):
+Scenes (``create(num_layers, scenes)``; SceneInfo.entry Transition.HARD_CUT marks a hard cut):
 * KV Flush (§5.4), in ``start_scene`` before the scene's first call: keep the sink and the last
   ``flush_keep_frames`` frames (moved to the slots right after the sink), drop the rest; the kept K/V are not
   re-encoded. ``flush_on="hardcut"`` flushes at hard cuts only (the paper's description: "KV flush to sink +
@@ -46,11 +46,10 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError, check_int
+from .config import ConfigError, Transition, check_int
 from .self_forcing import CacheLengthError, evict_slots
 from .state import FrameBuffer, MemoryState, SceneInfo
 
-HARD_CUT = "hardcut"
 FLUSH_ON = ("hardcut", "every")
 FLUSH_FROM = ("written", "physical")
 
@@ -111,8 +110,8 @@ class InfinityRopeState(MemoryState):
 
     def start_scene(self, scene: int, start_frame: int) -> dict:
         entry = self.scenes[scene].entry if scene < len(self.scenes) else None
-        hard = entry == HARD_CUT
-        report = {"scene": scene, "mode": entry or "smooth", "flushed_to": None, "cut": hard}
+        hard = entry is Transition.HARD_CUT
+        report = {"scene": scene, "mode": (entry or Transition.SMOOTH).value, "flushed_to": None, "cut": hard}
         if hard or self.config.flush_on == "every":
             for layer in self.layers:
                 layer.flush()

@@ -33,9 +33,10 @@ from .config import (
     DecayStrategy,
     EchoMemoryConfig,
     JumpStrategy,
+    MatchMethod,
     MatchScope,
     RopeJumpConfig,
-    TransitionMode,
+    Transition,
 )
 from .deep_forcing import DeepForcingCacheConfig
 from .echo_memory import EchoMemory
@@ -57,7 +58,7 @@ def echo_paper_config() -> EchoMemoryConfig:
         recall_base_frame_weight=0.0,  # pure softmax fusion (#11)
         exclude_previous_scene=True,  # i* != t - 1 (#17)
     )
-    return base.with_mode(TransitionMode.RECALL, rope_jump=RopeJumpConfig(JumpStrategy.PAPER))  # (#18)
+    return base.with_mode(Transition.RECALL, rope_jump=RopeJumpConfig(JumpStrategy.PAPER))  # (#18)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,14 @@ RECALL_SCOPES = {"whole video": MatchScope.VIDEO, "shots so far": MatchScope.SO_
 UNIFIED_ROPE_PRESETS = ("self-forcing", "longlive", "tethercache")
 """Presets with the ``rope="unified"`` option (see the module docstring)."""
 ROPE_CHOICES = ("unified",)
+CHOICE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "recall_matching": tuple(m.value for m in MatchMethod),
+    "compression": ("on", "off"),
+    "decay": ("difference-aware", "off"),
+    "rope": ROPE_CHOICES,
+    "recall_scope": tuple(RECALL_SCOPES),
+}
+"""What each option of a ``PresetChoice`` may be, besides ``PRESET_DEFAULT`` (the node menus list exactly these)."""
 
 
 def preset_names() -> list[str]:
@@ -170,14 +179,17 @@ class PresetChoice:
         if str(self.preset).lower() not in PRESETS:
             raise ConfigError(f"unknown cache preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         object.__setattr__(self, "preset", str(self.preset).lower())
-        for name, allowed in (("recall_matching", ("similar", "idf")), ("compression", ("on", "off")),
-                              ("decay", ("difference-aware", "off")), ("rope", ROPE_CHOICES),
-                              ("recall_scope", tuple(RECALL_SCOPES))):
+        for name, allowed in CHOICE_OPTIONS.items():
             value = getattr(self, name)
             if value not in (PRESET_DEFAULT, *allowed):
                 raise ConfigError(f"{name} must be {PRESET_DEFAULT!r} or one of {', '.join(allowed)}; got {value!r}")
         if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or not 0 <= self.pool_size <= 1024:
             raise ConfigError(f"pool_size must be 0 (preset default) or 1..1024, got {self.pool_size!r}")
+
+    @staticmethod
+    def menu(option: str) -> list[str]:
+        """The node menu of one option: the preset default, then its values."""
+        return [PRESET_DEFAULT, *CHOICE_OPTIONS[option]]
 
     @property
     def is_echo(self) -> bool:
@@ -185,7 +197,7 @@ class PresetChoice:
 
     def options(self) -> dict:
         """The options that were set (not left at the preset default)."""
-        out = {n: getattr(self, n) for n in ("recall_matching", "compression", "decay", "rope", "recall_scope")
+        out = {n: getattr(self, n) for n in CHOICE_OPTIONS
                if getattr(self, n) != PRESET_DEFAULT}
         if self.pool_size:
             out["pool_size"] = self.pool_size
@@ -217,10 +229,10 @@ class PresetChoice:
             changes["match_scope"] = RECALL_SCOPES[self.recall_scope]
         cfg = replace(cfg, **changes) if changes else cfg
         if self.decay == "off":
-            for mode in TransitionMode:
+            for mode in Transition.modes():
                 cfg = cfg.with_mode(mode, decay=replace(cfg.mode(mode).decay, strategy=DecayStrategy.FIXED,
                                                         fixed_rate=1.0))
         elif self.decay == "difference-aware":
-            for mode in TransitionMode:
+            for mode in Transition.modes():
                 cfg = cfg.with_mode(mode, decay=replace(cfg.mode(mode).decay, strategy=DecayStrategy.DIFF))
         return replace(policy, config=cfg)

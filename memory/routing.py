@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import MatchMethod, TransitionMode
+from .config import MatchMethod, Transition
 
 STOP_WORDS = frozenset((
     "a an and are as at back be been before by for from has have he her his in into is it its of on or over "
@@ -148,7 +148,7 @@ def paper_recall_jump(scene: int, recalled: int) -> int:
 
 @dataclass(frozen=True)
 class Route:
-    mode: TransitionMode
+    mode: Transition
     target: int | None
     jump: int
     similarity: float | None
@@ -161,7 +161,7 @@ def auto_route(scene: int, features: Sequence[torch.Tensor], threshold: float = 
     ranked = rank(features[scene], features[:scene])
     top = best(ranked)
     if top is None or top.similarity < threshold:
-        return Route(TransitionMode.HARD_CUT, None, HARD_CUT_JUMP, None if top is None else top.similarity)
+        return Route(Transition.HARD_CUT, None, HARD_CUT_JUMP, None if top is None else top.similarity)
     if top.key == scene - 1:
-        return Route(TransitionMode.SMOOTH, None, 0, top.similarity)
-    return Route(TransitionMode.RECALL, top.key, paper_recall_jump(scene, top.key), top.similarity)
+        return Route(Transition.SMOOTH, None, 0, top.similarity)
+    return Route(Transition.RECALL, top.key, paper_recall_jump(scene, top.key), top.similarity)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.seam import AttentionWindow
+from .config import Transition
 from .scene_pool import ScenePool
 from .snapshot import MemorySnapshot, capture, restore
 
@@ -24,11 +25,15 @@ class SceneInfo:
 
     prompt: str
     num_blocks: int
-    entry: str | None = None
-    """How the scene is entered: "smooth", "hardcut", "recall", "auto"; None for the first scene."""
+    entry: Transition | None = None
+    """How the scene is entered (a ``Transition`` or its value); None for the first scene."""
     recall_target: int | str | None = None
     """For recall entries: index of an earlier scene of this video, or the label of a pool entry."""
     label: str | None = None
+
+    def __post_init__(self):
+        if self.entry is not None:
+            object.__setattr__(self, "entry", Transition(self.entry))
 
 
 @dataclass

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import torch
 
-from .config import DecayTarget, ModeConfig, TransitionMode
+from .config import DecayTarget, ModeConfig, Transition
 from .decay import start_decay
 from .devices import to_device
 from .hierarchical_memory import EchoLayerMemory
 from .phase_compression import PhaseCalibration
 
 
-def enter_scene(layer: EchoLayerMemory, mode: TransitionMode, cfg: ModeConfig,
+def enter_scene(layer: EchoLayerMemory, mode: Transition, cfg: ModeConfig,
                 old_frame: tuple[torch.Tensor, torch.Tensor] | None, jump: int, scene_start: int) -> int:
     """Switch one layer to a new scene starting at absolute frame ``scene_start``; returns the old slots kept."""
     p = layer.frame_tokens
@@ -40,7 +40,7 @@ def enter_scene(layer: EchoLayerMemory, mode: TransitionMode, cfg: ModeConfig,
         layer.k[0, :p] = to_device(k, layer.device, layer.dtype)
         layer.v[0, :p] = to_device(v, layer.device, layer.dtype)
         write, recall_tokens = 1, p
-    recent = min(cfg.old_recent_frames, previous_end) if mode is TransitionMode.SMOOTH else 0
+    recent = min(cfg.old_recent_frames, previous_end) if mode is Transition.SMOOTH else 0
     if recent:
         src = slice((previous_end - recent) * p, previous_end * p)
         layer.k[:, write * p:(write + recent) * p] = layer.k[:, src].clone()
@@ -62,7 +62,7 @@ def enter_scene(layer: EchoLayerMemory, mode: TransitionMode, cfg: ModeConfig,
 
     decay = cfg.decay
     recent_tokens = recent * p
-    if mode is TransitionMode.SMOOTH:
+    if mode is Transition.SMOOTH:
         start, count = {DecayTarget.OLD_RECENT: (recall_tokens, recent_tokens),
                         DecayTarget.OLD_RECALL: (0, recall_tokens),
                         DecayTarget.OLD_MEMORY: (0, recall_tokens + recent_tokens)}[decay.target]

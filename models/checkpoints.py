@@ -182,29 +182,42 @@ def convert_to_wan(raw: Mapping, *, weights: str = "auto", dtype: torch.dtype | 
     if len(tensors) < len(chosen):
         notes.append(f"ignored {len(chosen) - len(tensors)} non-tensor entries")
     prefix = next((p for p in _COMFY_PREFIXES if any(k.startswith(p) for k in tensors)), None)
-    sd = {}
-    if prefix:
-        for k, v in tensors.items():
-            if k.startswith(prefix) or k.endswith("scaled_fp8"):
-                sd[k.removeprefix(prefix) if k.startswith(prefix) else "scaled_fp8"] = v
-        if len(sd) < len(tensors):  # VAE / text encoder of an all-in-one file
-            notes.append(f"ignored {len(tensors) - len(sd)} tensors outside '{prefix}'")
-    else:
-        for k, v in tensors.items():
-            k = k.replace(_FSDP, "")
-            sd[k.removeprefix("model.")] = v
+    sd = _strip_comfy_prefix(tensors, prefix, notes) if prefix else _strip_research_names(tensors)
     scaled = _dequantise(sd, dtype or torch.float32, notes)
+    return ConvertedCheckpoint(state_dict=sd, source=_layout_name(tensors, scaled, entry, prefix), notes=notes)
+
+
+def _strip_comfy_prefix(tensors: dict[str, torch.Tensor], prefix: str, notes: list[str]) -> dict:
+    """Keep the tensors under ComfyUI's ``prefix`` (without it) and the ``scaled_fp8`` marker; note the rest."""
+    sd = {}
+    for k, v in tensors.items():
+        if k.startswith(prefix) or k.endswith("scaled_fp8"):
+            sd[k.removeprefix(prefix) if k.startswith(prefix) else "scaled_fp8"] = v
+    if len(sd) < len(tensors):  # VAE / text encoder of an all-in-one file
+        notes.append(f"ignored {len(tensors) - len(sd)} tensors outside '{prefix}'")
+    return sd
+
+
+def _strip_research_names(tensors: dict[str, torch.Tensor]) -> dict:
+    """Research names to Wan names: drop ``_fsdp_wrapped_module.`` segments and the wrapper's ``model.``."""
+    sd = {}
+    for k, v in tensors.items():
+        k = k.replace(_FSDP, "")
+        sd[k.removeprefix("model.")] = v
+    return sd
+
+
+def _layout_name(tensors: Mapping[str, torch.Tensor], scaled: bool, entry: str | None, prefix: str | None) -> str:
+    """What kind of file the tensors came from, as :attr:`ConvertedCheckpoint.source` says it."""
     if scaled:
-        source = "scaled fp8 safetensors"
-    elif entry:
-        source = f"Self-Forcing/CausVid/LongLive research checkpoint ({entry})"
-    elif prefix:
-        source = "ComfyUI repackaged safetensors"
-    elif any(k.replace(_FSDP, "").startswith("model.") for k in tensors):
-        source = "research checkpoint (bare state dict)"
-    else:
-        source = "plain Wan state dict"
-    return ConvertedCheckpoint(state_dict=sd, source=source, notes=notes)
+        return "scaled fp8 safetensors"
+    if entry:
+        return f"Self-Forcing/CausVid/LongLive research checkpoint ({entry})"
+    if prefix:
+        return "ComfyUI repackaged safetensors"
+    if any(k.replace(_FSDP, "").startswith("model.") for k in tensors):
+        return "research checkpoint (bare state dict)"
+    return "plain Wan state dict"
 
 
 def _lora_module(key: str) -> tuple[str, str] | None:
@@ -230,6 +243,19 @@ def merge_lora(state_dict: dict, lora_raw: Mapping, alpha: float | None = None) 
     lora = lora_raw.get("generator_lora", lora_raw) if isinstance(lora_raw, Mapping) else None
     if not isinstance(lora, Mapping):
         raise CheckpointError("the LoRA file holds no dict of tensors")
+    parts = _lora_parts(lora)
+    _check_lora_values(parts)
+    out = dict(state_dict)
+    for module, p in sorted(parts.items()):
+        out[module + ".weight"] = _merged_weight(module, p, state_dict, alpha)
+    return out
+
+
+def _lora_parts(lora: Mapping) -> dict[str, dict[str, torch.Tensor]]:
+    """The LoRA's tensors by Wan module, then by kind (A, B, alpha); non-tensor entries are skipped.
+
+    :class:`CheckpointError` for a key that is not a LoRA key, a kind given twice, or no LoRA tensor at all.
+    """
     parts: dict[str, dict[str, torch.Tensor]] = {}
     foreign = []
     for k, v in lora.items():
@@ -248,33 +274,42 @@ def merge_lora(state_dict: dict, lora_raw: Mapping, alpha: float | None = None) 
                               "PEFT '<module>.lora_A.weight'/'lora_B.weight' or 'lora_down'/'lora_up' names")
     if not parts:
         raise CheckpointError("the LoRA file contains no LoRA tensors (lora_A/lora_B or lora_down/lora_up)")
+    return parts
+
+
+def _check_lora_values(parts: dict[str, dict[str, torch.Tensor]]) -> None:
+    """:class:`CheckpointError` when a LoRA tensor is not finite or not stored as a float dtype."""
     check_finite({f"{m}.{k}": t for m, p in parts.items() for k, t in p.items()}, "the LoRA file")
     floats = (torch.float32, torch.float16, torch.bfloat16)
     odd = sorted({str(t.dtype) for p in parts.values() for t in p.values() if t.dtype not in floats})
     if odd:
         raise CheckpointError(f"the LoRA stores its matrices as {', '.join(odd)}; use a float32, float16 or "
                               "bfloat16 LoRA")
-    out = dict(state_dict)
-    for module, p in sorted(parts.items()):
-        if "A" not in p or "B" not in p:
-            missing = "B (lora_B/lora_up)" if "A" in p else "A (lora_A/lora_down)"
-            raise CheckpointError(f"LoRA module {module} has no {missing} matrix; the LoRA file is incomplete")
-        a, b, target = p["A"], p["B"], module + ".weight"
-        if target not in state_dict:
-            raise CheckpointError(f"LoRA targets {module}, which the base model does not have ({target} missing); "
-                                  "is this LoRA for another model?")
-        w = state_dict[target]
-        shapes = f"A {list(a.shape)}, B {list(b.shape)}, weight {list(w.shape)}"
-        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise CheckpointError(f"LoRA {module}: rank mismatch between A and B ({shapes})")
-        if w.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(w.shape):
-            raise CheckpointError(f"LoRA {module} does not match the base model ({shapes}); "
-                                  "is this LoRA for another model size?")
-        rank = a.shape[0]
-        module_alpha = float(p["alpha"]) if "alpha" in p else alpha
-        scale = (rank if module_alpha is None else module_alpha) / rank
-        out[target] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
-    return out
+
+
+def _merged_weight(module: str, p: dict[str, torch.Tensor], state_dict: dict, alpha: float | None) -> torch.Tensor:
+    """``module``'s base weight plus its LoRA delta ``(alpha / r) * B @ A`` (float32 math, W's dtype).
+
+    :class:`CheckpointError` when A or B is missing, the base model lacks the module, or the shapes disagree.
+    """
+    if "A" not in p or "B" not in p:
+        missing = "B (lora_B/lora_up)" if "A" in p else "A (lora_A/lora_down)"
+        raise CheckpointError(f"LoRA module {module} has no {missing} matrix; the LoRA file is incomplete")
+    a, b, target = p["A"], p["B"], module + ".weight"
+    if target not in state_dict:
+        raise CheckpointError(f"LoRA targets {module}, which the base model does not have ({target} missing); "
+                              "is this LoRA for another model?")
+    w = state_dict[target]
+    shapes = f"A {list(a.shape)}, B {list(b.shape)}, weight {list(w.shape)}"
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+        raise CheckpointError(f"LoRA {module}: rank mismatch between A and B ({shapes})")
+    if w.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(w.shape):
+        raise CheckpointError(f"LoRA {module} does not match the base model ({shapes}); "
+                              "is this LoRA for another model size?")
+    rank = a.shape[0]
+    module_alpha = float(p["alpha"]) if "alpha" in p else alpha
+    scale = (rank if module_alpha is None else module_alpha) / rank
+    return (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
 
 
 def _architecture_hint(keys: list[str]) -> str:

@@ -6,7 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import host
 from .load_causal_dit import LoadCausalDiT
-from .memory_nodes import EchoMemoryConfig, SaveScenePool, SceneRecallPool
+from .memory_nodes import EchoMemoryConfigNode, SaveScenePool, SceneRecallPool
 from .sampler import AutoregressiveSampler
 from .scene_nodes import ScenePrompt, SceneScript
 from .story_nodes import LoadStory, SaveStory
@@ -15,7 +15,7 @@ NODES: list[type[io.ComfyNode]] = [
     LoadCausalDiT,
     ScenePrompt,
     SceneScript,
-    EchoMemoryConfig,
+    EchoMemoryConfigNode,
     SceneRecallPool,
     AutoregressiveSampler,
     SaveScenePool,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..memory import PRESET_DEFAULT, PRESETS, PresetChoice, ScenePool, ScenePoolError, pool_file, pool_names
-from ..memory.presets import RECALL_SCOPES, ROPE_CHOICES, UNIFIED_ROPE_PRESETS
+from ..memory.presets import UNIFIED_ROPE_PRESETS
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType
 from .validation import CombosChecked, file_name_problem
@@ -18,7 +18,7 @@ def _preset_help() -> str:
     return "\n".join(f"{p.name}: {p.title} - keeps {p.keeps}" for p in PRESETS.values())
 
 
-class EchoMemoryConfig(CombosChecked, io.ComfyNode):
+class EchoMemoryConfigNode(CombosChecked, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -33,14 +33,14 @@ class EchoMemoryConfig(CombosChecked, io.ComfyNode):
             inputs=[
                 io.Combo.Input("preset", options=list(PRESETS), default="echo-forcing",
                                tooltip="What the cache keeps:\n" + _preset_help()),
-                io.Combo.Input("recall_matching", options=[PRESET_DEFAULT, "similar", "idf"], default=PRESET_DEFAULT,
+                io.Combo.Input("recall_matching", options=PresetChoice.menu("recall_matching"), default=PRESET_DEFAULT,
                                tooltip="How a recall finds the earlier scene most like the new shot. similar: by "
                                        "meaning, with the text encoder (needs a CLIP on the shots). idf: by shared "
                                        "rare words, no encoder. Echo-Forcing presets only."),
-                io.Combo.Input("phase_compression", options=[PRESET_DEFAULT, "on", "off"], default=PRESET_DEFAULT,
+                io.Combo.Input("phase_compression", options=PresetChoice.menu("compression"), default=PRESET_DEFAULT,
                                tooltip="Keep a compressed summary of the frames that leave the recent window (on), "
                                        "or simply forget them (off). Echo-Forcing presets only."),
-                io.Combo.Input("memory_decay", options=[PRESET_DEFAULT, "difference-aware", "off"],
+                io.Combo.Input("memory_decay", options=PresetChoice.menu("decay"),
                                default=PRESET_DEFAULT,
                                tooltip="After a transition, fade out the previous scene's memory faster where it "
                                        "differs more from the new shot (difference-aware), or keep it at full "
@@ -48,14 +48,14 @@ class EchoMemoryConfig(CombosChecked, io.ComfyNode):
                 io.Int.Input("scene_pool_size", default=0, min=0, max=1024,
                              tooltip="Most finished scenes kept for recalls (oldest dropped). 0 = the preset's "
                                      "default (64)."),
-                io.Combo.Input("rope_positions", options=[PRESET_DEFAULT, *ROPE_CHOICES], default=PRESET_DEFAULT,
+                io.Combo.Input("rope_positions", options=PresetChoice.menu("rope"), default=PRESET_DEFAULT,
                                optional=True,
                                tooltip="Where the model places remembered frames in time. unified: the first "
                                        "frames stay at the start and the newest frame never moves past the 21 "
                                        "frames the model was trained on, however long the video (Echo-Infinity's "
                                        "recipe). For " + ", ".join(UNIFIED_ROPE_PRESETS) + " only; the other "
                                        "presets have their own rule."),
-                io.Combo.Input("recall_scope", options=[PRESET_DEFAULT, *RECALL_SCOPES], default="shots so far",
+                io.Combo.Input("recall_scope", options=PresetChoice.menu("recall_scope"), default="shots so far",
                                optional=True,
                                tooltip="Which prompts a recall compares with. shots so far: the shot being "
                                        "entered and the ones before it (and the pool), so no shot depends on a "

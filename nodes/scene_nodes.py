@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from ..pipeline import SceneList, SceneListError, SceneScriptError, parse_scene_script
 from ..pipeline.noise import MAX_SEED
-from ..pipeline.scene_list import TRANSITIONS, conditioning_tensor, parse_recall_target
+from ..pipeline.scene_list import conditioning_tensor, parse_recall_target
+from ..pipeline.scene_script import Transition
 from . import host
 from .sockets import CATEGORY, Scenes
 from .validation import CombosChecked, shown, text_problem
@@ -47,7 +48,7 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
                 io.Float.Input("duration", default=10.0, min=0.25, max=600.0, step=0.25,
                                tooltip="Length of the shot in seconds (at the sampler's fps; rounded to whole "
                                        "blocks of 12 video frames the way the official code does)."),
-                io.Combo.Input("transition", options=list(TRANSITIONS), default="smooth",
+                io.Combo.Input("transition", options=Transition.labels(), default=Transition.SMOOTH.label,
                                tooltip="How the video enters this shot. smooth: the action continues (same scene, "
                                        "new moment). hard cut: a new place or subject, cleanly. recall: return to an "
                                        "earlier shot's scene. auto: decided from how similar the prompts are. "

@@ -8,9 +8,7 @@ every name in ``__all__`` as before.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+from ..lazy_package import install
 
 # name -> the module of this package that defines it
 _EXPORTS = {
@@ -21,7 +19,7 @@ _EXPORTS = {
                      "scenes_for_script"), "rollout"),
     **dict.fromkeys(("RunPlan", "generate", "plan_run"), "run_plan"),
     **dict.fromkeys(("build_report", "plan_entries", "report_text", "timeline"), "run_report"),
-    **dict.fromkeys(("TRANSITIONS", "SceneList", "SceneListError", "Shot", "transition_from_name"), "scene_list"),
+    **dict.fromkeys(("SceneList", "SceneListError", "Shot", "transition_from_name"), "scene_list"),
     **dict.fromkeys(("Scene", "ScenePlan", "SceneScriptError", "Transition", "format_scene_script",
                      "parse_scene_script", "plan_blocks", "scene_block_counts", "total_latent_frames"),
                     "scene_script"),
@@ -29,37 +27,10 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    """Keeps an exported name bound to its object when a submodule of the same name is imported.
-
-    Importing ``pipeline.rollout`` makes the import system set the package attribute ``rollout`` to the
-    submodule; the package exports the function ``rollout`` under that name (as the eager imports did).
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if (isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name
-                and value.__name__ == f"{self.__name__}.{name}" and hasattr(value, name)):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+install(__name__, _EXPORTS)
 
 __all__ = [
-    "NOISE_MODES", "OFFICIAL", "PER_SHOT", "TRANSITIONS", "BlockEvent", "PrefixCache", "PrefixCacheError",
+    "NOISE_MODES", "OFFICIAL", "PER_SHOT", "BlockEvent", "PrefixCache", "PrefixCacheError",
     "RolloutInputError", "RolloutResult", "RolloutScene", "RolloutSettings", "RunPlan", "Scene", "SceneList",
     "SceneListError", "ScenePlan", "SceneScriptError", "Shot", "ShotBoundary", "Transition", "build_report",
     "format_scene_script", "from_comfy_latent", "generate", "parse_scene_script", "plan_blocks", "plan_entries",

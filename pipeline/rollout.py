@@ -29,7 +29,7 @@ from ..models.seam import BlockCall
 from .latents import LATENT_CHANNELS, VAE_STRIDE
 from .memory_need import check_memory, memory_need
 from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
-from .scene_script import Scene, scene_block_counts, validate_scenes
+from .scene_script import Scene, Transition, scene_block_counts, validate_scenes
 from .shot_boundary import ShotBoundary
 
 PIXELS_PER_TOKEN = 16
@@ -77,15 +77,16 @@ class RolloutScene:
     text: TextContext | PendingText
     num_blocks: int
     prompt: str = ""
-    entry: str | None = None
-    """"smooth", "hardcut", "recall" or "auto" (None for the first scene)."""
+    entry: Transition | None = None
+    """How the shot is entered (None for the first scene)."""
     recall_target: int | str | None = None
     label: str | None = None
     seed: int | None = None
     """The shot's own seed for per-shot noise (None: derived from the video's seed and the shot's index)."""
 
     def __repr__(self) -> str:
-        return f"RolloutScene({self.label or self.prompt[:24]!r}, {self.num_blocks} blocks, entry={self.entry})"
+        entry = self.entry and self.entry.label
+        return f"RolloutScene({self.label or self.prompt[:24]!r}, {self.num_blocks} blocks, entry={entry})"
 
     def info(self) -> SceneInfo:
         return SceneInfo(self.prompt, self.num_blocks, self.entry, self.recall_target, self.label)
@@ -165,7 +166,7 @@ def scenes_for_script(scenes: Sequence[Scene], texts: Sequence[TextContext], fps
         raise RolloutInputError(f"{len(scenes)} scenes but {len(texts)} encoded prompts")
     validate_scenes(scenes)
     blocks = scene_block_counts(scenes, fps=fps, frames_per_block=frames_per_block)
-    out = [RolloutScene(text, n, s.prompt, None if s.entry is None else s.entry.value, s.recall_target, s.label)
+    out = [RolloutScene(text, n, s.prompt, s.entry, s.recall_target, s.label)
            for s, text, n in zip(scenes, texts, blocks, strict=True)]
     return out, sum(blocks) * frames_per_block
 
@@ -299,6 +300,22 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     ``on_boundary`` (to save the video as a story).
     """
     scenes = _scenes(text, settings)
+    grid = _check_request(model, settings, cache, scenes)
+    shape = settings.noise_shape(model.config.in_dim)
+    if resume_from is not None:
+        _check_resume(resume_from, scenes, settings, shape)
+    state = cache.create(model.config.num_layers, [s.info() for s in scenes])
+    hooks = _Hooks(on_block, interrupt, on_boundary, stop_after, keep_end)
+    run = _BlockLoop(model, settings, scenes, state, grid, shape, hooks)
+    if resume_from is not None:
+        run.resume(resume_from)
+    run.generate()
+    return run.finish()
+
+
+def _check_request(model: CausalWan, settings: RolloutSettings, cache: CachePolicy,
+                   scenes: list[RolloutScene]) -> tuple[int, int]:
+    """Refuse a model, cache or size that cannot run (before any model call); the token grid per frame."""
     if model.config.in_dim != model.config.out_dim:
         raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} latent channels; "
                                 "a causal student predicts the same channels it reads")
@@ -307,98 +324,157 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     check_memory(memory_need(model.config, model.dtype, cache, grid, frames=settings.num_frames,
                              frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
                              batch=settings.batch_size, noise=settings.noise, shots=len(scenes)), model.device)
-    shape = settings.noise_shape(model.config.in_dim)
-    if resume_from is not None:
-        _check_resume(resume_from, scenes, settings, shape)
-    state = cache.create(model.config.num_layers, [s.info() for s in scenes])
+    return grid
 
-    schedule = FlowMatchSchedule(settings.shift)
-    timesteps = schedule.denoising_timesteps(settings.steps, settings.warp)
-    b, f = settings.batch_size, settings.frames_per_block
-    noise = BlockNoise(settings.noise, settings.seed, shape, shot_seeds(settings.seed, [s.seed for s in scenes]))
-    output = torch.empty(shape, dtype=torch.float32)
-    result = RolloutResult(latents=output)
-    memories = state.layers
-    first_shot, index = 0, 0
-    if resume_from is not None:
-        state.resume(resume_from.memory, model.device)
-        noise.resume(resume_from.noise_state)
-        first_shot, index = resume_from.shot, resume_from.block
-        output[:, :index * f] = resume_from.latents
-        result.switches = [dict(s) for s in resume_from.switches]
-        result.block_reports = list(resume_from.block_reports)
-        result.block_seconds = list(resume_from.block_seconds)
-        result.reused_blocks, result.reused_shots = index, first_shot
 
-    def boundary(shot: int) -> ShotBoundary:
+@dataclass(frozen=True)
+class _Hooks:
+    """The caller's callbacks of one :func:`rollout` (see its docstring)."""
+
+    on_block: Callable[[BlockEvent], None] | None
+    interrupt: Callable[[], None] | None
+    on_boundary: Callable[[ShotBoundary], None] | None
+    stop_after: Callable[[int], bool] | None
+    keep_end: bool
+
+
+class _BlockLoop:
+    """One validated rollout: the shots, then their blocks, each denoised and written into the memory.
+
+    ``index`` is the next block to generate; ``output`` holds every block done so far.
+    """
+
+    def __init__(self, model: CausalWan, settings: RolloutSettings, scenes: list[RolloutScene], state: MemoryState,
+                 grid: tuple[int, int], shape: tuple[int, ...], hooks: _Hooks):
+        self.model, self.settings, self.scenes, self.state, self.grid, self.hooks = (
+            model, settings, scenes, state, grid, hooks)
+        self.schedule = FlowMatchSchedule(settings.shift)
+        self.timesteps = self.schedule.denoising_timesteps(settings.steps, settings.warp)
+        self.b, self.f = settings.batch_size, settings.frames_per_block
+        self.noise = BlockNoise(settings.noise, settings.seed, shape,
+                                shot_seeds(settings.seed, [s.seed for s in scenes]))
+        self.output = torch.empty(shape, dtype=torch.float32)
+        self.result = RolloutResult(latents=self.output)
+        self.memories = state.layers
+        self.first_shot, self.index = 0, 0
+        self.stopped = False
+
+    def resume(self, boundary: ShotBoundary) -> None:
+        """Start after ``boundary``'s shots: its memory, noise state, latents and reports become this run's."""
+        result, f = self.result, self.f
+        self.state.resume(boundary.memory, self.model.device)
+        self.noise.resume(boundary.noise_state)
+        self.first_shot, self.index = boundary.shot, boundary.block
+        self.output[:, :self.index * f] = boundary.latents
+        result.switches = [dict(s) for s in boundary.switches]
+        result.block_reports = list(boundary.block_reports)
+        result.block_seconds = list(boundary.block_seconds)
+        result.reused_blocks, result.reused_shots = self.index, self.first_shot
+
+    def boundary(self, shot: int) -> ShotBoundary:
+        """The shot boundary before ``shot`` (everything done so far), handed to ``on_boundary`` if given."""
+        model, result, f = self.model, self.result, self.f
         synchronize(model.device)  # asynchronous copies into pinned memory are complete before they are copied
-        made = ShotBoundary(shot, index, output[:, :index * f].clone(), state.snapshot(device=model.device),
-                            noise.state(), tuple(dict(s) for s in result.switches), tuple(result.block_reports),
-                            tuple(result.block_seconds), state.result_pool(), settings.num_frames)
-        if on_boundary is not None:
-            on_boundary(made)
+        made = ShotBoundary(shot, self.index, self.output[:, :self.index * f].clone(),
+                            self.state.snapshot(device=model.device), self.noise.state(),
+                            tuple(dict(s) for s in result.switches), tuple(result.block_reports),
+                            tuple(result.block_seconds), self.state.result_pool(), self.settings.num_frames)
+        if self.hooks.on_boundary is not None:
+            self.hooks.on_boundary(made)
         return made
 
-    result.shots_done = first_shot
-    stopped = False
-    for scene_index in range(first_shot, len(scenes)):
-        scene = scenes[scene_index]
-        text = None  # the previous shot's text keys and values are freed before this shot's are made
-        text = scene.text.encode() if isinstance(scene.text, PendingText) else scene.text
-        if scene_index > 0:
-            if scene_index > first_shot:
-                stopped = stop_after is not None and stop_after(scene_index - 1)
-                if on_boundary is not None or (stopped and keep_end):
-                    result.end = boundary(scene_index)
-                if stopped:
+    def generate(self) -> None:
+        """Generate the shots from ``first_shot`` on, unless ``stop_after`` ends the run after one."""
+        result, scenes = self.result, self.scenes
+        result.shots_done = self.first_shot
+        for scene_index in range(self.first_shot, len(scenes)):
+            scene = scenes[scene_index]
+            text = None  # the previous shot's text keys and values are freed before this shot's are made
+            text = scene.text.encode() if isinstance(scene.text, PendingText) else scene.text
+            if scene_index > 0:
+                if scene_index > self.first_shot and self._stops_before(scene_index):
                     break
-            result.switches.append(state.start_scene(scene_index, index * f))
-            recache = min(state.recache_frames(scene_index), index * f)
-            if recache:  # LongLive: re-encode the latest clean frames with the new prompt, in one call
-                first = index * f - recache
-                clean = output[:, first:index * f].to(device=model.device, dtype=model.dtype)
-                model(clean, torch.zeros((b, recache), dtype=torch.float32), text, memories,
-                      BlockCall(first, recache, 0.0, True, grid))
-        switch = result.switches[-1] if scene_index > 0 else None
-        for block_in_scene in range(scene.num_blocks):
-            if interrupt is not None:
-                interrupt()
-            started = time.perf_counter()
-            start = index * f
-            state.begin_block(block_in_scene == 0)
-            x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
-            for i, t in enumerate(timesteps):
-                t_block = torch.full((b, f), float(t), dtype=torch.float32)
-                flow = model(x, t_block, text, memories, BlockCall(start, f, float(t), False, grid))
-                x0 = schedule.x0_from_flow(flow, x, t_block)
-                if i + 1 < len(timesteps):
-                    eps = noise.step(f).to(device=model.device, dtype=model.dtype)
-                    x = schedule.add_noise(x0, eps, timesteps[i + 1])
-            output[:, start:start + f] = x0.float().cpu()
-            if not bool(torch.isfinite(output[:, start:start + f]).all()):
-                raise NonFiniteError(
-                    f"block {index + 1} of {settings.num_blocks} (shot {scene_index + 1}) produced NaN or infinite "
-                    "values, so the video would be noise; nothing was returned. Check the model file and any LoRA "
-                    "(a damaged or badly merged file), or use bfloat16/float32 weights instead of float16")
-            state.before_context_pass()
-            model(x0, torch.zeros((b, f), dtype=torch.float32), text, memories,
-                  BlockCall(start, f, 0.0, True, grid))
-            report = state.end_block(scene_index, block_in_scene == 0, block_in_scene == scene.num_blocks - 1)
-            seconds = time.perf_counter() - started
-            result.block_seconds.append(seconds)
-            result.block_reports.append(report)
-            if on_block is not None:
-                on_block(BlockEvent(index, settings.num_blocks, start, scene_index, output[:, start:start + f],
-                                    seconds, report, switch if block_in_scene == 0 else None))
-            index += 1
-        result.shots_done = scene_index + 1
+                self._switch_scene(scene_index, text)
+            switch = result.switches[-1] if scene_index > 0 else None
+            for block_in_scene in range(scene.num_blocks):
+                if self.hooks.interrupt is not None:
+                    self.hooks.interrupt()
+                self._block(scene, scene_index, block_in_scene, text, switch)
+            result.shots_done = scene_index + 1
 
-    synchronize(model.device)  # asynchronous copies into pinned memory (scene pool frames) are complete
-    if not stopped and result.shots_done > first_shot and (on_boundary is not None or keep_end):
-        result.end = boundary(len(scenes))
-    if index < settings.num_blocks:  # stopped after a shot: the result holds the shots done
-        result.latents = output[:, :index * f].clone()
-    result.cache_bytes = state.device_bytes
-    result.storage_bytes = state.storage_bytes
-    result.pool = state.result_pool()
-    return result
+    def _stops_before(self, scene_index: int) -> bool:
+        """Ask ``stop_after`` about the shot before ``scene_index``; take the boundary there when one is wanted."""
+        hooks = self.hooks
+        self.stopped = hooks.stop_after is not None and hooks.stop_after(scene_index - 1)
+        if hooks.on_boundary is not None or (self.stopped and hooks.keep_end):
+            self.result.end = self.boundary(scene_index)
+        return self.stopped
+
+    def _switch_scene(self, scene_index: int, text: TextContext) -> None:
+        """Tell the memory a new shot starts; re-encode the latest clean frames with its prompt if it asks."""
+        model, start = self.model, self.index * self.f
+        self.result.switches.append(self.state.start_scene(scene_index, start))
+        recache = min(self.state.recache_frames(scene_index), start)
+        if recache:  # LongLive: re-encode the latest clean frames with the new prompt, in one call
+            first = start - recache
+            clean = self.output[:, first:start].to(device=model.device, dtype=model.dtype)
+            model(clean, torch.zeros((self.b, recache), dtype=torch.float32), text, self.memories,
+                  BlockCall(first, recache, 0.0, True, self.grid))
+
+    def _block(self, scene: RolloutScene, scene_index: int, block_in_scene: int, text: TextContext,
+               switch: dict | None) -> None:
+        """Generate block ``index``: denoise it, check it, write it into the memory and report it."""
+        model, state, result, b, f = self.model, self.state, self.result, self.b, self.f
+        started = time.perf_counter()
+        start = self.index * f
+        state.begin_block(block_in_scene == 0)
+        x0 = self._denoise(start, scene_index, block_in_scene, text)
+        self.output[:, start:start + f] = x0.float().cpu()
+        self._check_finite(start, scene_index)
+        state.before_context_pass()
+        model(x0, torch.zeros((b, f), dtype=torch.float32), text, self.memories,
+              BlockCall(start, f, 0.0, True, self.grid))
+        report = state.end_block(scene_index, block_in_scene == 0, block_in_scene == scene.num_blocks - 1)
+        seconds = time.perf_counter() - started
+        result.block_seconds.append(seconds)
+        result.block_reports.append(report)
+        if self.hooks.on_block is not None:
+            self.hooks.on_block(BlockEvent(self.index, self.settings.num_blocks, start, scene_index,
+                                           self.output[:, start:start + f], seconds, report,
+                                           switch if block_in_scene == 0 else None))
+        self.index += 1
+
+    def _denoise(self, start: int, scene_index: int, block_in_scene: int, text: TextContext) -> torch.Tensor:
+        """The denoising calls of the block at frame ``start``, re-noised between them; the last x0."""
+        model, schedule, timesteps, noise, b, f = self.model, self.schedule, self.timesteps, self.noise, self.b, self.f
+        x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
+        for i, t in enumerate(timesteps):
+            t_block = torch.full((b, f), float(t), dtype=torch.float32)
+            flow = model(x, t_block, text, self.memories, BlockCall(start, f, float(t), False, self.grid))
+            x0 = schedule.x0_from_flow(flow, x, t_block)
+            if i + 1 < len(timesteps):
+                eps = noise.step(f).to(device=model.device, dtype=model.dtype)
+                x = schedule.add_noise(x0, eps, timesteps[i + 1])
+        return x0
+
+    def _check_finite(self, start: int, scene_index: int) -> None:
+        """:class:`NonFiniteError` when the block just written at frame ``start`` holds NaN or infinite values."""
+        if not bool(torch.isfinite(self.output[:, start:start + self.f]).all()):
+            raise NonFiniteError(
+                f"block {self.index + 1} of {self.settings.num_blocks} (shot {scene_index + 1}) produced NaN or "
+                "infinite values, so the video would be noise; nothing was returned. Check the model file and any "
+                "LoRA (a damaged or badly merged file), or use bfloat16/float32 weights instead of float16")
+
+    def finish(self) -> RolloutResult:
+        """The result: the final boundary when wanted, the latents done, the memory's sizes and scene pool."""
+        result, state, hooks = self.result, self.state, self.hooks
+        synchronize(self.model.device)  # asynchronous copies into pinned memory (scene pool frames) are complete
+        end_wanted = hooks.on_boundary is not None or hooks.keep_end
+        if not self.stopped and result.shots_done > self.first_shot and end_wanted:
+            result.end = self.boundary(len(self.scenes))
+        if self.index < self.settings.num_blocks:  # stopped after a shot: the result holds the shots done
+            result.latents = self.output[:, :self.index * self.f].clone()
+        result.cache_bytes = state.device_bytes
+        result.storage_bytes = state.storage_bytes
+        result.pool = state.result_pool()
+        return result

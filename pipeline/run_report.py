@@ -15,14 +15,16 @@ from .latents import video_frames
 from .noise import PER_SHOT
 from .rollout import RolloutResult
 from .run_plan import RunPlan
-from .scene_list import TRANSITION_NAMES, SceneList
-
-MODE_NAMES = {t.value: name for t, name in TRANSITION_NAMES.items()}
-"""Transition modes by value ("hardcut", as memory.config.TransitionMode spells them) as artists read them."""
+from .scene_list import SceneList
+from .scene_script import Transition
 
 
 def mode_name(mode: str | None) -> str | None:
-    return MODE_NAMES.get(mode, mode)
+    """A transition a memory reported by value ("hardcut") as artists read it ("hard cut")."""
+    try:
+        return Transition(mode).label
+    except ValueError:
+        return mode
 
 
 def _round(value, digits: int = 4):
@@ -35,7 +37,7 @@ def plan_entries(scenes: SceneList, blocks: Sequence[int]) -> list[dict]:
     for i, (shot, n) in enumerate(zip(scenes.shots, blocks, strict=True)):
         entry = shot.scene.entry
         out.append({"index": i, "label": scenes.title(i), "seconds": shot.scene.duration, "blocks": n,
-                    "first_block": first, "transition": "start" if entry is None else TRANSITION_NAMES[entry]})
+                    "first_block": first, "transition": "start" if entry is None else entry.label})
         first += n
     return out
 

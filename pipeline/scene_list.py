@@ -23,16 +23,6 @@ from .noise import MAX_SEED
 from .rollout import RolloutScene
 from .scene_script import Scene, SceneScriptError, Transition
 
-TRANSITIONS: dict[str, Transition] = {
-    "smooth": Transition.SMOOTH,
-    "hard cut": Transition.HARD_CUT,
-    "recall": Transition.RECALL,
-    "auto": Transition.AUTO,
-}
-"""The transition names of the Scene Prompt node, in menu order."""
-
-TRANSITION_NAMES: dict[Transition, str] = {t: name for name, t in TRANSITIONS.items()}
-
 _SHOT_NUMBER = re.compile(r"^\s*(?:shot\s*|#)?(\d{1,9})\s*$", re.I)
 
 
@@ -40,13 +30,14 @@ class SceneListError(ValueError):
     """A shot that cannot be added or used; the message names the shot and says what to change."""
 
 
-def transition_from_name(name: str) -> Transition:
-    """The transition for a menu name ("smooth", "hard cut", "recall", "auto"; also "hardcut")."""
-    key = str(name).strip().lower().replace("_", " ").replace("-", " ")
-    key = "hard cut" if key == "hardcut" else key
-    if key not in TRANSITIONS:
-        raise SceneListError(f"unknown transition {name!r}; choose one of: {', '.join(TRANSITIONS)}")
-    return TRANSITIONS[key]
+def transition_from_name(name: str | Transition, shot: int) -> Transition:
+    """The transition of 1-based shot ``shot`` for an artist's name ("smooth", "hard cut", "recall", "auto")."""
+    if isinstance(name, Transition):
+        return name
+    try:
+        return Transition.from_label(name)
+    except ValueError as err:
+        raise SceneListError(f"shot {shot}: {err}") from None
 
 
 def parse_recall_target(text: str | None, shot: int) -> int | str | None:
@@ -81,6 +72,21 @@ def conditioning_tensor(conditioning, shot: int) -> torch.Tensor:
     if tensor.shape[0] != 1:
         raise SceneListError(f"shot {shot}: the conditioning has batch {tensor.shape[0]}; encode one prompt")
     return tensor
+
+
+def _check_seed(seed: int | None, number: int) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise SceneListError(f"shot {number}: seed must be an integer in 0..2^64-1, got {seed!r}")
+
+
+def _shot_prompt(prompt: str | None, label: str | None, encoder: object | None, number: int) -> str:
+    """The shot's prompt text; an external conditioning with no text is named by its label for reports."""
+    prompt = (prompt or "").strip()
+    if prompt:
+        return prompt
+    if encoder is not None:
+        raise SceneListError(f"shot {number}: the prompt text is empty; describe the shot")
+    return label or f"shot {number}"
 
 
 @dataclass(frozen=True, repr=False)
@@ -136,38 +142,47 @@ class SceneList:
              seed: int | None = None) -> SceneList:
         """This list with one more shot. The first shot's transition is ignored (nothing comes before it)."""
         number = len(self.shots) + 1
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-            raise SceneListError(f"shot {number}: seed must be an integer in 0..2^64-1, got {seed!r}")
-        prompt = (prompt or "").strip()
+        _check_seed(seed, number)
         label = (label or "").strip() or None
-        if not prompt:
-            if encoder is not None:
-                raise SceneListError(f"shot {number}: the prompt text is empty; describe the shot")
-            prompt = label or f"shot {number}"  # an external conditioning with no text: name it for reports
+        prompt = _shot_prompt(prompt, label, encoder, number)
+        self._check_text(text, number)
+        self._check_label(label, number)
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0:
+            raise SceneListError(f"shot {number}: duration must be a positive number of seconds, got {duration!r}")
+        entry, target = self._entry(transition, recall_target, number)
+        try:
+            scene = Scene(prompt, float(duration), entry, target, label)
+        except SceneScriptError as err:
+            raise SceneListError(f"shot {number}: {err}") from None
+        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)), self.story, self.notes)
+
+    def _check_text(self, text, number: int) -> None:
+        """Shot ``number``'s embeddings are ``[1, tokens, width]`` of the first shot's width."""
         if not isinstance(text, torch.Tensor) or text.dim() != 3 or text.shape[0] != 1:
             raise SceneListError(f"shot {number}: expected prompt embeddings [1, tokens, width], "
                                  f"got {getattr(text, 'shape', type(text).__name__)}")
         if self.shots and text.shape[-1] != self.shots[0].text.shape[-1]:
             raise SceneListError(f"shot {number}: its text encoding is {text.shape[-1]} wide but shot 1's is "
                                  f"{self.shots[0].text.shape[-1]}; use the same text encoder for every shot")
+
+    def _check_label(self, label: str | None, number: int) -> None:
+        """Labels name shots for recalls, so no two shots share one (case-insensitively)."""
         if label is not None and any((s.scene.label or "").lower() == label.lower() for s in self.shots):
             raise SceneListError(f"shot {number}: the label {label!r} is already used by an earlier shot; "
                                  "labels name shots for recalls, so make them unique")
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0:
-            raise SceneListError(f"shot {number}: duration must be a positive number of seconds, got {duration!r}")
-        entry = transition if isinstance(transition, Transition) else transition_from_name(transition)
-        target = parse_recall_target(recall_target, number) if self.shots else None
+
+    def _entry(self, transition: str | Transition, recall_target: str | None,
+               number: int) -> tuple[Transition | None, int | str | None]:
+        """Shot ``number``'s entry and recall target (none for the first shot: nothing comes before it)."""
+        entry = transition_from_name(transition, number)
         if not self.shots:
-            entry = None
-        elif target is not None and entry not in (Transition.RECALL, Transition.AUTO):
+            return None, None
+        target = parse_recall_target(recall_target, number)
+        if target is not None and entry not in (Transition.RECALL, Transition.AUTO):
             raise SceneListError(f"shot {number}: a recall target ({recall_target!r}) needs the transition "
-                                 f"'recall' or 'auto', not {TRANSITION_NAMES[entry]!r}; set it to 'auto' or "
+                                 f"'recall' or 'auto', not {entry.label!r}; set it to 'auto' or "
                                  "change the transition")
-        try:
-            scene = Scene(prompt, float(duration), entry, target, label)
-        except SceneScriptError as err:
-            raise SceneListError(f"shot {number}: {err}") from None
-        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)), self.story, self.notes)
+        return entry, target
 
     @classmethod
     def from_scenes(cls, scenes: Sequence[Scene], texts: Sequence[torch.Tensor], encoder: object | None = None,
@@ -184,8 +199,7 @@ class SceneList:
     def rollout_scenes(self, texts: Sequence, blocks: Sequence[int]) -> list[RolloutScene]:
         """The rollout's scenes: each shot with its encoded text (``CausalWan.encode_text``) and block count,
         titled as reports name it (its label, else "shot N")."""
-        return [RolloutScene(text, n, s.scene.prompt, None if s.scene.entry is None else s.scene.entry.value,
-                             s.scene.recall_target, self.title(i))
+        return [RolloutScene(text, n, s.scene.prompt, s.scene.entry, s.scene.recall_target, self.title(i))
                 for i, (s, text, n) in enumerate(zip(self.shots, texts, blocks, strict=True))]
 
     def encoder(self) -> object | None:

@@ -71,7 +71,8 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
+
+from ..memory.config import Transition
 
 __all__ = [
     "MAX_SCENES",
@@ -161,32 +162,51 @@ def _warning(scene: int | None, message: str, token: str | None = None) -> Scrip
     return ScriptWarning(where + message, scene=scene, token=token)
 
 
-class Transition(str, Enum):
-    """How a scene is entered from the scene before it."""
-
-    SMOOTH = "smooth"
-    HARD_CUT = "hardcut"
-    RECALL = "recall"
-    AUTO = "auto"  # decided by the paper's automatic router (appendix B); no tag marker exists for it
-
-    @property
-    def marker(self) -> str:
-        """The marker character of the official tag ("" smooth, "#" hard cut, "@" recall)."""
-        if self is Transition.AUTO:
-            raise SceneScriptError("Transition.AUTO has no marker in the official tag format")
-        return _MARKERS[self]
-
-    @classmethod
-    def from_marker(cls, marker: str) -> Transition:
-        """The transition for a tag marker ("", "#" or "@")."""
-        for transition, char in _MARKERS.items():
-            if char == marker:
-                return transition
-        raise SceneScriptError(f"unknown transition marker {marker!r}; use '' (smooth), '#' (hard cut) or '@' (recall)",
-                               token=marker)
+def _check_prompt(prompt) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SceneScriptError(f"Scene.prompt must be a non-empty string, got {repr(prompt)[:60]}")
+    if len(prompt) > MAX_SCRIPT_CHARS:
+        raise SceneScriptError(f"Scene.prompt is {len(prompt)} characters; a prompt has at most "
+                               f"{MAX_SCRIPT_CHARS} (MAX_SCRIPT_CHARS)")
 
 
-_MARKERS = {Transition.SMOOTH: "", Transition.HARD_CUT: "#", Transition.RECALL: "@"}
+def _checked_duration(duration) -> float:
+    """A scene's seconds as a float: positive, finite, at most MAX_SCENE_SECONDS."""
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+        raise SceneScriptError(f"Scene.duration must be a number of seconds, got {duration!r}")
+    duration = float(duration)
+    if not math.isfinite(duration) or duration <= 0:
+        raise SceneScriptError(f"Scene.duration must be a positive, finite number of seconds, got {duration!r}")
+    if duration > MAX_SCENE_SECONDS:
+        raise SceneScriptError(f"Scene.duration is {duration:g} s; a scene may last at most "
+                               f"{MAX_SCENE_SECONDS:g} s (MAX_SCENE_SECONDS, one hour)")
+    return duration
+
+
+def _checked_entry(entry) -> Transition | None:
+    """A scene's entry as a Transition (from the enum or its value)."""
+    if entry is None or isinstance(entry, Transition):
+        return entry
+    try:
+        return Transition(entry)
+    except ValueError:
+        choices = ", ".join(repr(t.value) for t in Transition)
+        raise SceneScriptError(f"Scene.entry must be None or one of {choices}, got {entry!r}") from None
+
+
+def _check_recall_target(target, entry: Transition | None) -> None:
+    """An explicit recall target: a 0-based scene index or a label, only on a RECALL / AUTO entry."""
+    if entry not in (Transition.RECALL, Transition.AUTO):
+        raise SceneScriptError(
+            f"Scene.recall_target={target!r} needs entry RECALL or AUTO (entry is "
+            f"{entry.value if entry else None!r}); drop the target or change the entry")
+    if isinstance(target, bool) or not isinstance(target, (int, str)):
+        raise SceneScriptError(f"Scene.recall_target must be a scene index, a label or None, got {target!r}")
+    if isinstance(target, int) and target < 0:
+        raise SceneScriptError(f"Scene.recall_target must be a 0-based scene index >= 0 (shot number - 1), "
+                               f"got {target}")
+    if isinstance(target, str) and not target.strip():
+        raise SceneScriptError("Scene.recall_target must not be an empty label; use None for automatic")
 
 
 @dataclass(frozen=True)
@@ -207,40 +227,11 @@ class Scene:
     label: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise SceneScriptError(f"Scene.prompt must be a non-empty string, got {repr(self.prompt)[:60]}")
-        if len(self.prompt) > MAX_SCRIPT_CHARS:
-            raise SceneScriptError(f"Scene.prompt is {len(self.prompt)} characters; a prompt has at most "
-                                   f"{MAX_SCRIPT_CHARS} (MAX_SCRIPT_CHARS)")
-        duration = self.duration
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)):
-            raise SceneScriptError(f"Scene.duration must be a number of seconds, got {duration!r}")
-        duration = float(duration)
-        if not math.isfinite(duration) or duration <= 0:
-            raise SceneScriptError(f"Scene.duration must be a positive, finite number of seconds, got {duration!r}")
-        if duration > MAX_SCENE_SECONDS:
-            raise SceneScriptError(f"Scene.duration is {duration:g} s; a scene may last at most "
-                                   f"{MAX_SCENE_SECONDS:g} s (MAX_SCENE_SECONDS, one hour)")
-        object.__setattr__(self, "duration", duration)
-        if self.entry is not None and not isinstance(self.entry, Transition):
-            try:
-                object.__setattr__(self, "entry", Transition(self.entry))
-            except ValueError:
-                choices = ", ".join(repr(t.value) for t in Transition)
-                raise SceneScriptError(f"Scene.entry must be None or one of {choices}, got {self.entry!r}") from None
-        target = self.recall_target
-        if target is not None:
-            if self.entry not in (Transition.RECALL, Transition.AUTO):
-                raise SceneScriptError(
-                    f"Scene.recall_target={target!r} needs entry RECALL or AUTO (entry is "
-                    f"{self.entry.value if self.entry else None!r}); drop the target or change the entry")
-            if isinstance(target, bool) or not isinstance(target, (int, str)):
-                raise SceneScriptError(f"Scene.recall_target must be a scene index, a label or None, got {target!r}")
-            if isinstance(target, int) and target < 0:
-                raise SceneScriptError(f"Scene.recall_target must be a 0-based scene index >= 0 (shot number - 1), "
-                                       f"got {target}")
-            if isinstance(target, str) and not target.strip():
-                raise SceneScriptError("Scene.recall_target must not be an empty label; use None for automatic")
+        _check_prompt(self.prompt)
+        object.__setattr__(self, "duration", _checked_duration(self.duration))
+        object.__setattr__(self, "entry", _checked_entry(self.entry))
+        if self.recall_target is not None:
+            _check_recall_target(self.recall_target, self.entry)
         if self.label is not None and (not isinstance(self.label, str) or not self.label.strip()):
             raise SceneScriptError(f"Scene.label must be None or a non-empty string, got {self.label!r}")
 

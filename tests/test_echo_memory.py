@@ -14,7 +14,7 @@ from echo_forcing.memory.config import (
     DecayConfig,
     EchoMemoryConfig,
     RecallFusion,
-    TransitionMode,
+    Transition,
 )
 from echo_forcing.memory.decay import apply_decay, difference_rates, estimate_rates, evict_step
 from echo_forcing.memory.echo_memory import EchoMemory
@@ -141,9 +141,9 @@ def _layer_after(blocks: int) -> EchoLayerMemory:
 
 
 @pytest.mark.parametrize("mode, old, jump, keys, queries", [
-    (TransitionMode.HARD_CUT, True, 45, [0, 46, 47, 48], [46, 47, 48]),
-    (TransitionMode.SMOOTH, True, 0, [0, 1, 2, 3, 4, 5], [3, 4, 5]),
-    (TransitionMode.RECALL, True, 4, [0, 5, 6, 7], [5, 6, 7]),
+    (Transition.HARD_CUT, True, 45, [0, 46, 47, 48], [46, 47, 48]),
+    (Transition.SMOOTH, True, 0, [0, 1, 2, 3, 4, 5], [3, 4, 5]),
+    (Transition.RECALL, True, 4, [0, 5, 6, 7], [5, 6, 7]),
 ])
 def test_first_block_of_a_scene_is_shifted_by_the_rope_jump(mode, old, jump, keys, queries):
     layer = _layer_after(8)
@@ -154,7 +154,7 @@ def test_first_block_of_a_scene_is_shifted_by_the_rope_jump(mode, old, jump, key
     window = _block(layer, 8)
     assert window.k_time.tolist() == keys and window.q_time.tolist() == queries
     assert _frames(window.k)[0] == 99
-    if mode is TransitionMode.SMOOTH:
+    if mode is Transition.SMOOTH:
         assert _frames(window.k)[1:3] == [22, 23]  # the previous scene's last two clean frames
     layer.jump = None  # what the memory does from the scene's second block on (no eviction in this test)
     window = _block(layer, 9)
@@ -164,7 +164,7 @@ def test_first_block_of_a_scene_is_shifted_by_the_rope_jump(mode, old, jump, key
 
 # --- decay (SPEC §3.9 table) ---------------------------------------------------------------------------------
 
-def _scene_weights(mode: TransitionMode, blocks: int = 7):
+def _scene_weights(mode: Transition, blocks: int = 7):
     layer = _layer_after(8)
     cfg = EchoMemoryConfig().mode(mode)
     old = (torch.randn(P, 1, 2), torch.randn(P, 1, 2))
@@ -182,14 +182,14 @@ def _scene_weights(mode: TransitionMode, blocks: int = 7):
 
 
 def test_hard_cut_old_frame_weighs_0_8_for_one_block_then_goes():
-    layer, seen = _scene_weights(TransitionMode.HARD_CUT)
+    layer, seen = _scene_weights(Transition.HARD_CUT)
     assert seen[0] == pytest.approx([0.8] * P)
     assert seen[1:] == [None] * 6
     assert layer.timing_offset == 0
 
 
 @pytest.mark.parametrize("mode, low, high, old_slots", [
-    (TransitionMode.SMOOTH, 0.80, 0.95, 3), (TransitionMode.RECALL, 0.55, 0.90, 1)])
+    (Transition.SMOOTH, 0.80, 0.95, 3), (Transition.RECALL, 0.55, 0.90, 1)])
 def test_smooth_and_recall_decay_geometrically_then_go(mode, low, high, old_slots):
     layer, seen = _scene_weights(mode)
     assert seen[0] is None  # r = 0: weight 1

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory import make_policy
 from echo_forcing.memory.devices import gather_to_device, to_device, to_storage
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
 from echo_forcing.models.block_forward import cpu_compile_problem, weigh_window
 from echo_forcing.models.rope import ROTATIONS_KEPT, Rope3D
 from echo_forcing.models.seam import AttentionWindow
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutScene, RolloutSettings, rollout
 
 CFG = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16)

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from echo_forcing import safe_files
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory import EchoMemory, PresetChoice, ScenePool, ScenePoolError, pool_names
 from echo_forcing.memory.scene_pool import PoolEntry
 from echo_forcing.models import (
@@ -32,7 +33,6 @@ from echo_forcing.models import (
     load_wan_checkpoint,
     random_wan_state_dict,
 )
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import (
     RolloutInputError,
     RolloutScene,

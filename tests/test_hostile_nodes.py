@@ -318,7 +318,7 @@ def test_v1_combos_turn_only_v3_combos_into_option_lists(pack):
 
 
 def test_combo_inputs_are_listed_for_validation_only_on_a_host_that_skips_v3_combos(pack, monkeypatch):
-    config = pack.memory_nodes.EchoMemoryConfig
+    config = pack.memory_nodes.EchoMemoryConfigNode
     monkeypatch.setattr(pack.validation, "_SKIPS", [False])
     assert config.INPUT_TYPES()["required"]["preset"][0] == "COMBO"
     monkeypatch.setattr(pack.validation, "_SKIPS", [True])
@@ -356,7 +356,7 @@ def test_the_host_check_reads_comfyuis_own_validation(pack, monkeypatch, tmp_pat
 
 
 def test_node_outputs_have_short_safe_reprs(pack):
-    config = pack.memory_nodes.EchoMemoryConfig.execute("echo-forcing", "idf", "on", "off", 0).result[0]
+    config = pack.memory_nodes.EchoMemoryConfigNode.execute("echo-forcing", "idf", "on", "off", 0).result[0]
     pool = pack.memory_nodes.SceneRecallPool.execute(pack.memory_nodes.NEW_POOL).result[0]
     cond = [[torch.zeros(1, 4, 8), {"pooled_output": None}]]
     shots = pack.scene_nodes.ScenePrompt.execute("a fox", 5.0, "smooth", "auto", "forest", conditioning=cond).result[0]
@@ -369,7 +369,8 @@ def test_node_outputs_have_short_safe_reprs(pack):
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda p: p.memory_nodes.EchoMemoryConfig.execute("nope", "idf", "on", "off", 0), "unknown cache preset 'nope'"),
+    (lambda p: p.memory_nodes.EchoMemoryConfigNode.execute("nope", "idf", "on", "off", 0),
+     "unknown cache preset 'nope'"),
     (lambda p: p.scene_nodes.ScenePrompt.execute("a fox", 5.0, "fade", "auto", "", conditioning=[[torch.zeros(
         1, 4, 8), {}]]), "unknown transition 'fade'; choose one of: smooth, hard cut"),
     (lambda p: p.scene_nodes.ScenePrompt.execute("a fox", 5.0, "smooth", "auto", ""), "connect a CLIP"),

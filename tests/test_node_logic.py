@@ -19,7 +19,7 @@ from echo_forcing.memory import (
     pool_file,
     pool_names,
 )
-from echo_forcing.memory.config import DecayStrategy, MatchMethod, TransitionMode
+from echo_forcing.memory.config import DecayStrategy, MatchMethod
 from echo_forcing.models import CausalWan, evenly_spaced_steps
 from echo_forcing.pipeline import (
     SceneList,
@@ -78,11 +78,23 @@ def test_recall_targets_that_are_not_earlier_shots_are_refused(text, shot, messa
 
 
 def test_transition_names():
-    assert [transition_from_name(n) for n in ("smooth", "hard cut", "recall", "auto", "hardcut", "Hard_Cut")] == [
+    assert [transition_from_name(n, 2) for n in ("smooth", "hard cut", "recall", "auto", "hardcut", "Hard_Cut",
+                                                 Transition.RECALL)] == [
         Transition.SMOOTH, Transition.HARD_CUT, Transition.RECALL, Transition.AUTO, Transition.HARD_CUT,
-        Transition.HARD_CUT]
-    with pytest.raises(SceneListError, match="unknown transition 'fade'; choose one of: smooth, hard cut"):
-        transition_from_name("fade")
+        Transition.HARD_CUT, Transition.RECALL]
+    with pytest.raises(SceneListError, match="shot 2: unknown transition 'fade'; choose one of: smooth, hard cut"):
+        transition_from_name("fade", 2)
+
+
+def test_one_vocabulary_for_transitions():
+    """Node options, script markers, memory modes and report names all come from the one enum."""
+    assert Transition.labels() == ["smooth", "hard cut", "recall", "auto"]
+    assert [t.marker for t in Transition.modes()] == ["", "#", "@"]
+    assert [Transition.from_marker(t.marker) for t in Transition.modes()] == list(Transition.modes())
+    assert [Transition.from_label(t.label) for t in Transition] == list(Transition)
+    assert Transition.AUTO not in Transition.modes()
+    with pytest.raises(ValueError, match="no marker"):
+        _ = Transition.AUTO.marker
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -145,10 +157,10 @@ def test_preset_choice_options_change_the_echo_config():
     choice = PresetChoice("echo-forcing", "idf", "off", "off", 8)
     cfg = choice.build(pool=None).config
     assert cfg.match_method is MatchMethod.IDF and cfg.compression is False and cfg.pool_size == 8
-    for mode in TransitionMode:
+    for mode in Transition.modes():
         assert cfg.mode(mode).decay.strategy is DecayStrategy.FIXED and cfg.mode(mode).decay.fixed_rate == 1.0
     aware = PresetChoice(decay="difference-aware").build().config
-    assert all(aware.mode(m).decay.strategy is DecayStrategy.DIFF for m in TransitionMode)
+    assert all(aware.mode(m).decay.strategy is DecayStrategy.DIFF for m in Transition.modes())
     assert choice.options() == {"recall_matching": "idf", "compression": "off", "decay": "off", "pool_size": 8}
 
 

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory.echo_memory import EchoMemory
 from echo_forcing.memory.phase_compression import CandidateHistory
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutSettings, parse_scene_script, rollout, scenes_for_script
 
 pytestmark = pytest.mark.slow  # about 7 minutes on 2 cores: opt-in (python -m pytest -m slow)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory.config import (
     AnchorOrder,
     ConfigError,
     EchoMemoryConfig,
     JumpStrategy,
     MatchMethod,
-    TransitionMode,
+    Transition,
 )
 from echo_forcing.memory.echo_memory import EchoMemory, SceneMemoryError
 from echo_forcing.memory.presets import PRESETS, make_policy, preset_names
@@ -26,7 +27,6 @@ from echo_forcing.memory.routing import (
 )
 from echo_forcing.memory.scene_pool import PoolSignature, ScenePool, ScenePoolError
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutScene, RolloutSettings, rollout
 
 CFG = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16)
@@ -99,7 +99,7 @@ def test_echo_forcing_is_the_code_and_the_paper_preset_the_paper():
     assert (code.anchor_pool_frames, code.anchor_order, code.drift_gate_lambda) == (12, AnchorOrder.PING_PONG, 3.0)
     assert (paper.anchor_pool_frames, paper.anchor_order, paper.drift_gate_lambda) == (18, AnchorOrder.PAPER, 2.0)
     assert len(range(0, paper.recall_source_frames, paper.recall_stride)) == 5 and paper.recall_base_frame_weight == 0
-    assert paper.exclude_previous_scene and paper.mode(TransitionMode.RECALL).rope_jump.strategy is JumpStrategy.PAPER
+    assert paper.exclude_previous_scene and paper.mode(Transition.RECALL).rope_jump.strategy is JumpStrategy.PAPER
     assert code.mode("hardcut").rope_jump.value == 45 and code.mode("hardcut").decay.first_block_weight == 0.8
 
 
@@ -124,11 +124,11 @@ def test_jumps():
 def test_appendix_b_router():
     e = torch.eye(3)
     same_as_previous = [e[0], e[0]]
-    assert auto_route(1, same_as_previous).mode is TransitionMode.SMOOTH
+    assert auto_route(1, same_as_previous).mode is Transition.SMOOTH
     back_to_first = [e[0], e[1], e[0] * 0.9 + e[2] * 0.1]
     route = auto_route(2, [f / f.norm() for f in back_to_first])
-    assert (route.mode, route.target, route.jump) == (TransitionMode.RECALL, 0, 20)
-    assert auto_route(1, [e[0], e[1]]).mode is TransitionMode.HARD_CUT
+    assert (route.mode, route.target, route.jump) == (Transition.RECALL, 0, 20)
+    assert auto_route(1, [e[0], e[1]]).mode is Transition.HARD_CUT
 
 
 def test_auto_transitions_and_explicit_targets_in_a_rollout(model):

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory import PresetChoice, ScenePool
 from echo_forcing.memory.echo_memory import SceneMemoryError
 from echo_forcing.memory.scene_pool import PoolEntry, PoolSignature
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import (
     OFFICIAL,
     PER_SHOT,

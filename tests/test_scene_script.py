@@ -223,9 +223,9 @@ def test_parse_error_messages_say_how_to_fix():
 def test_transition_markers():
     assert [t.marker for t in (Transition.SMOOTH, Transition.HARD_CUT, Transition.RECALL)] == ["", "#", "@"]
     assert Transition.from_marker("@") is Transition.RECALL
-    with pytest.raises(SceneScriptError, match="no marker"):
+    with pytest.raises(ValueError, match="no marker"):
         _ = Transition.AUTO.marker
-    with pytest.raises(SceneScriptError, match="unknown transition marker"):
+    with pytest.raises(ValueError, match="unknown transition marker"):
         Transition.from_marker("!")
     assert Transition("hardcut") is Transition.HARD_CUT
 

@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory.presets import make_policy, preset_names
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import RolloutInputError, RolloutScene, RolloutSettings, rollout
 from echo_forcing.pipeline.noise import OFFICIAL, PER_SHOT, derived_seed, shot_seeds
 

@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.memory import PresetChoice, ScenePool
 from echo_forcing.memory.files import named_file
 from echo_forcing.memory.snapshot import capture, restore, snapshot_from_record, snapshot_record
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
-from echo_forcing.cli.text_stand_in import stand_in_text_embedding
 from echo_forcing.pipeline import OFFICIAL, RolloutInputError, SceneList, generate, plan_run
 from echo_forcing.pipeline.story import Story, StoryError
 

@@ -19,6 +19,13 @@ import pytest
 import torch
 
 from echo_forcing.__main__ import main
+from echo_forcing.cli.tiny_files import (
+    TINY_DIT_CONFIG,
+    clip_l_shapes,
+    parameter_count,
+    tiny_lora_shapes,
+    wan21_vae_shapes,
+)
 from echo_forcing.cli.tiny_models import (
     CLIP_FILE,
     DIT_FILE,
@@ -31,13 +38,6 @@ from echo_forcing.cli.tiny_models import (
 )
 from echo_forcing.models import WanConfig, load_wan_checkpoint, load_wan_model
 from echo_forcing.models.checkpoints import read_tensors
-from echo_forcing.cli.tiny_files import (
-    TINY_DIT_CONFIG,
-    clip_l_shapes,
-    parameter_count,
-    tiny_lora_shapes,
-    wan21_vae_shapes,
-)
 
 DIT_FILES = (DIT_FILE, SELF_FORCING_FILE, LORA_FILE)
 
