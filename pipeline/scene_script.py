@@ -265,36 +265,46 @@ def validate_scenes(scenes: Sequence[Scene], pool_labels: Collection[str] = ()) 
                                      "(MAX_SCENES)", token=str(len(scenes)))
     total = 0.0
     for i, scene in enumerate(scenes):
-        n = i + 1
         if not isinstance(scene, Scene):
-            raise _error(n, f"expected a Scene, got {type(scene).__name__}", token=repr(scene))
+            raise _error(i + 1, f"expected a Scene, got {type(scene).__name__}", token=repr(scene))
         total += scene.duration
         if total > MAX_VIDEO_SECONDS:
-            raise _error(n, f"the scenes up to this one last {_format_seconds(total)} s; a video may last at most "
-                            f"{MAX_VIDEO_SECONDS:g} s (MAX_VIDEO_SECONDS, one hour); shorten the scenes",
+            raise _error(i + 1, f"the scenes up to this one last {_format_seconds(total)} s; a video may last at "
+                                f"most {MAX_VIDEO_SECONDS:g} s (MAX_VIDEO_SECONDS, one hour); shorten the scenes",
                          token=f"[{_format_seconds(scene.duration)}s]")
-        if i == 0 and scene.entry is not None:
-            raise _error(n, f"the first scene cannot have an entry transition (got {scene.entry.value!r}); "
-                            "set entry=None", token=scene.entry.value)
-        if i > 0 and scene.entry is None:
-            raise _error(n, "every scene after the first needs an entry transition (smooth, hardcut, recall or "
-                            "auto); entry is None", token="None")
-        target = scene.recall_target
-        earlier = "shot 1" if i == 1 else f"shots 1-{i}"
-        if isinstance(target, int) and target >= i:
-            raise _error(n, f"recall target shot {target + 1} is not an earlier shot; give the number of an earlier "
-                            f"shot ({earlier}), its label, or auto", token=str(target + 1))
-        if isinstance(target, str):
-            matches = [j for j in range(i) if scenes[j].label == target]
-            if not matches and target.lower() in pooled:
-                continue
-            if len(matches) != 1:
-                problem = "no earlier scene has" if not matches else f"{len(matches)} earlier scenes have"
-                raise _error(n, f"recall target {target!r}: {problem} that label; give the number of an earlier "
-                                f"shot ({earlier}), a label that exactly one earlier shot has"
-                                + (" or a scene of the scene pool" if pool_labels else "") + ", or auto",
-                             token=target)
+        _check_entry_place(scene, i)
+        _check_target_place(scenes, i, pooled, bool(pool_labels))
     return scenes
+
+
+def _check_entry_place(scene: Scene, i: int) -> None:
+    """Scene ``i`` (0-based) has an entry exactly when it is not the first."""
+    if i == 0 and scene.entry is not None:
+        raise _error(1, f"the first scene cannot have an entry transition (got {scene.entry.value!r}); "
+                        "set entry=None", token=scene.entry.value)
+    if i > 0 and scene.entry is None:
+        raise _error(i + 1, "every scene after the first needs an entry transition (smooth, hardcut, recall or "
+                            "auto); entry is None", token="None")
+
+
+def _check_target_place(scenes: list[Scene], i: int, pooled: set[str], has_pool: bool) -> None:
+    """Scene ``i``'s recall target names an earlier scene (by index or unique label) or a pool scene."""
+    target, n = scenes[i].recall_target, i + 1
+    earlier = "shot 1" if i == 1 else f"shots 1-{i}"
+    if isinstance(target, int) and target >= i:
+        raise _error(n, f"recall target shot {target + 1} is not an earlier shot; give the number of an earlier "
+                        f"shot ({earlier}), its label, or auto", token=str(target + 1))
+    if not isinstance(target, str):
+        return
+    matches = [j for j in range(i) if scenes[j].label == target]
+    if not matches and target.lower() in pooled:
+        return
+    if len(matches) != 1:
+        problem = "no earlier scene has" if not matches else f"{len(matches)} earlier scenes have"
+        raise _error(n, f"recall target {target!r}: {problem} that label; give the number of an earlier "
+                        f"shot ({earlier}), a label that exactly one earlier shot has"
+                        + (" or a scene of the scene pool" if has_pool else "") + ", or auto",
+                     token=target)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -314,7 +324,15 @@ def _near_tag(content: str) -> re.Match[str] | None:
 
 def _near_tag_problem(content: str, m: re.Match[str]) -> tuple[str, str]:
     """(what is wrong with a tag-like group, how to write it) for a :func:`_near_tag` match."""
-    sign, num, exp, unit, marks = m["sign"], m["num"] or "", m["exp"] or "", m["unit"] or "", m["marks"]
+    reasons = _number_reasons(m) + _layout_reasons(content, m)
+    if not reasons:  # cannot happen for a group that is not a valid tag; kept as a safe fallback
+        reasons.append("a character out of place")
+    return "; ".join(reasons), _near_tag_fix(m)
+
+
+def _number_reasons(m: re.Match[str]) -> list[str]:
+    """What is wrong with a tag-like group's sign, number and unit."""
+    sign, num, unit = m["sign"], m["num"] or "", m["unit"] or ""
     reasons = []
     if sign == "-":
         reasons.append("a negative number; durations are positive seconds")
@@ -323,41 +341,42 @@ def _near_tag_problem(content: str, m: re.Match[str]) -> tuple[str, str]:
     if not num:
         reasons.append("no number of seconds")
     else:
-        if "," in num:
-            reasons.append("a decimal comma")
-        if num[0] in ".,":
-            reasons.append("no digit before the decimal point")
-        if exp:
-            reasons.append("an exponent")
-        if not unit:
-            reasons.append("no unit 's'")
+        reasons += [why for found, why in (("," in num, "a decimal comma"),
+                                           (num[0] in ".,", "no digit before the decimal point"),
+                                           (bool(m["exp"]), "an exponent"), (not unit, "no unit 's'")) if found]
     if unit and unit != "s":
         reasons.append(f"the unit {unit!r} instead of a lowercase 's'")
-    if marks not in ("", "#", "@"):
-        reasons.append(f"the marker {marks!r}; after the 's' comes nothing (smooth), '#' (hard cut) or '@' (recall)")
-    if content != content.strip():
-        reasons.append("a space inside the brackets")
-    if marks and m["gap2"]:
-        reasons.append("a space before the marker")
-    if sign and num and m.start("num") > m.end("sign"):
-        reasons.append("a space after the sign")
-    if not reasons:  # cannot happen for a group that is not a valid tag; kept as a safe fallback
-        reasons.append("a character out of place")
+    return reasons
+
+
+def _layout_reasons(content: str, m: re.Match[str]) -> list[str]:
+    """What is wrong with a tag-like group's marker and spaces."""
+    marks = m["marks"]
+    checks = (
+        (marks not in ("", "#", "@"),
+         f"the marker {marks!r}; after the 's' comes nothing (smooth), '#' (hard cut) or '@' (recall)"),
+        (content != content.strip(), "a space inside the brackets"),
+        (bool(marks and m["gap2"]), "a space before the marker"),
+        (bool(m["sign"] and m["num"] and m.start("num") > m.end("sign")), "a space after the sign"),
+    )
+    return [why for found, why in checks if found]
+
+
+def _near_tag_fix(m: re.Match[str]) -> str:
+    """How to write a tag-like group as the tag it most likely meant."""
+    num, marks = m["num"] or "", m["marks"]
     marker = marks if marks in ("#", "@") else ""
     if not marker and ("#" in marks) != ("@" in marks):
         marker = "#" if "#" in marks else "@"
     if not num:
-        fix = f"write the seconds, e.g. [10s{marker}]"
-    elif exp:
-        fix = f"write the seconds in plain digits, e.g. [10s{marker}]"
-    else:
-        number = num.replace(",", ".")
-        number = "0" + number if number[0] == "." else number
-        if marks in ("", "#", "@") or marker:
-            fix = f"write [{number}s{marker}]"
-        else:
-            fix = f"write [{number}s], [{number}s#] (hard cut) or [{number}s@] (recall)"
-    return "; ".join(reasons), fix
+        return f"write the seconds, e.g. [10s{marker}]"
+    if m["exp"]:
+        return f"write the seconds in plain digits, e.g. [10s{marker}]"
+    number = num.replace(",", ".")
+    number = "0" + number if number[0] == "." else number
+    if marks in ("", "#", "@") or marker:
+        return f"write [{number}s{marker}]"
+    return f"write [{number}s], [{number}s#] (hard cut) or [{number}s@] (recall)"
 
 
 def _unclosed_tag(part: str) -> str | None:
@@ -434,15 +453,39 @@ def parse_scene_script(text: str, warnings: list[ScriptWarning] | None = None) -
     title text that is ignored (at most 20, the last one counting the rest; nothing is added when the script
     is refused). Callers that pass nothing get the same scenes and no warnings.
     """
+    _check_script_text(text)
+    found: list[ScriptWarning] = []
+    prompt_part, has_tail, tail = text.partition(";")
+    titles_part, has_more, ignored = tail.partition(";")  # the official code reads only the second field
+    parts = _scene_parts(prompt_part, text)
+    _check_no_tag_in_titles(tail, len(parts))
+    parsed = [_parse_nonempty_scene(part, i, bool(has_tail) and i + 1 == len(parts), found)
+              for i, part in enumerate(parts)]
+    labels = _scene_labels(titles_part if has_tail else None, len(parsed), found)
+    if has_more and ignored.strip():
+        found.append(_warning(None, f"the text after the second ';' ({_snippet(ignored.strip())!r}) is ignored, as "
+                                    "the official parser does; titles are separated by '|' and cannot hold a ';'",
+                              token=_snippet(ignored.strip())))
+    scenes = _scenes_from(parsed, labels)
+    if warnings is not None:
+        if len(found) > _MAX_WARNINGS:
+            more = len(found) - _MAX_WARNINGS + 1
+            found[_MAX_WARNINGS - 1:] = [_warning(None, f"{more} more warnings like the ones above are not listed")]
+        warnings.extend(found)
+    return scenes
+
+
+def _check_script_text(text) -> None:
     if not isinstance(text, str):
         raise SceneScriptError(f"scene 1: a scene script must be a string, got {type(text).__name__}", scene=1)
     if len(text) > MAX_SCRIPT_CHARS:
         raise SceneScriptError(f"the scene script is {len(text):,} characters long; a script may be at most "
                                f"{MAX_SCRIPT_CHARS:,} characters (MAX_SCRIPT_CHARS; a six-shot script is about "
                                "3,000)", token=_snippet(text))
-    found: list[ScriptWarning] = []
-    prompt_part, has_tail, tail = text.partition(";")
-    titles_part, has_more, ignored = tail.partition(";")  # the official code reads only the second field
+
+
+def _scene_parts(prompt_part: str, text: str) -> list[str]:
+    """The '|'-separated scene texts before the first ';', stripped (one trailing '|' tolerated)."""
     prompt_part = prompt_part.strip()
     if prompt_part.endswith("|"):
         prompt_part = prompt_part[:-1].rstrip()  # one trailing separator is tolerated, as officially
@@ -454,36 +497,44 @@ def parse_scene_script(text: str, warnings: list[ScriptWarning] | None = None) -
     if len(parts) > MAX_SCENES:
         raise _error(MAX_SCENES + 1, f"the script has {len(parts)} scenes; a script may have at most {MAX_SCENES} "
                                      "(MAX_SCENES)", token=str(len(parts)))
-    parts = [part.strip() for part in parts]
+    return [part.strip() for part in parts]
+
+
+def _check_no_tag_in_titles(tail: str, scenes: int) -> None:
+    """A duration tag after the first ';' would be read as a title: refuse it."""
     for group in _BRACKET_GROUP.finditer(tail):
         if _TAG_BODY.fullmatch(group.group(1)):
             token = _snippet(group.group(0))
-            raise _error(len(parts), f"the duration tag {token!r} comes after the first ';', which starts the titles "
-                                     "tail (so it would be read as a title); remove the ';' from the scene text",
+            raise _error(scenes, f"the duration tag {token!r} comes after the first ';', which starts the titles "
+                                 "tail (so it would be read as a title); remove the ';' from the scene text",
                          token=token)
-    parsed = []
-    for i, part in enumerate(parts):
-        n = i + 1
-        if not part:
-            where = "before the first '|'" if i == 0 else "between two '|' separators"
-            raise _error(n, f"empty scene: nothing {where}; remove the extra '|' or write the scene's text and tag",
-                         token="|")
-        parsed.append(_parse_scene(part, n, bool(has_tail) and n == len(parts), found))
 
-    titles = [title.strip() for title in titles_part.split("|")] if has_tail else []
-    labels: list[str | None] = [title or None for title in titles[: len(parsed)]]
-    labels += [None] * (len(parsed) - len(labels))
-    extra = [title for title in titles[len(parsed):] if title]
+
+def _parse_nonempty_scene(part: str, i: int, last_before_titles: bool,
+                          warnings: list[ScriptWarning]) -> tuple[str, float, str]:
+    if not part:
+        where = "before the first '|'" if i == 0 else "between two '|' separators"
+        raise _error(i + 1, f"empty scene: nothing {where}; remove the extra '|' or write the scene's text and tag",
+                     token="|")
+    return _parse_scene(part, i + 1, last_before_titles, warnings)
+
+
+def _scene_labels(titles_part: str | None, scenes: int, warnings: list[ScriptWarning]) -> list[str | None]:
+    """One label per scene from the titles tail (None: no tail or an empty title); extra titles -> a warning."""
+    titles = [title.strip() for title in titles_part.split("|")] if titles_part is not None else []
+    labels: list[str | None] = [title or None for title in titles[:scenes]]
+    labels += [None] * (scenes - len(labels))
+    extra = [title for title in titles[scenes:] if title]
     if extra:
         listed = ", ".join(repr(_snippet(title, 30)) for title in extra[:3]) + (", ..." if len(extra) > 3 else "")
-        scenes_text = "1 scene" if len(parsed) == 1 else f"{len(parsed)} scenes"
-        found.append(_warning(None, f"{len(titles)} titles for {scenes_text}; the extra titles are ignored: {listed}",
-                              token=_snippet(extra[0])))
-    if has_more and ignored.strip():
-        found.append(_warning(None, f"the text after the second ';' ({_snippet(ignored.strip())!r}) is ignored, as "
-                                    "the official parser does; titles are separated by '|' and cannot hold a ';'",
-                              token=_snippet(ignored.strip())))
+        scenes_text = "1 scene" if scenes == 1 else f"{scenes} scenes"
+        warnings.append(_warning(None, f"{len(titles)} titles for {scenes_text}; the extra titles are ignored: "
+                                       f"{listed}", token=_snippet(extra[0])))
+    return labels
 
+
+def _scenes_from(parsed: list[tuple[str, float, str]], labels: list[str | None]) -> list[Scene]:
+    """Scenes from (prompt, seconds, marker out of the scene): scene i+1 is entered by scene i's marker."""
     scenes = []
     total = 0.0
     for i, (prompt, seconds, _marker) in enumerate(parsed):
@@ -494,11 +545,6 @@ def parse_scene_script(text: str, warnings: list[ScriptWarning] | None = None) -
                          token=f"[{_format_seconds(seconds)}s]")
         entry = None if i == 0 else Transition.from_marker(parsed[i - 1][2])
         scenes.append(Scene(prompt=prompt, duration=seconds, entry=entry, label=labels[i]))
-    if warnings is not None:
-        if len(found) > _MAX_WARNINGS:
-            more = len(found) - _MAX_WARNINGS + 1
-            found[_MAX_WARNINGS - 1:] = [_warning(None, f"{more} more warnings like the ones above are not listed")]
-        warnings.extend(found)
     return scenes
 
 
