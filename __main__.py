@@ -1,9 +1,33 @@
-"""``python -m echo_forcing <command>``: the pack's command-line tools."""
+"""``python -m echo_forcing <command>``: the pack's command-line tools.
+
+In a ComfyUI install the pack is a folder in ``custom_nodes`` and not an installed package; there,
+``python custom_nodes/<folder> <command>`` (with ComfyUI's Python) runs the same tools: Python runs this file
+as a script, and :func:`_load_folder_as_package` makes the folder the package ``echo_forcing`` first,
+whatever the folder is called.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
+
+
+def _load_folder_as_package() -> None:
+    """Import this file's folder as the package ``echo_forcing`` (run as ``python <folder> ...``).
+
+    The folder itself leaves ``sys.path`` (Python put it first), so its sub-folders (``models``, ``batch``,
+    ...) can never shadow another installed package of the same name.
+    """
+    folder = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != folder]
+    spec = importlib.util.spec_from_file_location("echo_forcing", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["echo_forcing"] = package
+    spec.loader.exec_module(package)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,4 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if not __package__:  # python <folder> <command>
+        _load_folder_as_package()
+        sys.exit(importlib.import_module("echo_forcing.__main__").main())
     sys.exit(main())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import inspect
+import os
 import shutil
 import subprocess
 import sys
@@ -30,13 +32,18 @@ def _load_like_comfyui(folder: Path):
     return name, module
 
 
-def test_pack_imports_under_another_folder_name_without_comfyui(tmp_path):
-    copy = tmp_path / "Some Other-Name.v2"
-    copy.mkdir()
+def _copy_pack(folder: Path) -> Path:
+    """The pack's code (root modules and sub-packages, no tests) copied into ``folder``."""
+    folder.mkdir(parents=True)
     for module_file in ROOT.glob("*.py"):  # __init__, __main__ and the root modules (safe_files)
-        shutil.copy(module_file, copy)
+        shutil.copy(module_file, folder)
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def test_pack_imports_under_another_folder_name_without_comfyui(tmp_path):
+    copy = _copy_pack(tmp_path / "Some Other-Name.v2")
     name, module = _load_like_comfyui(copy)
     try:
         assert module.WEB_DIRECTORY == "./web"
@@ -60,12 +67,40 @@ def test_no_absolute_imports_of_the_pack_inside_the_pack():
     assert offenders == []
 
 
+HOST_PROVIDED = {"torch", "comfy", "comfy_api", "comfy_execution", "folder_paths", "server", "node_helpers",
+                 "latent_preview", "execution", "nodes"}
+"""What the pack imports but never installs: torch (ComfyUI or the user brings the right build) and ComfyUI."""
+DISTRIBUTIONS = {"av": "av", "safetensors": "safetensors", "aiohttp": "aiohttp>=3.9", "numpy": "numpy"}
+"""Import name -> requirement line, for every third-party package the pack's code imports."""
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level names of every absolute import in the pack's code (tests and bench excluded)."""
+    sources = [*ROOT.glob("*.py"), *(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))]
+    names = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_requirements_are_exactly_what_the_pack_imports():
+    imported = _third_party_imports() - HOST_PROVIDED
+    unknown = imported - set(DISTRIBUTIONS)
+    assert not unknown, f"imported but not mapped to a requirement: {sorted(unknown)}"
+    requirements = sorted(line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+                          if line.strip() and not line.startswith("#"))
+    assert requirements == sorted(DISTRIBUTIONS[name] for name in imported)
+
+
 def test_project_metadata_and_requirements_agree():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     project = meta["project"]
     assert "comfyui" not in project["name"].lower()
     deps = sorted(project["dependencies"])
-    assert deps == sorted(["einops", "safetensors", "huggingface-hub", "opencv-python", "aiohttp>=3.9"])
     requirements = sorted(line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
                           if line.strip() and not line.startswith("#"))
     assert requirements == deps
@@ -81,3 +116,25 @@ def test_project_metadata_and_requirements_agree():
 def test_cli_help_runs_without_comfyui():
     out = subprocess.run([sys.executable, "-m", "echo_forcing", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout
+
+
+def test_cli_runs_from_a_custom_nodes_folder_without_install(tmp_path):
+    """``python custom_nodes/<folder> <command>`` (a ComfyUI install: no pip install of the pack) runs the
+    tools from that folder, whatever it is called, and its sub-folders do not shadow other packages."""
+    folder = _copy_pack(tmp_path / "custom nodes" / "ComfyUI-Echo Forcing.git")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, str(folder), "--help"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert all(command in out.stdout for command in ("demo", "queue", "render", "tiny-models", "workflows"))
+    probe = ("import runpy, sys\n"
+             f"sys.argv = [{str(folder)!r}, 'workflows', '--help']\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as stop:\n    assert stop.code in (0, None), stop.code\n"
+             "import echo_forcing.cli.workflows as w\n"
+             "print(w.__file__)\nprint(any(p.rstrip('/').endswith('.git') for p in sys.path))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    loaded_from, folder_on_path = out.stdout.strip().splitlines()[-2:]
+    assert Path(loaded_from).is_relative_to(folder)
+    assert folder_on_path == "False"
