@@ -1,5 +1,5 @@
 """ComfyUI glue shared by the nodes: model folders, text encoding, per-block progress, previews and the
-websocket events the timeline widget listens to (web/echo_timeline.js)."""
+websocket events the timeline widget listens to (web/timeline.js)."""
 
 from __future__ import annotations
 
