@@ -1,6 +1,6 @@
 """The batch queue's bookkeeping, without any network: prompt lines, jobs, the resume manifest, ComfyUI's errors.
 
-* **Prompt file**: the official one-video-per-line scene-script format (SPEC §3.12). Blank lines and lines
+* **Prompt file**: the official one-video-per-line scene-script format. Blank lines and lines
   starting with ``#`` are skipped; line numbers are 1-based positions in the file. Every line is checked with
   :func:`~..pipeline.scene_script.parse_scene_script` before anything is submitted; a bad line fails on its
   own with the parser's message.
@@ -246,7 +246,7 @@ def fill_workflow(workflow: Workflow, line: PromptLine, stem: str) -> dict:
 
 
 def format_validation_error(body: object, graph: dict | None = None) -> str:
-    """A readable message from the body of a ``POST /prompt`` refusal (COMFYUI.md §3.5), one part per node error."""
+    """A readable message from the body of a ``POST /prompt`` refusal, one part per node error."""
     if not isinstance(body, dict):
         return f"ComfyUI refused the prompt: {body!r}"
     error = body.get("error")

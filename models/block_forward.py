@@ -1,4 +1,4 @@
-"""The block forward of a causal Wan2.1 DiT, written against the Wan module tree by name (DESIGN §3).
+"""The block forward of a causal Wan2.1 DiT, written against the Wan module tree by name.
 
 ``CausalWan`` runs one forward call on a block of latent frames. It only *calls* submodules
 (``patch_embedding``, ``text_embedding``, ``time_embedding``, ``time_projection``,
@@ -11,7 +11,7 @@ device, so it runs unchanged on the pack's ``WanDiT`` and on ComfyUI's Wan model
 ``torch.compile``; off by default (compiling takes a while, and ComfyUI's own patching of modules, such as
 low-VRAM casting, may not trace). Tests check it gives the same latents.
 
-Per call (SPEC §1.1, §1.5): per-frame timesteps -> sinusoid (float64, cos half first) -> time embedding
+Per call: per-frame timesteps -> sinusoid (float64, cos half first) -> time embedding
 -> 6 modulation vectors per frame; per layer the adaLN-modulated self-attention over the window the
 layer's memory returns (see ``models.seam``), text cross-attention over the cached 512 text keys/values,
 and the modulated FFN; then the modulated head and unpatchify.

@@ -1,4 +1,4 @@
-"""Wan2.1 text-to-video DiT configuration, inferred from a state dict (SPEC §1.1).
+"""Wan2.1 text-to-video DiT configuration, inferred from a state dict.
 
 The parameter names and shapes are exactly those of the original Wan code, so the same config describes
 the 1.3B and 14B releases, the causal students trained from them (Self-Forcing, CausVid, LongLive) and the

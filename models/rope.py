@@ -1,4 +1,4 @@
-"""3D rotary position embedding of Wan2.1 (SPEC §1.3).
+"""3D rotary position embedding of Wan2.1.
 
 A head of dimension ``d`` is viewed as ``c = d/2`` complex channels made of ADJACENT pairs (element 2i is
 the real part, 2i+1 the imaginary part). The channels are split into temporal ``c - 2*floor(c/3)``, height

@@ -1,4 +1,4 @@
-"""Few-step flow-matching schedule of the causal Wan students (SPEC §1.6).
+"""Few-step flow-matching schedule of the causal Wan students.
 
 The training table has 1000 entries: raw sigmas ``linspace(1, 0, 1001)[:-1]`` shifted by
 ``shift*s / (1 + (shift-1)*s)``, timestep = 1000 * sigma, built in float32 as the official code does.

@@ -1,4 +1,4 @@
-"""The seam between the DiT (models/) and the cache policies (memory/), DESIGN §2.
+"""The seam between the DiT (models/) and the cache policies (memory/).
 
 For every layer and every forward call the block forward computes the pre-RoPE queries, keys and values
 of the current block (after the qk RMS norm) and hands them, with a ``BlockCall`` describing the call, to

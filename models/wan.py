@@ -1,4 +1,4 @@
-"""A plain-torch Wan2.1 text-to-video DiT with the original Wan parameter names (SPEC §1.1).
+"""A plain-torch Wan2.1 text-to-video DiT with the original Wan parameter names.
 
 This module only *holds* the weights under the names the block forward (``models.block_forward``) looks
 up; it has no cache logic of its own. ComfyUI's loaded Wan model has the same module tree, so the block

@@ -1,4 +1,4 @@
-"""Latent layouts at the pipeline boundary (DESIGN §4, SPEC §1.2).
+"""Latent layouts at the pipeline boundary.
 
 Inside the pipeline latents are *normalised* Wan2.1 VAE latents ``[B, T, 16, H/8, W/8]``
 (``z = (mu - mean) / std`` per channel). ComfyUI's LATENT holds *raw* VAE-space latents

@@ -2,7 +2,7 @@
 
 Two modes, both drawn on the CPU in float32 (so a seed gives the same video on any device):
 
-* ``official`` (SPEC §7): one generator seeded with the seed draws the whole initial noise ``[B, T, C, h, w]``
+* ``official``: one generator seeded with the seed draws the whole initial noise ``[B, T, C, h, w]``
   first, then one ``[B*F, C, h, w]`` draw per non-final denoising step of every block, in order. This is the
   official Self-Forcing / Echo-Forcing order, so the parity fixtures reproduce with it. Every block's noise
   depends on the video's total length and on every block before it, so shots before an edit can be reused

@@ -1,6 +1,6 @@
 """Scene scripts: the official one-line multi-shot prompt format, its parser, and the block schedule.
 
-Format (SPEC §3.12, §4.1; marker characters as in the per-mode table of §3.10)::
+Format::
 
     <scene 1 text>[10s#] | <scene 2 text>[10s] | <scene 3 text>[10s@] | <scene 4 text>[10s] ; title 1 | title 2
 
@@ -28,7 +28,8 @@ the titles split of its ``inference.py``):
   ``[10s#@]``, ``[-5s]``, ``[.5s]``, ``[10]``, ``[ 10s]``, ``[10 sec]``, ``[1e3s]``, ``[s]`` and ``[#]``
   are tag-like; units of other things (``[10x]``, ``[4K]``, ``[35mm]``, ``[1080p]``) are not.
 * **Markers.** The marker on scene i selects the transition OUT of scene i into scene i+1 (``#`` hard cut,
-  ``@`` recall, none = smooth); the last scene's marker is ignored (SPEC §3.12 gives the evidence).
+  ``@`` recall, none = smooth); the last scene's marker is ignored (the official parser reads it and
+  nothing uses it).
   :class:`Scene` stores the other way round: ``entry`` = how the scene is entered (the marker of the scene
   before it; ``None`` for the first scene). :func:`parse_scene_script` and :func:`format_scene_script`
   convert between the two.
@@ -59,7 +60,7 @@ Where the official parser accepts a script and silently guesses, we are stricter
   one pass over the text with regular expressions that cannot backtrack more than a constant per character,
   so its time is linear in the script's length.
 
-:class:`Transition` also has ``AUTO`` (the paper's automatic router, appendix B, SPEC §3.11), which the tag
+:class:`Transition` also has ``AUTO`` (the paper's automatic router, appendix B), which the tag
 format cannot express; neither can an explicit recall target (``Scene.recall_target``, a 0-based scene index
 or a label, in the Python API). Messages meant for artists count shots from 1.
 """

@@ -38,7 +38,7 @@ STORY = ("A keeper climbs a lighthouse [10s#] | A night market [10s@] | Back in 
          "the lamp [10s]; Climb | Market | Lamp")
 SMOOTH = "A fox runs through snow [5s] | The fox stops at a frozen lake [5s]"
 
-# COMFYUI.md §3.1: the probe workflow, with the pack's scene-script node added.
+# A minimal API-format workflow as ComfyUI accepts it, with the pack's scene-script node added.
 GRAPH = {
     "1": {"class_type": "SFProbe_MemoryInit", "inputs": {"seed": 7, "width": 64, "height": 64,
                                                           "frames_per_block": 3}, "_meta": {"title": "SF Memory Init"}},
@@ -167,7 +167,7 @@ def test_fill_workflow_sets_the_script_and_per_line_prefixes():
 
 # --------------------------------------------------------------------------------------------- ComfyUI errors
 
-# COMFYUI.md §3.5, verbatim shapes.
+# ComfyUI's refusal bodies for POST /prompt, in their real shapes.
 EXECUTION_ERROR = {"prompt_id": "p1", "node_id": "2", "node_type": "SFProbe_BlockGenerate", "executed": [],
                    "exception_message": "sfprobe: simulated failure at block 1\n", "exception_type": "RuntimeError",
                    "traceback": ["  File \".../execution.py\", line 496, in execute\n …"],
@@ -243,7 +243,7 @@ def test_interrupted_and_history_errors():
 
 
 def test_output_files_take_every_file_list_with_unique_local_names():
-    outputs = {  # COMFYUI.md §3.2 "executed" payloads, as /history stores them
+    outputs = {  # "executed" payloads, as /history stores them
         "9": {"latents": [{"filename": "latent_00001_.latent", "subfolder": "sfprobe", "type": "output"}]},
         "3": {"images": [{"filename": "frame_00001_.png", "subfolder": "sfprobe", "type": "output"},
                          {"filename": "frame_00002_.png", "subfolder": "sfprobe", "type": "output"}]},

@@ -1,4 +1,4 @@
-"""Checkpoint formats of causal Wan2.1 students (SPEC §2) and the errors for bad files (DESIGN §6).
+"""Checkpoint formats of causal Wan2.1 students and the errors for bad files.
 
 Every file is written here with the key names and layouts of the real releases, around tiny random weights.
 """

@@ -1,4 +1,4 @@
-"""Real host: the block forward runs unchanged on ComfyUI's own loaded Wan model (DESIGN §3).
+"""Real host: the block forward runs unchanged on ComfyUI's own loaded Wan model.
 
 ComfyUI builds its WanModel from comfy.ops layers inside a ModelPatcher. The same weights, driven by our
 block forward through that module tree, must give what our plain-torch WanDiT gives. Runs only when

@@ -23,7 +23,7 @@ from echo_forcing.pipeline.scene_script import (
     validate_scenes,
 )
 
-# The official tag as the format defines it (SPEC §3.12), to check that our linear form finds the same tags.
+# The official tag as the format defines it, to check that our linear form finds the same tags.
 OFFICIAL_TAG = re.compile(r"\[(\d+\.?\d*)\s*s([#@])?\]")
 # A denial-of-service bound, not a performance figure: each input below takes milliseconds when parsing is
 # linear and seconds to minutes when it is quadratic.
