@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,12 +75,13 @@ class BatchUsageError(Exception):
 
 
 class BatchInterrupted(Exception):
-    """The batch was stopped by a signal (Ctrl-C or SIGTERM); the manifest is saved. ``exit_code`` is 128+signal."""
+    """The batch was stopped by a signal (Ctrl-C or SIGTERM); the manifest is saved. ``exit_code`` is
+    EXIT_INTERRUPTED or EXIT_TERMINATED (128 + the signal's number, as a shell reports it)."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}.get(signum, 128 + signum)
 
 
 class UnsafeOutput(Exception):
@@ -380,16 +382,6 @@ def output_files(outputs: object) -> list[OutputFile]:
                 used.add(name.casefold())
                 files.append(OutputFile(str(node_id), str(key), filename, subfolder, kind, name))
     return files
-
-
-def text_outputs(outputs: object) -> dict[str, list[str]]:
-    """``{node_id: [text, ...]}`` for nodes whose output has a ``text`` list (e.g. the sampler's report)."""
-    found = {}
-    for node_id, ui in (outputs.items() if isinstance(outputs, dict) else ()):
-        texts = ui.get("text") if isinstance(ui, dict) else None
-        if isinstance(texts, list) and texts:
-            found[str(node_id)] = [str(t) for t in texts]
-    return found
 
 
 def json_bytes(data: object) -> bytes:

@@ -30,7 +30,6 @@ from echo_forcing.batch.jobs import (
     plan_batch,
     read_prompt_file,
     summarize,
-    text_outputs,
 )
 from echo_forcing.pipeline.scene_script import SceneScriptError, parse_scene_script
 
@@ -272,7 +271,6 @@ def test_output_files_take_every_file_list_with_unique_local_names():
         ("1:7", "images", "frame_00002_.PNG", "sub", "output", "1_7-frame_00002_.PNG"),
     ]
     assert files[4].view_params() == {"filename": "frame_00001_.png", "subfolder": "other", "type": "temp"}
-    assert text_outputs(outputs) == {"10": ["not a file"], "2": ["start_blocks=0 end=4 runs=2"]}
     assert output_files({}) == [] and output_files(None) == []
 
 
