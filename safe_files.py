@@ -21,6 +21,7 @@ Every file the pack writes or removes goes through here:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -158,16 +159,32 @@ def confined_file(root: Path, path: Path) -> Path:
     return target
 
 
+class OutputFolderError(argparse.ArgumentTypeError, ValueError):
+    """An output folder that cannot be used; argparse shows the message as a usage error (exit code 2)."""
+
+
 def output_folder(text: str) -> Path:
-    """A command's output folder from its argument: refuses an empty name (which would mean the current
-    folder), control characters and an existing file. ``argparse`` turns the ValueError into a usage error."""
+    """A command's output folder from its argument (an ``argparse`` type): a folder that exists or can be made.
+
+    Refuses an empty name (which would mean the current folder), control characters, an existing file, a
+    folder under a file and a place this user cannot write to, each with a message that names it.
+    """
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("the output folder is empty; give a folder name, e.g. --out renders")
+        raise OutputFolderError("the output folder is empty; give a folder name, e.g. --out renders")
     if any(ord(ch) < 32 for ch in text):
-        raise ValueError(f"the output folder {shown(text)} holds a control character")
+        raise OutputFolderError(f"the output folder {shown(text)} holds a control character")
     path = Path(text)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{shown(text)} is a file, not a folder")
+        raise OutputFolderError(f"{shown(text)} is a file, not a folder")
+    parent = path.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputFolderError(f"cannot make the output folder {shown(text)}: {shown(str(parent))} is a file")
+    writable = path if path.exists() else parent
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"cannot write in the output folder {shown(text)}: no permission to write in "
+                                f"{shown(str(writable))}")
     return path
 
 

@@ -76,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", action="append", required=True, metavar="URL",
                    help="a ComfyUI server, e.g. http://127.0.0.1:8188; repeat for several servers")
     p.add_argument("--workflow", type=Path, required=True, metavar="FILE",
-                   help="API-format workflow with one EchoForcingSceneScript node: one of the pack's workflows/api/*.json, "
-                        "or your own saved with Workflow > Export (API)")
+                   help="API-format workflow with one EchoForcingSceneScript node: one of the pack's "
+                        "workflows/api/*.json, or your own saved with Workflow > Export (API)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help=f"output folder: one subfolder per line, plus {MANIFEST_NAME} for resuming")
     p.add_argument("--timeout", type=float, default=DEFAULT_JOB_TIMEOUT, metavar="SECONDS",

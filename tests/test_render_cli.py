@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -64,3 +65,13 @@ def test_bad_runs_are_refused_with_exit_code_2(tmp_path, capsys):
     assert main(["render", SCRIPT, "--out", str(tmp_path / "d"), "--cache", str(tmp_path / "k"), "--cache-gb", "0",
                  *SIZE]) == 2
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(("out", "message"), [("", "the output folder is empty"), ("FILE", "is a file, not a folder"),
+                                             ("FILE/sub", "is a file")])
+def test_bad_output_folders_are_refused_with_the_reason(tmp_path, monkeypatch, capsys, out, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x", encoding="utf-8")
+    with pytest.raises(SystemExit) as stop:
+        main(["render", SCRIPT, "--out", out, *SIZE])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
