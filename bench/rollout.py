@@ -228,6 +228,30 @@ def targets(results: list[dict], full: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        args.worker_out.write_text(json.dumps(run_once(json.loads(args.worker))))
+        return 0
+    if args.full and not torch.cuda.is_available():
+        print("--full needs a CUDA GPU; none is available here", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.full else "cpu")
+    jobs = _jobs(args)
+    print(f"{len(jobs)} runs on {hardware(device)}")
+    results = []
+    for job in jobs:
+        print(f"{job['label']}: {six_shot_script(job['seconds'])[:80]}...", flush=True)
+        results.append(spawn(job))
+    text = markdown(results, device, _command(args))
+    print()
+    print(text)
+    if args.markdown:
+        title = "GPU, full 1.3B shapes" if args.full else f"CPU, {args.model} model"
+        write_section(args.markdown, title, text)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="full Wan2.1-1.3B shapes in bf16 (needs a GPU)")
     parser.add_argument("--model", choices=("tiny", "parity"), default="tiny",
@@ -242,15 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the tables into this markdown file (section replaced)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.worker:
-        args.worker_out.write_text(json.dumps(run_once(json.loads(args.worker))))
-        return 0
-    if args.full and not torch.cuda.is_available():
-        print("--full needs a CUDA GPU; none is available here", file=sys.stderr)
-        return 2
-    device = torch.device("cuda" if args.full else "cpu")
+
+def _jobs(args: argparse.Namespace) -> list[dict]:
+    """The runs the options ask for: every preset on the script, then the compiled and the longer runs."""
     presets = preset_names() if args.presets == "all" else [p.strip() for p in args.presets.split(",")]
     common = {"full": args.full, "model": "full" if args.full else args.model, "height": args.height,
               "width": args.width, "compile": False}
@@ -264,22 +284,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.full:
             jobs.append({**common, "label": "echo-forcing, 60 s", "preset": "echo-forcing",
                          "seconds": MINUTE_SECONDS})
-    print(f"{len(jobs)} runs on {hardware(device)}")
-    results = []
-    for job in jobs:
-        print(f"{job['label']}: {six_shot_script(job['seconds'])[:80]}...", flush=True)
-        results.append(spawn(job))
-    command = "python bench/rollout.py" + (" --full" if args.full else "") + (" --compile" if args.compile else "") + (
-        f" --presets {args.presets}" if args.presets != "self-forcing,echo-forcing" else "") + (
-        f" --model {args.model}" if args.model != "tiny" and not args.full else "") + (
-        " --no-long" if args.no_long else "")
-    text = markdown(results, device, command)
-    print()
-    print(text)
-    if args.markdown:
-        title = "GPU, full 1.3B shapes" if args.full else f"CPU, {args.model} model"
-        write_section(args.markdown, title, text)
-    return 0
+    return jobs
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that repeats this benchmark (its options that differ from the defaults)."""
+    command = "python bench/rollout.py"
+    if args.full:
+        command += " --full"
+    if args.compile:
+        command += " --compile"
+    if args.presets != "self-forcing,echo-forcing":
+        command += f" --presets {args.presets}"
+    if args.model != "tiny" and not args.full:
+        command += f" --model {args.model}"
+    if args.no_long:
+        command += " --no-long"
+    return command
 
 
 if __name__ == "__main__":

@@ -192,51 +192,24 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     the device's total) and ``host_memory`` (default: the RAM available now); ``weights_on_device`` counts the
     DiT's weights too (when the caller, not ComfyUI, places them).
     """
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
-        raise RolloutInputError(f"fps must be a number in (0, {MAX_FPS}], got {fps!r}")
-    if not isinstance(shots, SceneList) or not len(shots):
-        raise RolloutInputError("no shots: connect a Scene Prompt or Scene Script to 'scenes'")
+    _check_request(shots, model, fps, stop_after_shot)
     choice = choice if choice is not None else PresetChoice()
-    if model.in_dim != model.out_dim:
-        raise RolloutInputError(f"the model reads {model.in_dim} latent channels (an image-to-video or control "
-                                "model); Echo-Forcing needs a Wan2.1 text-to-video model")
-    if isinstance(stop_after_shot, bool) or not isinstance(stop_after_shot, int) or stop_after_shot < 0:
-        raise RolloutInputError(f"stop_after_shot must be 0 (every shot) or a shot number, got {stop_after_shot!r}")
-    if stop_after_shot > len(shots):
-        raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but there are only {len(shots)} shots; "
-                                "use 0 to run every shot")
     story = shots.story
     if story is not None:
-        pool = _story_pool(story, pool)
-        if 0 < stop_after_shot < len(story.shots):
-            raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but the story already holds "
-                                    f"{len(story.shots)} shots; use 0 or a later shot")
+        pool = _continued_pool(story, pool, stop_after_shot)
     pool_labels = [e.label for e in pool.entries] if pool is not None and choice.is_echo else []
     blocks = _blocks(shots, story, fps, pool_labels)
     settings = RolloutSettings(num_frames=sum(blocks) * FRAMES_PER_BLOCK, height=height, width=width, seed=seed,
                                steps=evenly_spaced_steps(steps), shift=shift, frames_per_block=FRAMES_PER_BLOCK,
                                noise=noise)
-    width_of_text = shots.shots[0].text.shape[-1]
-    if width_of_text != model.text_dim:
-        raise RolloutInputError(f"the shots' text encoding is {width_of_text} wide but the model takes "
-                                f"{model.text_dim}; use the text encoder the model was trained with (umT5-XXL)")
+    _check_text_width(shots, model)
     notes = [f"scene script: {note}" for note in shots.notes]
     if choice.ignored:
         notes.append(f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored")
     grid = token_grid(model.patch_size, settings)
-    if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
-        pool.signature.require(PoolSignature.of(model.num_layers, model.num_heads, model.head_dim, dtype, grid),
-                               "the scene pool")
-    if pool is not None and not choice.is_echo and len(pool):
-        notes.append(f"the scene pool is used by Echo-Forcing presets only; ignored by {choice.preset}")
+    _check_pool(pool, choice, model, dtype, grid, notes)
     start_pool = pool if choice.is_echo else None
-    policy = choice.build(encode_text=encode_text, pool=start_pool)
-    policy.check_length(settings.num_frames, settings.frames_per_block)
-    check_scenes = getattr(policy, "check_scenes", None)
-    if check_scenes is not None:  # transitions and recall targets (the scene memory's own checks)
-        check_scenes([SceneInfo(s.scene.prompt, n, None if s.scene.entry is None else s.scene.entry.value,
-                                s.scene.recall_target, shots.title(i))
-                      for i, (s, n) in enumerate(zip(shots.shots, blocks, strict=True))])
+    policy = _checked_policy(choice, encode_text, start_pool, settings, shots, blocks)
     if any(s.text.shape[1] > model.text_len for s in shots.shots):
         notes.append(f"prompts longer than {model.text_len} tokens were cut to {model.text_len} (as Wan2.1 does)")
     seeds = shot_seeds(seed, [s.seed for s in shots.shots])
@@ -252,6 +225,63 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     check_memory(need, device, device_memory=device_memory, host_memory=host_memory)
     return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
                    stop_after_shot, tuple(notes), model.text_len, routes, story)
+
+
+def _check_request(shots: SceneList, model: WanConfig, fps: float, stop_after_shot: int) -> None:
+    """Refuse a bad fps, no shots, a model that is not text-to-video, or a shot to stop after that does not exist."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
+        raise RolloutInputError(f"fps must be a number in (0, {MAX_FPS}], got {fps!r}")
+    if not isinstance(shots, SceneList) or not len(shots):
+        raise RolloutInputError("no shots: connect a Scene Prompt or Scene Script to 'scenes'")
+    if model.in_dim != model.out_dim:
+        raise RolloutInputError(f"the model reads {model.in_dim} latent channels (an image-to-video or control "
+                                "model); Echo-Forcing needs a Wan2.1 text-to-video model")
+    if isinstance(stop_after_shot, bool) or not isinstance(stop_after_shot, int) or stop_after_shot < 0:
+        raise RolloutInputError(f"stop_after_shot must be 0 (every shot) or a shot number, got {stop_after_shot!r}")
+    if stop_after_shot > len(shots):
+        raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but there are only {len(shots)} shots; "
+                                "use 0 to run every shot")
+
+
+def _continued_pool(story: Story, pool: ScenePool | None, stop_after_shot: int) -> ScenePool | None:
+    """The pool a continued story starts from (:func:`_story_pool`); a stop inside the story is refused."""
+    pool = _story_pool(story, pool)
+    if 0 < stop_after_shot < len(story.shots):
+        raise RolloutInputError(f"stop_after_shot is {stop_after_shot} but the story already holds "
+                                f"{len(story.shots)} shots; use 0 or a later shot")
+    return pool
+
+
+def _check_text_width(shots: SceneList, model: WanConfig) -> None:
+    """Refuse text encodings whose width is not the model's (another text encoder)."""
+    width_of_text = shots.shots[0].text.shape[-1]
+    if width_of_text != model.text_dim:
+        raise RolloutInputError(f"the shots' text encoding is {width_of_text} wide but the model takes "
+                                f"{model.text_dim}; use the text encoder the model was trained with (umT5-XXL)")
+
+
+def _check_pool(pool: ScenePool | None, choice: PresetChoice, model: WanConfig, dtype: torch.dtype,
+                grid: tuple[int, int], notes: list[str]) -> None:
+    """Refuse a scene pool made for another model shape or dtype (Echo-Forcing presets); note an ignored one."""
+    if pool is not None and choice.is_echo and pool.signature is not None:  # early; the memory checks it too
+        pool.signature.require(PoolSignature.of(model.num_layers, model.num_heads, model.head_dim, dtype, grid),
+                               "the scene pool")
+    if pool is not None and not choice.is_echo and len(pool):
+        notes.append(f"the scene pool is used by Echo-Forcing presets only; ignored by {choice.preset}")
+
+
+def _checked_policy(choice: PresetChoice, encode_text, start_pool: ScenePool | None, settings: RolloutSettings,
+                    shots: SceneList, blocks: Sequence[int]):
+    """The preset's cache policy, after it checked the video's length and (a scene memory) the shots' transitions
+    and recall targets."""
+    policy = choice.build(encode_text=encode_text, pool=start_pool)
+    policy.check_length(settings.num_frames, settings.frames_per_block)
+    check_scenes = getattr(policy, "check_scenes", None)
+    if check_scenes is not None:  # transitions and recall targets (the scene memory's own checks)
+        check_scenes([SceneInfo(s.scene.prompt, n, None if s.scene.entry is None else s.scene.entry.value,
+                                s.scene.recall_target, shots.title(i))
+                      for i, (s, n) in enumerate(zip(shots.shots, blocks, strict=True))])
+    return policy
 
 
 def _story_pool(story: Story, pool: ScenePool | None) -> ScenePool | None:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from echo_forcing.cli import tiny_models
+from echo_forcing.cli import tiny_models as tiny_command
 from echo_forcing.models import WanConfig, WanDiT, random_wan_state_dict
 
 
@@ -147,8 +147,8 @@ def _free_port() -> int:
 
 
 TINY_MODELS = {key: Path(path).name for key, path in (
-    ("dit", tiny_models.DIT_FILE), ("dit_pt", tiny_models.SELF_FORCING_FILE), ("lora", tiny_models.LORA_FILE),
-    ("clip", tiny_models.CLIP_FILE), ("vae", tiny_models.VAE_FILE))}
+    ("dit", tiny_command.DIT_FILE), ("dit_pt", tiny_command.SELF_FORCING_FILE), ("lora", tiny_command.LORA_FILE),
+    ("clip", tiny_command.CLIP_FILE), ("vae", tiny_command.VAE_FILE))}
 """The files ``python -m echo_forcing tiny-models`` writes (the CLIP-L one loads with CLIPLoader type sd3)."""
 
 
@@ -175,7 +175,7 @@ def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     (root / "user").mkdir()
     (packs / "EchoForcingUnderTest").symlink_to(Path(__file__).resolve().parent.parent, target_is_directory=True)
     yaml = root / "extra_model_paths.yaml"
-    yaml.write_text(tiny_models.extra_model_paths_snippet(models) + f"    custom_nodes: {packs}\n", encoding="utf-8")
+    yaml.write_text(tiny_command.extra_model_paths_snippet(models) + f"    custom_nodes: {packs}\n", encoding="utf-8")
     port = _free_port()
     log_path = root / "comfyui.log"
     screenshots = Path(os.environ.get("ECHO_SCREENSHOT_DIR") or root / "screenshots")

@@ -211,12 +211,7 @@ class FakeComfy:
     async def execute(self, prompt_id, graph, client_id, script) -> None:
         self.executed.append(script)
         silent = any(word in script for word in ("SILENT", "CHATTER", "DROPWS"))
-        if "CHATTER" in script:
-            task = asyncio.ensure_future(self.chatter_forever(client_id))
-            self.chatter.add(task)
-        if "DROPWS" in script:
-            for ws in list(self.sockets.values()):
-                await ws.close()
+        await self.disrupt(script, client_id)
         messages = []
 
         async def event(kind, **data):
@@ -228,20 +223,48 @@ class FakeComfy:
 
         await event("execution_start", timestamp=1)
         if "DIE" in script and self.mortal:  # the machine goes away mid-job
-            self.dead = True
+            await self.die()
+            return
+        await self.run_nodes(event, client_id, silent)
+        status, outputs = await self.finish(event, graph, script)
+        await asyncio.sleep(0.01)  # ComfyUI stores the history only after execution_success
+        self.history[prompt_id] = {"prompt": [0, prompt_id, graph, {}, ["4", "5"]], "outputs": outputs,
+                                   "status": {"status_str": status, "completed": status == "success",
+                                              "messages": messages}, "meta": {}}
+        if not silent:
+            await self.send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
+
+    async def disrupt(self, script, client_id) -> None:
+        """CHATTER: start events of another prompt, forever; DROPWS: close every websocket."""
+        if "CHATTER" in script:
+            task = asyncio.ensure_future(self.chatter_forever(client_id))
+            self.chatter.add(task)
+        if "DROPWS" in script:
             for ws in list(self.sockets.values()):
                 await ws.close()
-            await self.runner.cleanup()
-            return
+
+    async def die(self) -> None:
+        """The machine goes away: close every websocket and stop answering."""
+        self.dead = True
+        for ws in list(self.sockets.values()):
+            await ws.close()
+        await self.runner.cleanup()
+
+    async def run_nodes(self, event, client_id, silent) -> None:
+        """The events of a job's nodes: one cached, two executing, three progress steps with previews."""
         await event("execution_cached", nodes=["1"], timestamp=1)
         for node in ("2", "3"):
             await event("executing", node=node, display_node=node)
-        status, outputs = "success", {}
         for value in (1, 2, 3):
             await event("progress", value=value, max=3, node="3")
             ws = self.sockets.get(client_id)
             if ws is not None and not silent:
                 await ws.send_bytes(b"\x00\x00\x00\x01\x00\x00\x00\x01jpeg")  # PREVIEW_IMAGE
+
+    async def finish(self, event, graph, script) -> tuple[str, dict]:
+        """End the job as its script says: interrupted (HANG), an error (CRASH, the first FLAKY) or a success
+        with its outputs; the status and the outputs for the history."""
+        outputs = {}
         crash = "CRASH" in script or ("FLAKY" in script and script not in self.flaky_seen)
         self.flaky_seen.add(script)
         if "HANG" in script and self.hang:
@@ -250,39 +273,37 @@ class FakeComfy:
             await self.interrupt.wait()
             await event("execution_interrupted", node_id="3", node_type="EchoForcingSampler", executed=["1", "2"],
                         timestamp=2)
-            status = "error"
-        elif crash:  # COMFYUI.md §3.5, exception inside a node
+            return "error", outputs
+        if crash:  # COMFYUI.md §3.5, exception inside a node
             await event("execution_error", node_id="3", node_type="EchoForcingSampler", executed=["1", "2"],
                         exception_message="sampler: simulated failure at block 1\n", exception_type="RuntimeError",
                         traceback=["  File \"execution.py\", line 496, in execute\n"],
                         current_inputs={"seed": [7]}, current_outputs=["1", "2"], timestamp=2)
-            status = "error"
-        else:
-            outputs["3"] = {"text": [f"report for {script}"]}
-            await event("executed", node="3", display_node="3", output=outputs["3"])
-            for node, (key, ext) in EXTENSIONS.items():
-                prefix = graph[node]["inputs"]["filename_prefix"]
-                self.prefixes.append(prefix)
-                subfolder, _, base = prefix.rpartition("/")
-                item = {"filename": f"{base}_00001_.{ext}", "subfolder": subfolder, "type": "output"}
-                self.files[(item["filename"], subfolder, "output")] = bytes(range(256)) * 40 + script.encode()
-                outputs[node] = {key: [item], "animated": [True]} if key == "images" else {key: [item]}
-                await event("executed", node=node, display_node=node, output=outputs[node])
-            for node, names in (self.extra_outputs(script) if self.extra_outputs else {}).items():
-                items = []
-                for name in names:
-                    item = {"filename": name, "subfolder": "extra", "type": "output"}
-                    self.files[(name, "extra", "output")] = b"file " + name.encode("utf-8", "backslashreplace")
-                    items.append(item)
-                outputs[node] = {"images": items}
-                await event("executed", node=node, display_node=node, output=outputs[node])
-            await event("execution_success", timestamp=3)
-        await asyncio.sleep(0.01)  # ComfyUI stores the history only after execution_success
-        self.history[prompt_id] = {"prompt": [0, prompt_id, graph, {}, ["4", "5"]], "outputs": outputs,
-                                   "status": {"status_str": status, "completed": status == "success",
-                                              "messages": messages}, "meta": {}}
-        if not silent:
-            await self.send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
+            return "error", outputs
+        outputs["3"] = {"text": [f"report for {script}"]}
+        await event("executed", node="3", display_node="3", output=outputs["3"])
+        await self.save_outputs(event, graph, script, outputs)
+        await event("execution_success", timestamp=3)
+        return "success", outputs
+
+    async def save_outputs(self, event, graph, script, outputs) -> None:
+        """Store a file for every save node (EXTENSIONS) and the script's extra outputs, into ``outputs``."""
+        for node, (key, ext) in EXTENSIONS.items():
+            prefix = graph[node]["inputs"]["filename_prefix"]
+            self.prefixes.append(prefix)
+            subfolder, _, base = prefix.rpartition("/")
+            item = {"filename": f"{base}_00001_.{ext}", "subfolder": subfolder, "type": "output"}
+            self.files[(item["filename"], subfolder, "output")] = bytes(range(256)) * 40 + script.encode()
+            outputs[node] = {key: [item], "animated": [True]} if key == "images" else {key: [item]}
+            await event("executed", node=node, display_node=node, output=outputs[node])
+        for node, names in (self.extra_outputs(script) if self.extra_outputs else {}).items():
+            items = []
+            for name in names:
+                item = {"filename": name, "subfolder": "extra", "type": "output"}
+                self.files[(name, "extra", "output")] = b"file " + name.encode("utf-8", "backslashreplace")
+                items.append(item)
+            outputs[node] = {"images": items}
+            await event("executed", node=node, display_node=node, output=outputs[node])
 
 
 class FakeHosts:

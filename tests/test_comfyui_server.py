@@ -150,6 +150,22 @@ def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, 
     assert kinds[-1] == "execution_success", errors[:1] or kinds[-5:]
 
     sampler = node_of(prompt, "EchoForcingSampler")
+    plan, reused = _assert_events_cover_the_generated_blocks(events, sampler)
+    total, shots = plan["total_blocks"], len(plan["scenes"])
+    executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
+    timeline = executed[sampler]["echo_timeline"][0]
+    assert timeline["total_blocks"] == total and len(timeline["scenes"]) == shots
+    _assert_the_video_is_saved_and_served(comfy_server, prompt, executed)
+
+    history = json.loads(get(comfy_server.url, f"/history/{body['prompt_id']}"))[body["prompt_id"]]
+    assert history["status"]["status_str"] == "success"
+    _assert_pool_and_story_results(comfy_server, prompt, executed, shots, reused, timeline)
+
+
+def _assert_events_cover_the_generated_blocks(events: list, sampler: str) -> tuple[dict, dict]:
+    """The plan event adds up; progress, block events, previews and switches cover exactly the blocks and
+    shots generated after the reused ones. The plan and the reused-shots event (zeros when none)."""
+    kinds = [k for k, _ in events]
     plan = next(d for k, d in events if k == "echo_forcing.plan")
     total = plan["total_blocks"]
     assert plan["node"] == sampler and sum(s["blocks"] for s in plan["scenes"]) == total
@@ -164,18 +180,21 @@ def test_shipped_api_workflow_runs_in_the_real_queue(comfy_server, tiny_models, 
     shots = len(plan["scenes"])
     generated_switches = shots - max(reused["shots"], 1) if reused["shots"] < shots else 0
     assert len([k for k in kinds if k == "echo_forcing.switch"]) == generated_switches
+    return plan, reused
 
-    executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
-    timeline = executed[sampler]["echo_timeline"][0]
-    assert timeline["total_blocks"] == total and len(timeline["scenes"]) == shots
+
+def _assert_the_video_is_saved_and_served(comfy_server, prompt: dict, executed: dict) -> None:
+    """SaveVideo wrote an mp4 that ``/view`` serves."""
     saved = executed[node_of(prompt, "SaveVideo")]
     files = saved.get("images") or saved.get("videos")
     assert files and files[0]["filename"].endswith(".mp4")
     video = get(comfy_server.url, "/view?filename={filename}&subfolder={subfolder}&type={type}".format(**files[0]))
     assert video[4:8] == b"ftyp" and len(video) > 1000  # an mp4 container, fetched through /view
 
-    history = json.loads(get(comfy_server.url, f"/history/{body['prompt_id']}"))[body["prompt_id"]]
-    assert history["status"]["status_str"] == "success"
+
+def _assert_pool_and_story_results(comfy_server, prompt: dict, executed: dict, shots: int, reused: dict,
+                                   timeline: dict) -> None:
+    """A saved scene pool or story holds every shot; a loaded story's six shots were reused."""
     if "EchoForcingSaveScenePool" in {n["class_type"] for n in prompt.values()}:
         text = executed[node_of(prompt, "EchoForcingSaveScenePool")]["text"][0]
         assert text.startswith(f"saved {shots} scenes")

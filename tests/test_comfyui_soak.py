@@ -87,8 +87,23 @@ def test_twenty_mixed_prompts_good_ones_succeed_bad_ones_fail_cleanly(comfy_serv
     _wait(url, [first["prompt_id"]])  # warm-up: models loaded, caches filled
     baseline = _rss(comfy_server.process.pid)
 
+    queued = _submit_all(url, _interleaved_jobs(models, bad_files))
+    results = _wait(url, list(queued))
+    for prompt_id, (name, expected) in queued.items():
+        _assert_outcome(name, expected, results[prompt_id])
+    status, _ = _request(url, "/system_stats")
+    assert status == 200
+    after = _rss(comfy_server.process.pid)
+    growth = after / baseline - 1
+    print(f"soak: server RSS {baseline / 2**20:.0f} MiB after the warm-up, {after / 2**20:.0f} MiB after 20 prompts "
+          f"({growth:+.1%})")
+    assert growth < 0.05, f"server RSS grew {growth:.1%} over 20 prompts"
+
+
+def _interleaved_jobs(models: dict[str, str], bad_files: dict[str, str]) -> list[tuple[str, dict, str]]:
+    """Ten good and ten bad prompts, alternating: (name, prompt, expected: "ok" | "rejected" | "error")."""
     ten_hours = " | ".join(f"shot {i} [3600s]" for i in range(10))
-    jobs = []  # (name, prompt, expected: "ok" | "rejected" | "error")
+    jobs = []
     for i in range(10):
         jobs.append((f"good {i}", graph(models, 2000 + i), "ok"))
     jobs += [
@@ -104,9 +119,14 @@ def test_twenty_mixed_prompts_good_ones_succeed_bad_ones_fail_cleanly(comfy_serv
         ("missing model", graph(models, 3008, ckpt="not_there.safetensors"), "rejected"),
         ("pool name leaving its folder", graph(models, 3009, pool="../../etc/passwd"), "rejected"),
     ]
-    order = [jobs[i // 2] if i % 2 == 0 else jobs[10 + i // 2] for i in range(20)]  # good and bad interleaved
+    return [jobs[i // 2] if i % 2 == 0 else jobs[10 + i // 2] for i in range(20)]  # good and bad interleaved
+
+
+def _submit_all(url: str, jobs: list[tuple[str, dict, str]]) -> dict[str, tuple[str, str]]:
+    """Submit every prompt; those expected to be rejected must get a ComfyUI-shaped HTTP 400. The others, by
+    prompt id: (name, expected)."""
     queued = {}
-    for name, prompt, expected in order:
+    for name, prompt, expected in jobs:
         status, body = _request(url, "/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
         if expected == "rejected":
             assert status == 400, (name, status, body)
@@ -116,25 +136,20 @@ def test_twenty_mixed_prompts_good_ones_succeed_bad_ones_fail_cleanly(comfy_serv
         else:
             assert status == 200, (name, status, body)
             queued[body["prompt_id"]] = (name, expected)
-    results = _wait(url, list(queued))
-    for prompt_id, (name, expected) in queued.items():
-        outcome = results[prompt_id]
-        state = outcome["status"]["status_str"]
-        if expected == "ok":
-            assert state == "success", (name, outcome["status"])
-        else:
-            assert state == "error", (name, outcome["status"])
-            error = next(m[1] for m in outcome["status"]["messages"] if m[0] == "execution_error")
-            assert error["node_id"] in ("1", "4", "6") and error["exception_message"].strip(), (name, error)
-            assert error["exception_type"] != "AttributeError", (name, error)
-            print(f"soak: {name}: {error['exception_type']}: {error['exception_message'].strip()[:160]}")
-    status, _ = _request(url, "/system_stats")
-    assert status == 200
-    after = _rss(comfy_server.process.pid)
-    growth = after / baseline - 1
-    print(f"soak: server RSS {baseline / 2**20:.0f} MiB after the warm-up, {after / 2**20:.0f} MiB after 20 prompts "
-          f"({growth:+.1%})")
-    assert growth < 0.05, f"server RSS grew {growth:.1%} over 20 prompts"
+    return queued
+
+
+def _assert_outcome(name: str, expected: str, outcome: dict) -> None:
+    """A good prompt succeeded; a bad one failed with an execution_error naming a node and a message."""
+    state = outcome["status"]["status_str"]
+    if expected == "ok":
+        assert state == "success", (name, outcome["status"])
+    else:
+        assert state == "error", (name, outcome["status"])
+        error = next(m[1] for m in outcome["status"]["messages"] if m[0] == "execution_error")
+        assert error["node_id"] in ("1", "4", "6") and error["exception_message"].strip(), (name, error)
+        assert error["exception_type"] != "AttributeError", (name, error)
+        print(f"soak: {name}: {error['exception_type']}: {error['exception_message'].strip()[:160]}")
 
 
 def _wait(url: str, prompt_ids: list[str], timeout: float = 900) -> dict:

@@ -242,6 +242,20 @@ def test_workflow_loads_converts_and_draws_timeline(workflow, request):
     page: Page = request.getfixturevalue("page")  # skips without a browser or a server
     server = page.server
     page.open()
+    _assert_loads_with_every_node_type_and_no_schema_alert(page, workflow, ui, ui_text)
+    _assert_only_the_sampler_rerolls_its_seed(page, workflow)
+    _assert_graph_to_prompt_gives_the_api_file(page, workflow, api, api_path)
+    _assert_sampler_widgets_round_trip(page, workflow, ui)
+    samplers = _assert_every_sampler_draws_its_timeline(page, workflow, api)
+    page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}.png")
+    for node_id in samplers:  # a close-up where the timeline is readable
+        _sampler(page, int(node_id), zoom=0.6)
+        page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}_sampler{node_id}.png")
+
+
+def _assert_loads_with_every_node_type_and_no_schema_alert(page: Page, workflow: Path, ui: dict,
+                                                          ui_text: str) -> None:
+    """Every node type of the workflow is registered, and loading it raises no schema alert."""
     registered = set(page.run("return Object.keys(LiteGraph.registered_node_types);"))
     missing = sorted(_node_types(ui) - registered)
     assert not missing, f"{workflow.name}: node types not registered in the frontend: {missing}"
@@ -253,23 +267,21 @@ def test_workflow_loads_converts_and_draws_timeline(workflow, request):
     rejected = text.count(alert) > before
     assert not rejected, f"{workflow.name}: the frontend's schema check rejects it: {text[text.rfind(alert):][:400]}"
 
-    # Only the sampler's seed is re-rolled after a queue: no other node gets a "control after generate" (a
-    # Scene Prompt's shot seed must stay as set, or every queue would re-roll its shot and reuse nothing).
+
+def _assert_only_the_sampler_rerolls_its_seed(page: Page, workflow: Path) -> None:
+    """Only the sampler's seed is re-rolled after a queue: no other node gets a "control after generate" (a
+    Scene Prompt's shot seed must stay as set, or every queue would re-roll its shot and reuse nothing)."""
     controls = page.run("return app.graph.nodes.filter((n) => n.type.startsWith('EchoForcing') && n.type !== "
                         "args[0] && (n.widgets ?? []).some((w) => w.name === 'control_after_generate'))"
                         ".map((n) => n.type);", SAMPLER)
     assert controls == [], f"{workflow.name}: nodes with a control_after_generate widget: {controls}"
 
+
+def _assert_graph_to_prompt_gives_the_api_file(page: Page, workflow: Path, api: dict, api_path: Path) -> None:
+    """``app.graphToPrompt()`` of the loaded graph is the API file, node by node (seeds and ``_meta`` aside)."""
     output = page.run("return (await app.graphToPrompt()).output;")
     got, want = _comparable(output), _comparable(api)
-    # Optional widgets a newer ComfyUI added (v0.28.0: CreateVideo.bit_depth) come out at their defaults.
-    with urllib.request.urlopen(server.url + "/object_info") as r:
-        info = json.loads(r.read())
-    for node_id, (class_type, inputs) in got.items():
-        optional = info[class_type]["input"].get("optional", {})
-        for name in [n for n in inputs if node_id in want and n not in want[node_id][1] and n in optional]:
-            if inputs[name] == optional[name][1].get("default"):
-                del inputs[name]
+    _drop_newer_optional_defaults(got, want, page.server.url)
     assert got.keys() == want.keys(), f"{workflow.name}: node ids differ from {api_path.name}: UI gives " \
         f"{sorted(got)}, API file has {sorted(want)}"
     for node_id in sorted(want, key=lambda k: (len(k), k)):
@@ -277,12 +289,30 @@ def test_workflow_loads_converts_and_draws_timeline(workflow, request):
             f"{workflow.name}: node {node_id} differs from {api_path.name} (the UI widgets_values are "
             f"probably out of order)\n  UI  gives {got[node_id]}\n  API has   {want[node_id]}")
 
-    # The timeline widget is not serialized: the samplers' widgets_values round-trip unchanged.
+
+def _drop_newer_optional_defaults(got: dict, want: dict, url: str) -> None:
+    """Remove from ``got`` the optional inputs a newer ComfyUI added (v0.28.0: CreateVideo.bit_depth) that the
+    API file lacks, where they are at their defaults."""
+    with urllib.request.urlopen(url + "/object_info") as r:
+        info = json.loads(r.read())
+    for node_id, (class_type, inputs) in got.items():
+        optional = info[class_type]["input"].get("optional", {})
+        for name in [n for n in inputs if node_id in want and n not in want[node_id][1] and n in optional]:
+            if inputs[name] == optional[name][1].get("default"):
+                del inputs[name]
+
+
+def _assert_sampler_widgets_round_trip(page: Page, workflow: Path, ui: dict) -> None:
+    """The timeline widget is not serialized: the samplers' widgets_values round-trip unchanged."""
     saved = {str(n["id"]): n.get("widgets_values") for n in page.run("return app.graph.serialize().nodes;")}
     for node in ui["nodes"]:
         if node["type"] == SAMPLER:
             assert saved[str(node["id"])] == node.get("widgets_values"), f"{workflow.name}: sampler {node['id']}"
 
+
+def _assert_every_sampler_draws_its_timeline(page: Page, workflow: Path, api: dict) -> dict:
+    """Every sampler of the API file has a drawn timeline showing the shots Python plans (where knowable);
+    what each sampler's widget drew, by node id."""
     samplers = {str(s["id"]): s for s in page.run(DRAW_AND_READ, None, 0.9)}
     assert set(samplers) == {k for k, v in api.items() if v["class_type"] == SAMPLER}
     for node_id, sampler in samplers.items():
@@ -291,10 +321,7 @@ def test_workflow_loads_converts_and_draws_timeline(workflow, request):
         expected = _expected_shots(api, node_id)
         if expected is not None:
             assert _shots(sampler["state"]) == expected, f"{workflow.name}: sampler {node_id} timeline"
-    page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}.png")
-    for node_id in samplers:  # a close-up where the timeline is readable
-        _sampler(page, int(node_id), zoom=0.6)
-        page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}_sampler{node_id}.png")
+    return samplers
 
 
 # ------------------------------------------------------------------------------------ timeline logic
@@ -334,6 +361,21 @@ def test_timeline_follows_live_events_and_result(page):
     page.open()
     ids = page.run(BUILD_CHAIN, [10, 10, 10], ["smooth", "hard cut", "auto"], ["Lighthouse", "", "Sea"])
     node = ids["sampler"]
+    _assert_the_local_plan_is_drawn(page, node)
+    plan = _assert_the_server_plan_and_live_events_are_followed(page, node)
+    result = _assert_the_result_ends_the_run(page, node, plan)
+    _assert_core_progress_drives_a_run_without_plan_until_interrupted(page, node)
+
+    # Editing a shot upstream replaces the finished run by the new plan at once.
+    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    page.run(SET_WIDGET, ids["prompts"][1], "duration", 5)
+    state = _sampler(page, node)["state"]
+    assert state["source"] == "prompts"
+    assert _shots(state) == [("Lighthouse", 10, 13, "start"), ("", 5, 6, "hard cut"), ("Sea", 10, 15, "auto")]
+
+
+def _assert_the_local_plan_is_drawn(page: Page, node: int) -> None:
+    """Before any run the timeline shows the shots planned from the chained Scene Prompts."""
     planned = _sampler(page, node)
     assert planned["drawCount"] > 0
     assert planned["state"]["source"] == "prompts"
@@ -341,6 +383,9 @@ def test_timeline_follows_live_events_and_result(page):
                                         ("Sea", 10, 14, "auto")]
     assert planned["text"]["status"] == "planned: 3 shots · 30 s · 40 blocks"
 
+
+def _assert_the_server_plan_and_live_events_are_followed(page: Page, node: int) -> dict:
+    """The server's plan, block, progress and switch events of this node update the timeline; the plan sent."""
     # The server's plan wins over the local estimate (deliberately different numbers here).
     plan = {"node": str(node), "prompt_id": "p1", "total_blocks": 40, "scenes": [
         {"index": 0, "label": "Lighthouse", "seconds": 10, "blocks": 12, "first_block": 0, "transition": "start"},
@@ -367,7 +412,11 @@ def test_timeline_follows_live_events_and_result(page):
     assert drawn["state"]["scenes"][2]["mode"] == "recall"
     assert drawn["text"]["notes"] == ["auto ↩ Lighthouse (0.59)"]
     page.screenshot(Path(page.server.screenshot_dir) / "timeline_live_running.png")
+    return plan
 
+
+def _assert_the_result_ends_the_run(page: Page, node: int, plan: dict) -> dict:
+    """The sampler's ``onExecuted`` result replaces the live state and ends the run; the result sent."""
     result = {"echo_timeline": [{"total_blocks": 40, "scenes": [
         {**plan["scenes"][0], "mode": "start", "recalled": None, "similarity": None, "seconds_taken": 30.0},
         {**plan["scenes"][1], "mode": "hard cut", "recalled": None, "similarity": None, "seconds_taken": 35.0},
@@ -380,9 +429,12 @@ def test_timeline_follows_live_events_and_result(page):
     assert done["text"]["status"] == "done: 40 blocks in 100.5 s"
     assert done["text"]["notes"] == ["auto→hard cut"]
     page.screenshot(Path(page.server.screenshot_dir) / "timeline_live_done.png")
+    return result
 
-    # A run of another prompt without a plan event (an older server): core progress drives the marker;
-    # an interrupt stops it.
+
+def _assert_core_progress_drives_a_run_without_plan_until_interrupted(page: Page, node: int) -> None:
+    """A run of another prompt without a plan event (an older server): core progress drives the marker;
+    an interrupt stops it."""
     page.run(DISPATCH, "progress", {"node": str(node), "prompt_id": "p2", "value": 5, "max": 40})
     state = _sampler(page, node)["state"]
     assert state["source"] == "prompts" and state["run"]["phase"] == "running" and state["run"]["block"] == 4
@@ -390,13 +442,6 @@ def test_timeline_follows_live_events_and_result(page):
     drawn = _sampler(page, node)
     assert drawn["state"]["run"]["phase"] == "stopped"
     assert drawn["text"]["status"] == "stopped: 5/40 blocks done"
-
-    # Editing a shot upstream replaces the finished run by the new plan at once.
-    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
-    page.run(SET_WIDGET, ids["prompts"][1], "duration", 5)
-    state = _sampler(page, node)["state"]
-    assert state["source"] == "prompts"
-    assert _shots(state) == [("Lighthouse", 10, 13, "start"), ("", 5, 6, "hard cut"), ("Sea", 10, 15, "auto")]
 
 
 def test_timeline_shows_reused_and_stopped_shots(page):

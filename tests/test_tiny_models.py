@@ -54,26 +54,39 @@ def test_command_writes_dit_files_that_the_pack_loader_reads(tmp_path, capsys):
 
     expected = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096)
     assert TINY_DIT_CONFIG == expected and expected.freq_dim == 256 and expected.head_dim == 128
-    plain = load_wan_checkpoint(tmp_path / DIT_FILE, dtype=torch.float32)
-    research = load_wan_checkpoint(tmp_path / SELF_FORCING_FILE, dtype=torch.float32)
+    plain = assert_plain_and_research_files_hold_the_same_weights(tmp_path, expected)
+    assert_lora_merges_as_longlive_does(tmp_path, plain)
+
+    dit = load_wan_model(tmp_path / DIT_FILE, dtype=torch.float32)
+    assert dit.config == expected
+
+
+def assert_plain_and_research_files_hold_the_same_weights(root, expected: WanConfig):
+    """The plain Wan file and the Self-Forcing pickle (both entries) load to the same small weights of the
+    ``expected`` shape; the plain file's loaded checkpoint."""
+    plain = load_wan_checkpoint(root / DIT_FILE, dtype=torch.float32)
+    research = load_wan_checkpoint(root / SELF_FORCING_FILE, dtype=torch.float32)
     assert plain.config == research.config == expected
     assert plain.source == "plain Wan state dict"
     assert research.source.endswith("(generator_ema)")
     assert len(plain.state_dict) == 69 and plain.config.parameter_count() == 3_259_200
     assert plain.state_dict.keys() == research.state_dict.keys()
     assert all(torch.equal(v, research.state_dict[k]) for k, v in plain.state_dict.items())
-    generator = load_wan_checkpoint(tmp_path / SELF_FORCING_FILE, weights="generator", dtype=torch.float32)
+    generator = load_wan_checkpoint(root / SELF_FORCING_FILE, weights="generator", dtype=torch.float32)
     assert all(torch.equal(v, generator.state_dict[k]) for k, v in plain.state_dict.items())
-    raw = read_tensors(tmp_path / SELF_FORCING_FILE)
+    raw = read_tensors(root / SELF_FORCING_FILE)
     assert sorted(raw) == ["generator", "generator_ema"]
     assert all(k.startswith("model.") for k in raw["generator_ema"])
     stds = [v.std().item() for k, v in plain.state_dict.items() if k.endswith(".weight") and v.dim() == 2]
     assert max(stds) < 0.1  # small weights (fan-in scaled), so a forward stays finite
+    return plain
 
-    # the LoRA merges as LongLive's does: W += (alpha / r) B A with alpha = r
-    lora = read_tensors(tmp_path / LORA_FILE)["generator_lora"]
+
+def assert_lora_merges_as_longlive_does(root, plain) -> None:
+    """The LoRA file has PEFT's layout and merges into every block linear, W += (alpha / r) B A with alpha = r."""
+    lora = read_tensors(root / LORA_FILE)["generator_lora"]
     assert {k: tuple(v.shape) for k, v in lora.items()} == tiny_lora_shapes(TINY_DIT_CONFIG, rank=4)
-    merged = load_wan_checkpoint(tmp_path / SELF_FORCING_FILE, lora=tmp_path / LORA_FILE, dtype=torch.float32)
+    merged = load_wan_checkpoint(root / SELF_FORCING_FILE, lora=root / LORA_FILE, dtype=torch.float32)
     name = "blocks.1.cross_attn.v"
     a, b = lora[f"base_model.model.{name}.lora_A.weight"], lora[f"base_model.model.{name}.lora_B.weight"]
     delta = merged.state_dict[name + ".weight"] - plain.state_dict[name + ".weight"]
@@ -82,9 +95,6 @@ def test_command_writes_dit_files_that_the_pack_loader_reads(tmp_path, capsys):
     assert changed == {f"blocks.{i}.{t}.weight" for i in range(2) for t in
                        ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                         "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")}
-
-    dit = load_wan_model(tmp_path / DIT_FILE, dtype=torch.float32)
-    assert dit.config == expected
 
 
 def test_seed_changes_the_weights_and_the_same_seed_repeats_them(tmp_path):

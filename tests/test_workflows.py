@@ -31,25 +31,37 @@ def test_ui_links_and_widget_values_say_what_the_api_file_says(name):
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert set(api) == {str(i) for i in nodes}
     assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == len(ui["links"]) and ui["version"] == 0.4
-    for link_id, src, slot, dst, target_slot, kind in ui["links"]:
-        target = nodes[dst]
-        name_in = target["inputs"][target_slot]["name"]
-        assert target["inputs"][target_slot]["link"] == link_id
-        assert api[str(dst)]["inputs"][name_in] == [str(src), slot]
-        assert link_id in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == kind
+    for link in ui["links"]:
+        assert_link_matches_api(link, nodes, api)
     for node_id, node in nodes.items():
-        definition = gen.DEFS[node["type"]]
-        assert api[str(node_id)]["class_type"] == node["type"]
-        values = iter(node["widgets_values"])
-        for input_name, kind in definition.inputs:
-            if kind.startswith("widget:"):
-                assert next(values) == api[str(node_id)]["inputs"][input_name], (node["type"], input_name)
-                if input_name == definition.seed_control:
-                    assert next(values) == "fixed"
-        assert next(values, None) is None
-        linked = {i["name"] for i in node["inputs"] if i["link"] is not None}
-        literal = {k for k, v in api[str(node_id)]["inputs"].items() if not isinstance(v, list)}
-        assert linked | literal == set(api[str(node_id)]["inputs"])
+        assert_node_matches_api(node, api[str(node_id)])
+
+
+def assert_link_matches_api(link: list, nodes: dict, api: dict) -> None:
+    """A UI link is recorded on both its ends and is the API input it connects."""
+    link_id, src, slot, dst, target_slot, kind = link
+    target = nodes[dst]
+    name_in = target["inputs"][target_slot]["name"]
+    assert target["inputs"][target_slot]["link"] == link_id
+    assert api[str(dst)]["inputs"][name_in] == [str(src), slot]
+    assert link_id in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == kind
+
+
+def assert_node_matches_api(node: dict, api_node: dict) -> None:
+    """A UI node has the API node's class, its widget values in the definition's order (a seed widget followed by
+    "fixed"), and every API input is either linked in the UI or a literal."""
+    definition = gen.DEFS[node["type"]]
+    assert api_node["class_type"] == node["type"]
+    values = iter(node["widgets_values"])
+    for input_name, kind in definition.inputs:
+        if kind.startswith("widget:"):
+            assert next(values) == api_node["inputs"][input_name], (node["type"], input_name)
+            if input_name == definition.seed_control:
+                assert next(values) == "fixed"
+    assert next(values, None) is None
+    linked = {i["name"] for i in node["inputs"] if i["link"] is not None}
+    literal = {k for k, v in api_node["inputs"].items() if not isinstance(v, list)}
+    assert linked | literal == set(api_node["inputs"])
 
 
 @pytest.mark.parametrize("name", NAMES)
