@@ -1,10 +1,10 @@
-"""Reading, converting and validating causal Wan2.1 checkpoints into plain Wan parameter names (SPEC §2).
+"""Reading, converting and validating causal Wan2.1 checkpoints into plain Wan parameter names.
 
 Every supported file ends up as the original Wan2.1 T2V state dict (825 keys at 1.3B), checked name by name
 and shape by shape against the config its shapes imply, *before* any module is built: a bad file raises
-``CheckpointError`` saying what is wrong and what to do, never a partial load (DESIGN §6).
+``CheckpointError`` saying what is wrong and what to do, never a partial load.
 
-Layouts (SPEC §2):
+Layouts:
 - Self-Forcing ``self_forcing_dmd.pt`` / CausVid ``model.pt`` / LongLive ``longlive_base.pt``: a torch pickle
   dict with ``generator_ema`` and/or ``generator`` (LongLive also accepts ``model``), keys ``model.<wan name>``,
   possibly with ``_fsdp_wrapped_module.`` segments. The official loaders pick ``generator_ema`` (SF/EF,
@@ -117,7 +117,7 @@ def _pickle_error(name: str, corrupt: str, e: Exception) -> CheckpointError:
 
 
 def _select(raw: Mapping, weights: str, prefer_generator: bool) -> tuple[str | None, Mapping]:
-    """Pick the generator entry of a research dict (SPEC §2); ``None`` means a bare state dict."""
+    """Pick the generator entry of a research dict; ``None`` means a bare state dict."""
     if weights not in ("auto", "ema", "generator"):
         raise CheckpointError(f"weights must be 'auto', 'ema' or 'generator', got {weights!r}")
     present = [k for k in RESEARCH_ENTRIES if isinstance(raw.get(k), Mapping)]
@@ -164,7 +164,7 @@ def _dequantise(sd: dict, dtype: torch.dtype, notes: list[str]) -> bool:
 
 def convert_to_wan(raw: Mapping, *, weights: str = "auto", dtype: torch.dtype | None = None,
                    prefer_generator: bool = False) -> ConvertedCheckpoint:
-    """Rename any supported layout to plain Wan names (SPEC §2); names and shapes are not validated here.
+    """Rename any supported layout to plain Wan names; names and shapes are not validated here.
 
     ``weights``: "auto" (``generator_ema``, else ``generator``, else ``model``, else the dict itself; with
     ``prefer_generator`` ``generator`` first), "ema" or "generator". fp8 tensors become ``dtype``
@@ -234,7 +234,7 @@ def _lora_module(key: str) -> tuple[str, str] | None:
 
 
 def merge_lora(state_dict: dict, lora_raw: Mapping, alpha: float | None = None) -> dict:
-    """Merge LongLive's PEFT LoRA into plain Wan weights: ``W += (alpha / r) * B @ A`` (SPEC §2.2).
+    """Merge LongLive's PEFT LoRA into plain Wan weights: ``W += (alpha / r) * B @ A``.
 
     Same result as LongLive's ``merge_and_unload``: A [r, in], B [out, r], computed in float32 and cast back
     to W's dtype; biases untouched. alpha: a per-module ``.alpha`` tensor, else ``alpha``, else r (scale 1,
@@ -369,7 +369,7 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
 
 def load_wan_checkpoint(path, *, lora=None, lora_alpha: float | None = None, weights: str = "auto",
                         dtype: torch.dtype = torch.bfloat16) -> LoadedCheckpoint:
-    """Read, convert, validate, merge the LoRA, cast; raises before anything is built (SPEC §2, DESIGN §6).
+    """Read, convert, validate, merge the LoRA, cast; raises before anything is built.
 
     The base is validated before the merge (a merge never changes names or shapes), so a wrong base file is
     reported as such rather than as a LoRA that does not fit it.

@@ -1,4 +1,4 @@
-"""The block-wise autoregressive rollout of a causal Wan2.1 student (SPEC §1.6, §4.3, §7).
+"""The block-wise autoregressive rollout of a causal Wan2.1 student.
 
 For every block of 3 latent frames: start from its slice of the initial noise, run the 4 denoising calls
 (t = 1000, 937.5, 833.33, 625 at shift 5) with the flow -> x0 conversion and fresh re-noising between them,
@@ -107,7 +107,7 @@ class RolloutSettings:
     frames_per_block: int = 3
     batch_size: int = 1
     noise: str = OFFICIAL
-    """"official" (one draw of the whole initial noise, SPEC §7) or "per-shot" (pipeline/noise.py)."""
+    """"official" (one draw of the whole initial noise) or "per-shot" (pipeline/noise.py)."""
 
     def __post_init__(self):
         for name in ("num_frames", "height", "width", "seed", "frames_per_block", "batch_size"):

@@ -1,6 +1,6 @@
 """A fake ComfyUI for the batch client's tests (aiohttp.web on 127.0.0.1, random ports).
 
-The fake speaks the API as COMFYUI.md §3.1-3.5 records it: ``/system_stats``, ``POST /prompt`` (with the
+The fake speaks the API as ComfyUI does: ``/system_stats``, ``POST /prompt`` (with the
 HTTP 400 validation answer), ``/ws`` events, ``/history/<id>`` (stored just after ``execution_success``, as in
 ComfyUI), ``/view``, ``GET``/``POST /queue`` and ``POST /interrupt``. It runs one prompt at a time in its own
 thread's event loop; words in the prompt line choose what it does (CRASH, INVALID, HANG, FLAKY, SILENT,
@@ -127,7 +127,7 @@ class FakeComfy:
         prompt_id = body.get("prompt_id") or str(uuid.uuid4())
         script = next(n for n in graph.values() if n["class_type"] == "EchoForcingSceneScript")["inputs"]["script"]
         self.submitted.append(script)
-        if "INVALID" in script:  # COMFYUI.md §3.5, "out of range"
+        if "INVALID" in script:  # ComfyUI's "out of range" refusal
             return web.json_response({
                 "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                           "details": "", "extra_info": {}},
@@ -274,7 +274,7 @@ class FakeComfy:
             await event("execution_interrupted", node_id="3", node_type="EchoForcingSampler", executed=["1", "2"],
                         timestamp=2)
             return "error", outputs
-        if crash:  # COMFYUI.md §3.5, exception inside a node
+        if crash:  # ComfyUI's execution_error for an exception inside a node
             await event("execution_error", node_id="3", node_type="EchoForcingSampler", executed=["1", "2"],
                         exception_message="sampler: simulated failure at block 1\n", exception_type="RuntimeError",
                         traceback=["  File \"execution.py\", line 496, in execute\n"],

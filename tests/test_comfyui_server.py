@@ -1,5 +1,5 @@
 """Real host: a ComfyUI server with the pack loaded from this checkout, driven through its HTTP API and
-websocket exactly as the frontend and the batch command drive it (DESIGN §7.3).
+websocket exactly as the frontend and the batch command drive it.
 
 Every shipped API workflow is queued with the model names swapped for the tiny files of
 ``python -m echo_forcing tiny-models`` (the CLIP-L-shaped text encoder loads with CLIPLoader type "sd3",
