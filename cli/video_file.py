@@ -6,8 +6,8 @@ arrived). The file is written to a temporary name of the pack's pattern ending i
 and renamed over it when complete (``safe_files.atomic_write``): a crash never leaves half a video, and the
 file gets the user's umask like any other file the pack writes.
 
-PyAV (``pip install av``; its wheels carry FFmpeg with libx264) is imported only when a video is written, so
-the rest of the command line works without it.
+PyAV (``pip install av``; its wheels carry FFmpeg with libx264) and numpy, through which PyAV takes pictures,
+are imported only when a video is written, so the rest of the command line works without them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ class VideoUnavailable(RuntimeError):
 
 
 def _pyav():
-    """The ``av`` module, checked to have the libx264 encoder."""
+    """The ``av`` module, checked to have the libx264 encoder (PyAV takes pictures as numpy arrays)."""
+    try:
+        import numpy  # noqa: F401 (PyAV's VideoFrame.from_ndarray and Tensor.numpy need it)
+    except ImportError:
+        raise VideoUnavailable("writing a video needs numpy: pip install numpy") from None
     try:
         import av
     except ImportError:
