@@ -35,8 +35,7 @@ import torch
 from benchmark_report import commit, hardware, write_section
 
 from echo_forcing.memory import EchoMemoryConfig, Transition
-from echo_forcing.memory.decay import apply_decay, difference_rates, estimate_rates, start_decay
-from echo_forcing.memory.echo_memory import layer_recall_frame
+from echo_forcing.memory.decay import difference_rates
 from echo_forcing.memory.hierarchical_memory import EchoLayerMemory
 from echo_forcing.memory.phase_compression import PhaseCalibration, drift_gate, select_tokens, summarize
 from echo_forcing.memory.relative_rope import key_positions, query_positions
@@ -124,12 +123,12 @@ def filled_layer(inputs: Inputs) -> EchoLayerMemory:
     layer = EchoLayerMemory(EchoMemoryConfig())
     for block in range(WARM_BLOCKS):
         layer.update(*inputs.qkv(), call(block, context_pass=False))
-        layer.collect = True  # EchoMemoryState.before_context_pass, when a transition carries a recall frame
+        layer.recorder.start()  # EchoMemoryState.before_context_pass, when a transition carries a recall frame
         layer.update(*inputs.qkv(), call(block, context_pass=True))
-        layer.collect = False
+        layer.recorder.stop()
     cfg = layer.config
     if not (layer.local_end == cfg.budget_frames and layer.calibration.ready
-            and layer.history.size == cfg.budget_frames and len(layer.recall_frames) == 3):
+            and layer.history.size == cfg.budget_frames and len(layer.recorder.frames) == 3):
         raise RuntimeError("the warm-up did not bring the layer into its steady state")
     return layer
 
@@ -156,7 +155,7 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
     unsummarized = history.slots()[:cfg.budget_frames - BLOCK_FRAMES]
 
     def summarize_all() -> None:  # the scene's calibration is finished: the 18 frames stored before it
-        for slot in unsummarized:
+        for slot in unsummarized:  # (the harness marks them unsummarised again, to time the same work each run)
             history.summarized[slot] = False
         history.summarize_all(calibration, cfg.amplitude_compensation)
 
@@ -213,12 +212,12 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
            part_of_above=True),
         Op(comp, "gather", f"`CandidateHistory.take`, {chosen.numel():,} tokens", "every block", 1,
            True, lambda: history.take(chosen), part_of_above=True),
-        Op("recall frames", "scene statistics", f"`EchoLayerMemory._collect`, {n_queries:,} clean queries",
+        Op("recall frames", "scene statistics", f"`SceneRecorder.record`, {n_queries:,} clean queries",
            "every block (context pass) of a multi-shot video", 1, True,
-           lambda: layer._collect(q_clean, k_clean, v_clean, p)),
+           lambda: layer.recorder.record(q_clean, k_clean, v_clean, p)),
         Op("recall frames", "fusion",
-           f"`layer_recall_frame`, {len(layer.recall_frames)} candidate frames, on the device, cast",
-           "once per scene (last block)", 1, False, lambda: layer_recall_frame(layer)),
+           f"`SceneRecorder.recall_frame`, {len(layer.recorder.frames)} candidate frames, on the device, cast",
+           "once per scene (last block)", 1, False, layer.recorder.recall_frame),
     ]
 
 
@@ -229,9 +228,9 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
     """
     decay = layer.config.mode(Transition.SMOOTH).decay
     p, last = FRAME_TOKENS, WARM_BLOCKS - 1
-    start_decay(layer, decay, 0, BLOCK_FRAMES * p, evict_tokens=BLOCK_FRAMES * p)
-    estimate_rates(layer, decay, None)
-    apply_decay(layer)
+    layer.decay.begin(decay, 0, BLOCK_FRAMES * p, evict_tokens=BLOCK_FRAMES * p)
+    layer.estimate_decay(decay, None)
+    layer.decay.apply()
     q, k, v = inputs.qkv()
     window = layer.update(q, k, v, call(last, context_pass=False))
     if window.weights is None:
@@ -249,8 +248,8 @@ def decay_operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
         Op("decay", "difference rates", f"`difference_rates`, a frame pair of {p:,} positions",
            "once per scene (first block)", 1, False,
            lambda: difference_rates(new_first, layer.k[:, :p], decay.min_rate, decay.max_rate)),
-        Op("decay", "weight update", f"`apply_decay`, {BLOCK_FRAMES * p:,} old tokens",
-           "5 blocks after a smooth / recall switch", 1, False, lambda: apply_decay(layer)),
+        Op("decay", "weight update", f"`OldMemoryDecay.apply`, {BLOCK_FRAMES * p:,} old tokens",
+           "5 blocks after a smooth / recall switch", 1, False, layer.decay.apply),
         Op("decay", "weighting the window", f"`weigh_window`: the {window.weighted_tokens:,} old tokens x weights "
            f"(keys in place), the rest of the {window.k.shape[1]:,} values copied (an upper bound: those blocks' "
            "windows hold 4 to 18 frames)", when,

@@ -359,7 +359,7 @@ def _draw_axis(svg: _Svg, grid: _Grid, report: Mapping) -> None:
 
 def _legend_entries(rows: Sequence[Mapping]) -> list[tuple[str, str]]:
     """(swatch kind, text) of the legend: the cache regions drawn, then the marks drawn."""
-    entries = [(key, text) for key, _, text, _ in PARTS] if any(r["parts"] for r in rows) else []
+    entries = [(key, text) for key, _, text, _ in PARTS if any(r["parts"] and r["parts"].get(key) for r in rows)]
     if any(r["parts"] is None for r in rows):
         entries.append(("total", "frames in the cache (no breakdown reported)"))
     modes = {r["switch"]["mode"] for r in rows if r["switch"]}

@@ -9,14 +9,16 @@ from ..lazy_package import install
 # name -> the module of this package that defines it (loaded on first use: ``memory.config``, which holds the
 # transition vocabulary the torch-free scene-script parser uses, must import without torch)
 _EXPORTS = {
-    **dict.fromkeys(("ConfigError", "EchoMemoryConfig", "Transition"), "config"),
-    **dict.fromkeys(("EchoMemory", "SceneMemoryError"), "echo_memory"),
+    **dict.fromkeys(("ConfigError", "EchoMemoryConfig", "SceneMemoryError", "Transition"), "config"),
+    "EchoMemory": "echo_memory",
+    "CacheLengthError": "frame_cache",
     **dict.fromkeys(("MemoryFootprint", "memory_footprint"), "footprint"),
     **dict.fromkeys(("PRESET_DEFAULT", "PRESETS", "PresetChoice", "make_policy", "preset_names"), "presets"),
     **dict.fromkeys(("PoolEntry", "PoolSignature", "ScenePool", "ScenePoolError", "pool_file", "pool_names"),
                     "scene_pool"),
-    **dict.fromkeys(("CacheLengthError", "SelfForcingCacheConfig", "SelfForcingLayerCache"), "self_forcing"),
+    **dict.fromkeys(("SelfForcingCacheConfig", "SelfForcingLayerCache"), "self_forcing"),
     **dict.fromkeys(("MemoryState", "SceneInfo"), "state"),
+    "CachePolicy": "policy",
 }
 
 install(__name__, _EXPORTS)
@@ -25,6 +27,7 @@ __all__ = [
     "PRESETS",
     "PRESET_DEFAULT",
     "CacheLengthError",
+    "CachePolicy",
     "ConfigError",
     "EchoMemory",
     "EchoMemoryConfig",

@@ -1,8 +1,10 @@
-"""Configuration of the Echo-Forcing scene memory (SPEC §3.1, §3.10, §6).
+"""Configuration of the Echo-Forcing scene memory (docs/MEMORY.md).
 
 Every knob of the official code and of the paper, as frozen dataclasses that validate themselves and name
-the field that is wrong. Defaults are the official code's (`configs/self_forcing_dmd.yaml`,
-`configs/interactive.yaml`); the paper's values are reachable through options (see ``memory.presets``).
+the field that is wrong, and the two errors the memory refuses work with before any model call
+(``ConfigError`` for a config, ``SceneMemoryError`` for a scene plan). Defaults are the official code's
+(`configs/self_forcing_dmd.yaml`, `configs/interactive.yaml`); the paper's values are reachable through
+options (see ``memory.presets``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from enum import Enum
 
 class ConfigError(ValueError):
     """A memory configuration that cannot work; the message names the field and says what to change."""
+
+
+class SceneMemoryError(ValueError):
+    """A scene plan the memory cannot carry out (a missing transition, a recall with nothing to recall, an
+    unknown recall target, 'Similar' matching without a text encoder); raised before any model call."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -86,7 +93,7 @@ class Transition(str, Enum):
 
 
 class OldMemorySource(str, Enum):
-    """Which single frame of earlier memory is carried across a switch (SPEC §3.8)."""
+    """Which single frame of earlier memory is carried across a switch (``memory.transitions``)."""
 
     COMPRESS = "compress"  # the Scene Recall Frame of the relevant scene
     SELECT = "select"  # the relevant scene's first latent frame
@@ -100,13 +107,13 @@ class DecayTarget(str, Enum):
 
 
 class DecayStrategy(str, Enum):
-    DIFF = "diff"  # difference-aware per-position rates (SPEC §3.9)
+    DIFF = "diff"  # difference-aware per-position rates (memory.decay)
     FIXED = "fixed"  # one rate for every old token
 
 
 class JumpStrategy(str, Enum):
     FIXED = "fixed"
-    SIMILARITY = "similarity"  # official recall jump: 0..max from the normalised similarity gap (SPEC §3.11)
+    SIMILARITY = "similarity"  # official recall jump: 0..max from the normalised similarity gap (memory.routing)
     PAPER = "paper"  # paper appendix B: min(45, 10 * (t - i*)) scenes back
 
 
@@ -130,13 +137,6 @@ class AnchorOrder(str, Enum):
 class RecallFusion(str, Enum):
     SCORE_WEIGHTED = "score_weighted"  # per-position softmax fusion of the candidate frames
     TOKEN_SELECT = "token_select"  # per position, the best-scoring candidate frame
-
-
-class DecayLaw(str, Enum):
-    """How the per-block decay is *specified*; both give w_r = rho^r = exp(-r mu) (SPEC §3.9)."""
-
-    RATE = "rate"  # official: rates rho in [min_rate, max_rate]
-    EXPONENTIAL = "exponential"  # paper: w = exp(-r mu), mu in [mu_min, mu_max], mu = -ln(rho)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ class RopeJumpConfig:
 
 @dataclass(frozen=True)
 class ModeConfig:
-    """What a transition carries across the switch and how it fades (SPEC §3.10)."""
+    """What a transition carries across the switch and how it fades (``memory.transitions``, ``memory.decay``)."""
 
     use_old_memory: bool = True
     old_memory_source: OldMemorySource = OldMemorySource.COMPRESS

@@ -55,8 +55,8 @@ import torch
 from ..models.rope import Rope3D, split_channels
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
-from .self_forcing import SELF_FORCING_FRAMES, CacheLengthError
-from .state import FrameBuffer, MemoryState, SceneInfo, tensor_bytes
+from .frame_cache import SELF_FORCING_FRAMES, CacheLengthError, FrameBuffer, tensor_bytes
+from .state import MemoryState, SceneInfo
 
 FUSIONS = ("sum", "max")
 

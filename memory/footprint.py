@@ -3,7 +3,8 @@
 ``memory_footprint`` builds one video's memory state on PyTorch's meta device and adds up the persistent
 buffers by where they live: on the compute device (the GPU) or off it (pinned CPU memory). The reference
 is the 21-frame working cache (K and V of every layer), 6.04 GB for Wan2.1-1.3B at 480x832 in bf16; the
-official Echo-Forcing code holds about 25 GB (4.2x) on the GPU for the same cache (SPEC §5.1).
+official Echo-Forcing code holds about 25 GB (4.2x) on the GPU for the same cache (docs/MEMORY.md, "What is
+kept, and where").
 """
 
 from __future__ import annotations
@@ -52,6 +53,6 @@ def memory_footprint(policy, num_layers: int, heads: int, head_dim: int, dtype: 
     working = 2 * 21 * frame_bytes * num_layers
     if echo:  # a boundary comes after a shot: count the frames a full cache keeps
         for layer in state.layers:
-            layer.local_end = layer.config.budget_frames
+            layer.size_as_full()
     boundary = state.snapshot(copy=False).nbytes
     return MemoryFootprint(state.device_bytes, storage, working, boundary)

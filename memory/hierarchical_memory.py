@@ -1,4 +1,4 @@
-"""Hierarchical temporal memory: one layer's Echo-Forcing cache (SPEC §3.1-§3.5, §3.13).
+"""Hierarchical temporal memory: one layer's Echo-Forcing cache.
 
 A fixed budget of 21 frame slots holding pre-RoPE keys and values, laid out once full as
 
@@ -20,7 +20,15 @@ Per forward call (official ``CausalWanSelfAttention.forward``), given the block'
 3. mirror the slots of the scene's first frames into the anchor pool;
 4. answer the window ``slots [0, end)`` with slot positions, query positions and decay weights.
 
-What is kept, against the official code (SPEC §5.1): the 21-frame working cache on the compute device;
+Who changes what: the layer's cache slots, fill pointers and scene timing change only through its own
+methods: ``update`` (every call), ``restart_scene`` (``memory.transitions.enter_scene`` at a switch),
+``end_jump`` / ``evict_old`` / ``estimate_decay`` (``memory.echo_memory`` around blocks). It owns its
+helpers, each changed only by its own methods: the decay state (``memory.decay.OldMemoryDecay``, kept with
+its tokens by every slot write, move and drop), the scene recorder (``memory.recall_frames.SceneRecorder``),
+the anchor pool, the candidate history and the query calibration (``memory.rolling_anchors``,
+``memory.phase_compression``).
+
+What is kept, against the official code (docs/MEMORY.md): the 21-frame working cache on the compute device;
 the anchor pool (``pool + 3`` frames, not 21) and the candidate history (21 frames) on the storage device
 (pinned CPU memory under a GPU) with only 46 floats per history token on the device for scoring; no
 ``k_raw``, no 12-frame recall-candidate buffer (only the 3 sampled frames, on the storage device), no
@@ -32,8 +40,9 @@ from __future__ import annotations
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import EchoMemoryConfig, OldMemorySource
-from .devices import to_storage
+from .config import DecayConfig, EchoMemoryConfig, OldMemorySource
+from .decay import OldMemoryDecay
+from .devices import to_device
 from .phase_compression import (
     CandidateHistory,
     PhaseCalibration,
@@ -42,6 +51,7 @@ from .phase_compression import (
     select_tokens,
     temporal_omega,
 )
+from .recall_frames import SceneRecorder
 from .relative_rope import key_positions, query_positions
 from .rolling_anchors import AnchorPool, anchor_group
 
@@ -56,25 +66,14 @@ class EchoLayerMemory:
         # positions in frames (slots) of the working cache
         self.local_end = 0
         self.global_end = 0
-        # scene timing (set by memory.transitions at a switch)
+        self.old_slots = 0  # slots at the front holding old memory carried from the previous scene
+        # scene timing (set by restart_scene at a switch)
         self.scene_start = 0
         self.timing_offset = 0
         self.jump: int | None = None
-        # scene collection (set by the coordinator around the context pass)
-        self.collect = False
-        self.q_sum: torch.Tensor | None = None
-        self.q_count = 0.0
-        self.recall_frames: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.recorded_frames = 0
-        # decay / eviction of old memory (memory.decay)
-        self.decay_active = False
-        self.decay_start = 0
-        self.decay_count = 0
-        self.weights_trivial = True
-        """No weight differs from 1 (attention then skips the weighting); kept by memory.decay, no device read."""
-        self.evict_steps = 0
-        self.evict_start = 0
-        self.evict_count = 0
+        # owned helpers, made by allocate
+        self.decay: OldMemoryDecay | None = None
+        self.recorder: SceneRecorder | None = None
 
     # ---- allocation ------------------------------------------------------------------------------------------
 
@@ -92,16 +91,14 @@ class EchoLayerMemory:
         slots = cfg.budget_frames * frame_tokens
         self.k = torch.zeros(1, slots, heads, head_dim, dtype=k.dtype, device=k.device)
         self.v = torch.zeros_like(self.k)
-        self.weights = torch.ones(slots, dtype=torch.float32, device=k.device)
-        self.decay_mask = torch.zeros(slots, dtype=torch.bool, device=k.device)
-        self.decay_rates = torch.ones(slots, dtype=torch.float32, device=k.device)
+        self.decay = OldMemoryDecay(slots, k.device)
         args = (frame_tokens, heads, head_dim, k.dtype, k.device, self.storage)
         self.pool = AnchorPool(cfg.anchor_pool_frames + cfg.old_memory_frames_max, *args)
         self.history = CandidateHistory(cfg.budget_frames, *args)
         self.calibration = PhaseCalibration(heads, head_dim, k.device)
         self.omega = temporal_omega(head_dim, k.device)
         self.offsets = geometric_offsets(cfg.budget_frames)
-        self.q_sum = torch.zeros(heads, head_dim, dtype=torch.float32, device=k.device)
+        self.recorder = SceneRecorder(cfg, heads, head_dim, k.dtype, k.device, self.storage)
         self.allocated = True
 
     # ---- the per-call update -------------------------------------------------------------------------------
@@ -118,8 +115,8 @@ class EchoLayerMemory:
         slot_time = self.slot_time(call)
         slot_end = slot_time + f
 
-        if self.collect:
-            self._collect(q, k, v, p)
+        if self.recorder.active:
+            self.recorder.record(q, k, v, p)
         if call.context_pass and cfg.compression:
             if not self.calibration.ready and slot_end <= cfg.budget_frames:
                 self.calibration.add(q)
@@ -138,16 +135,15 @@ class EchoLayerMemory:
             self.pool.write(end - f, k, v)
         self.local_end, self.global_end = end, call.end_frame
 
-        weights = None if self.weights_trivial else self.weights[:end * p]
+        weights, weighted_tokens = self.decay.window(end * p)
         return AttentionWindow(
             k=self.k[:, :end * p], v=self.v[:, :end * p],
             k_time=key_positions(end, cfg.budget_frames, self.jump, cfg.transition_frames),
             q_time=query_positions(slot_time, f, cfg.budget_frames, self.jump, cfg.transition_frames),
-            weights=weights,
-            # weighted tokens only ever move towards the front (rolls and drops shift slots left, writes reset
-            # weights to 1), so the end of the decay span set at the switch bounds them
-            weighted_tokens=None if weights is None else self.decay_start + self.decay_count,
+            weights=weights, weighted_tokens=weighted_tokens,
         )
+
+    # ---- slot operations (the only writers of k, v and the fill pointers) ------------------------------------
 
     def _slots(self, first: int, count: int) -> slice:
         return slice(first * self.frame_tokens, (first + count) * self.frame_tokens)
@@ -156,12 +152,7 @@ class EchoLayerMemory:
         span = slice(first_slot * self.frame_tokens, first_slot * self.frame_tokens + k.shape[1])
         self.k[:, span] = k
         self.v[:, span] = v
-        self._reset_weights(span)
-
-    def _reset_weights(self, span: slice) -> None:
-        self.weights[span] = 1.0
-        self.decay_mask[span] = False
-        self.decay_rates[span] = 1.0
+        self.decay.written(span)
 
     def _move(self, src_first: int, dst_first: int, count: int) -> None:
         """Move ``count`` slots (keys, values, weights, decay state) from ``src_first`` to ``dst_first``."""
@@ -170,15 +161,15 @@ class EchoLayerMemory:
         src, dst = self._slots(src_first, count), self._slots(dst_first, count)
         for t in (self.k, self.v):
             t[:, dst] = t[:, src].clone()
-        for t in (self.weights, self.decay_mask, self.decay_rates):
-            t[dst] = t[src].clone()
+        self.decay.move(src, dst)
 
     def _roll(self, q, k, v, new_frames: int, slot_time: int, p: int, f: int) -> int:
-        """The first call of a block that does not fit (SPEC §3.3 step 5)."""
+        """The first call of a block that does not fit (the official roll)."""
         cfg = self.config
         evicted = f + self.local_end - cfg.budget_frames
         end = self.local_end + new_frames - evicted
         self._move(evicted, 0, max(0, cfg.anchor_frames - evicted))
+        self.old_slots = max(0, self.old_slots - evicted)  # the front slots leave first
         group = anchor_group(slot_time, cfg.anchor_pool_frames, cfg.budget_frames, f, cfg.anchor_order)
         anchor_blocks = cfg.anchor_frames // f
         if group is not None and anchor_blocks > 0:
@@ -192,7 +183,8 @@ class EchoLayerMemory:
         return end
 
     def _compress(self, q: torch.Tensor, p: int) -> None:
-        """Fill the compressed region with the best-scoring history tokens, in time order (SPEC §3.4)."""
+        """Fill the compressed region with the best-scoring history tokens, in time order
+        (``memory.phase_compression``)."""
         cfg = self.config
         gate = 1.0
         if cfg.amplitude_compensation and cfg.drift_gate:
@@ -204,38 +196,6 @@ class EchoLayerMemory:
             k, v = self.history.take(chosen)
             self._write(cfg.anchor_frames, k, v)
 
-    # ---- scene collection for the Scene Recall Frame (SPEC §3.6) -------------------------------------------
-
-    def _collect(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int) -> None:
-        cfg = self.config
-        self.q_sum += q.detach().to(torch.float32).sum(dim=(0, 1))
-        self.q_count += float(q.shape[0] * q.shape[1])
-        for i in range(k.shape[1] // p):
-            index = self.recorded_frames
-            if index >= cfg.recall_storage_frames:
-                break
-            if index < cfg.recall_source_frames and index % cfg.recall_stride == 0:
-                frame = self._slots(i, 1)
-                self.recall_frames.append((to_storage(k[0, frame], self.storage),
-                                           to_storage(v[0, frame], self.storage)))
-            self.recorded_frames += 1
-
-    def clear_scene_collection(self) -> None:
-        if self.q_sum is not None:
-            self.q_sum.zero_()
-        self.q_count = 0.0
-        self.recall_frames = []
-        self.recorded_frames = 0
-        self.collect = False
-
-    # ---- reads used by the scene-level logic -------------------------------------------------------------------
-
-    def block_frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values ``[P, H, d]`` of frame ``index`` of the block just written (after its context pass)."""
-        first = self.local_end - self.config.frames_per_block + index
-        span = self._slots(first, 1)
-        return self.k[0, span], self.v[0, span]
-
     def drop_slots(self, first: int, count: int) -> int:
         """Delete ``count`` slots at ``first`` (official ``_drop_kv_span``): later slots, their weights and the
         anchor-pool mirror move left. Returns the number of frames dropped."""
@@ -245,19 +205,104 @@ class EchoLayerMemory:
             return 0
         self._move(first + count, first, end - first - count)
         self.pool.drop(first, count, end)
-        self._reset_weights(self._slots(end - count, count))
+        self.decay.written(self._slots(end - count, count))
         self.local_end = end - count
+        self.old_slots -= max(0, min(first + count, self.old_slots) - first)
         return count
+
+    def restart_scene(self, old_frame: tuple[torch.Tensor, torch.Tensor] | None, recent: int, scene_start: int,
+                      jump: int) -> int:
+        """Start a new scene at absolute frame ``scene_start`` (what ``memory.transitions`` decided): ``old_frame``
+        (``[P, H, d]`` keys and values, or None) goes to slot 0 and the ``recent`` last frames of the cache after
+        it; nothing else of the old scene stays (history, calibration, anchor pool, decay and recording
+        restart). Returns the old slots kept."""
+        p = self.frame_tokens
+        previous_end = self.local_end
+        kept = 0
+        if old_frame is not None:
+            k, v = old_frame
+            self.k[0, :p] = to_device(k, self.device, self.dtype)
+            self.v[0, :p] = to_device(v, self.device, self.dtype)
+            kept = 1
+        if recent:
+            src = slice((previous_end - recent) * p, previous_end * p)
+            self.k[:, kept * p:(kept + recent) * p] = self.k[:, src].clone()
+            self.v[:, kept * p:(kept + recent) * p] = self.v[:, src].clone()
+            kept += recent
+        self.local_end = self.old_slots = kept
+        self.history.clear()
+        self.calibration = PhaseCalibration(self.heads, self.head_dim, self.device)
+        self.pool.clear()
+        self.pool.write(0, self.k[:, :kept * p], self.v[:, :kept * p])
+        self.scene_start, self.timing_offset, self.jump = scene_start, kept, jump
+        self.decay.reset()
+        self.recorder.clear()
+        return kept
+
+    # ---- between blocks (memory.echo_memory) -------------------------------------------------------------------
+
+    def end_jump(self) -> None:
+        """From the scene's second block on, positions are contiguous again."""
+        self.jump = None
+
+    def estimate_decay(self, decay: DecayConfig, select_k: torch.Tensor | None) -> None:
+        """After the context pass of a scene's first block: the decay rates of the old slots (``memory.decay``)."""
+        p = self.frame_tokens
+        self.decay.estimate_rates(decay, self.block_frame(0)[0], self.k, p, self.config.frames_per_block * p,
+                                  select_k)
+
+    def evict_old(self) -> int:
+        """End of a block: count the old memory's deletion down and delete its slots when due; returns the
+        frames deleted."""
+        due = self.decay.count_down()
+        if due is None:
+            return 0
+        start, tokens = due
+        p = self.frame_tokens
+        dropped = self.drop_slots(start // p, -(-tokens // p))
+        self.timing_offset = max(0, self.timing_offset - dropped)
+        self.decay.finish_eviction()
+        return dropped
+
+    # ---- reads used by the scene-level logic -------------------------------------------------------------------
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Per-token weights of the working cache (read only; ``memory.decay`` changes them)."""
+        return self.decay.weights
+
+    def block_frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values ``[P, H, d]`` of frame ``index`` of the block just written (after its context pass)."""
+        first = self.local_end - self.config.frames_per_block + index
+        span = self._slots(first, 1)
+        return self.k[0, span], self.v[0, span]
+
+    def sink_frame(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of slot 0's keys/values ``[P, H, d]`` (what a re-sinking transition carries)."""
+        p = self.frame_tokens
+        return self.k[0, :p].clone(), self.v[0, :p].clone()
+
+    def regions(self) -> dict[str, int]:
+        """Frames of the working cache in each region: ``old_slots`` (old memory carried from the previous
+        scene, at the front), then the scene's frames by slot index: ``anchor_slots`` (slots below
+        ``anchor_frames``; the scene's first frames while the cache fills), ``compressed_slots`` (the next
+        ``compressed_frames`` slots; plain frames until the first roll fills them with chosen tokens) and
+        ``recent_slots`` (the rest: the latest blocks). They add up to ``local_end``."""
+        cfg, end, old = self.config, self.local_end, min(self.old_slots, self.local_end)
+        tail = cfg.anchor_frames + cfg.compressed_frames
+        return {"anchor_slots": max(0, min(end, cfg.anchor_frames) - old),
+                "compressed_slots": max(0, min(end, tail) - max(old, cfg.anchor_frames)),
+                "recent_slots": max(0, end - max(old, tail)),
+                "old_slots": old}
 
     # ---- shot boundaries (memory.snapshot) ------------------------------------------------------------------
 
-    _REBUILT = ("k", "v", "weights", "decay_mask", "decay_rates", "pool", "history", "calibration", "omega",
-                "offsets", "q_sum", "recall_frames")
+    _REBUILT = ("k", "v", "decay", "pool", "history", "calibration", "omega", "offsets", "recorder")
     """Fields ``allocate`` makes anew; at a shot boundary only the frames below are read from them."""
 
     def boundary_slots(self) -> list[int]:
-        """The slots ``memory.transitions.enter_scene`` (and the RESINK source) can read at a shot's first
-        block: slot 0 when a mode re-sinks it, and the last frames a smooth transition carries."""
+        """The slots ``restart_scene`` (and the RESINK source) can read at a shot's first block: slot 0 when a
+        mode re-sinks it, and the last frames a smooth transition carries."""
         cfg = self.config
         recent = min(max(m.old_recent_frames for m in cfg.modes.values()), self.local_end)
         slots = list(range(self.local_end - recent, self.local_end))
@@ -267,8 +312,9 @@ class EchoLayerMemory:
 
     def snapshot_fields(self) -> dict:
         """What a shot boundary needs: the plain fields plus the frames of ``boundary_slots`` (2 of 21 with
-        the defaults); the rest of the cache, the anchor pool, the history and the calibration are reset by
-        ``enter_scene`` before anything reads them. Only valid between two shots."""
+        the defaults); the rest of the cache, the decay state, the scene recording, the anchor pool, the history
+        and the calibration are reset by ``restart_scene`` before anything reads them. Only valid between two
+        shots."""
         fields = {k: v for k, v in vars(self).items() if k not in self._REBUILT}
         if self.allocated:
             fields["boundary_frames"] = {slot: (self.k[:, self._slots(slot, 1)], self.v[:, self._slots(slot, 1)])
@@ -284,7 +330,11 @@ class EchoLayerMemory:
             for slot, (k, v) in frames.items():
                 self.k[:, self._slots(slot, 1)] = k
                 self.v[:, self._slots(slot, 1)] = v
-            self.recall_frames = []
+
+    def size_as_full(self) -> None:
+        """Count every slot as filled: ``memory.footprint`` sizes the boundary of a full cache this way on meta
+        tensors (never on a cache that runs)."""
+        self.local_end = self.config.budget_frames
 
     # ---- memory accounting ----------------------------------------------------------------------------------
 
@@ -293,14 +343,13 @@ class EchoLayerMemory:
         """Persistent bytes on the compute device."""
         if not self.allocated:
             return 0
-        tensors = (self.k, self.v, self.weights, self.decay_mask, self.decay_rates, self.q_sum)
-        return (sum(t.numel() * t.element_size() for t in tensors) + self.history.device_bytes
-                + self.calibration.nbytes)
+        tensors = (self.k, self.v)
+        return (sum(t.numel() * t.element_size() for t in tensors) + self.decay.nbytes + self.recorder.device_bytes
+                + self.history.device_bytes + self.calibration.nbytes)
 
     @property
     def storage_bytes(self) -> int:
         """Persistent bytes on the storage device (anchor pool, candidate history, recall candidates)."""
         if not self.allocated:
             return 0
-        recall = sum(k.numel() * k.element_size() * 2 for k, _ in self.recall_frames)
-        return self.pool.storage_bytes + self.history.storage_bytes + recall
+        return self.pool.storage_bytes + self.history.storage_bytes + self.recorder.storage_bytes

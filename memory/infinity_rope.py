@@ -47,8 +47,8 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, Transition, check_int
-from .self_forcing import CacheLengthError, evict_slots
-from .state import FrameBuffer, MemoryState, SceneInfo
+from .frame_cache import CacheLengthError, FrameBuffer, evict_slots
+from .state import MemoryState, SceneInfo
 
 FLUSH_ON = ("hardcut", "every")
 FLUSH_FROM = ("written", "physical")
@@ -117,13 +117,13 @@ class InfinityRopeState(MemoryState):
                 layer.flush()
             report["flushed_to"] = self.layers[0].local_end
         for layer in self.layers:
-            layer.cut = hard
+            layer.arm_cut(hard)
         return report
 
     def begin_block(self, first_in_scene: bool) -> None:
         if not first_in_scene:
             for layer in self.layers:
-                layer.cut = False
+                layer.arm_cut(False)
 
 
 class InfinityRopeLayerCache(FrameBuffer):
@@ -134,6 +134,10 @@ class InfinityRopeLayerCache(FrameBuffer):
         self.config = config
         self.frame_src = torch.full((config.local_attn_size,), -1, dtype=torch.long)  # video frame per slot (-1: none)
         self.cut = False  # the RoPE cut is armed (first block of a hard-cut scene)
+
+    def arm_cut(self, on: bool) -> None:
+        """Arm (a hard cut's first block) or disarm the RoPE cut."""
+        self.cut = on
 
     def flush(self) -> None:
         """KV flush: keep the sink and the last ``flush_keep_frames`` frames (slots right after the sink)."""

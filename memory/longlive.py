@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .config import ConfigError, check_int
-from .self_forcing import CacheLengthError, evict_slots
-from .state import FrameBuffer, MemoryState, SceneInfo
+from .config import ConfigError, Transition, check_int
+from .frame_cache import CacheLengthError, FrameBuffer, evict_slots
+from .state import MemoryState, SceneInfo
 from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, check_rope, unified_window
 
 
@@ -105,8 +105,8 @@ class LongLiveState(MemoryState):
         if not self.config.global_sink:
             for layer in self.layers:
                 layer.restart_for_recache()
-        return {"scene": scene, "mode": "recache", "recache_frames": min(self.config.recache_frames, start_frame),
-                "global_sink": self.config.global_sink}
+        return {"scene": scene, "mode": Transition.SMOOTH.value,
+                "recache_frames": min(self.config.recache_frames, start_frame), "global_sink": self.config.global_sink}
 
     def recache_frames(self, scene: int) -> int:
         return self.config.recache_frames

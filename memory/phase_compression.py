@@ -1,4 +1,4 @@
-"""Drift-gated phase compression: which history tokens fill the compressed region (SPEC §3.4, §6 #3-8).
+"""Drift-gated phase compression: which history tokens fill the compressed region.
 
 Once per block (on the rolling call), every layer scores the pre-RoPE keys of its last 21 clean frames
 against a *calibrated query* and keeps the top 3 x 1560 tokens, in time order, in the compressed slots.
@@ -32,8 +32,6 @@ import torch
 
 from ..models.rope import split_channels
 from .devices import gather_to_device, to_device
-
-OFFSETS = (1, 2, 4, 8, 16)
 
 
 def geometric_offsets(budget_frames: int) -> tuple[int, ...]:
@@ -166,7 +164,7 @@ def select_tokens(scores: torch.Tensor, counts: torch.Tensor | None, budget: int
 
 
 class CandidateHistory:
-    """The last ``capacity`` clean frames of a layer: the compression candidates (SPEC §3.2 "history").
+    """The last ``capacity`` clean frames of a layer: the compression candidates (the official "history").
 
     Keys and values live on the storage device (pinned CPU memory when the model runs on a GPU); what
     scoring needs stays on the compute device: the packed ``TokenSummary`` of every token (once the

@@ -1,5 +1,5 @@
 """Cache presets: Echo-Forcing (official code and paper defaults) and the baselines it is compared with, each
-a validated configuration that says what it keeps (SPEC §5.3, §6; docs/BASELINES.md).
+a validated configuration that says what it keeps (docs/MEMORY.md, docs/BASELINES.md).
 
 | preset             | keeps (latent frames, 1 block = 3)                                | at a new prompt          |
 |--------------------|-------------------------------------------------------------------|--------------------------|
@@ -48,7 +48,7 @@ from .tethercache import TetherCacheConfig
 
 
 def echo_paper_config() -> EchoMemoryConfig:
-    """The paper's stated defaults where they differ from the official code (SPEC §6)."""
+    """The paper's stated defaults where they differ from the official code (docs/MEMORY.md)."""
     base = EchoMemoryConfig(
         anchor_pool_frames=18,  # pool of 18 frames, 12 active (#1)
         anchor_order=AnchorOrder.PAPER,  # eq. (1) (#2)

@@ -1,8 +1,8 @@
-"""Scene Recall Frames: one frame that stands for a whole scene when it is recalled (SPEC §3.6-§3.7, §6 #10-11).
+"""Scene Recall Frames: one frame that stands for a whole scene when it is recalled.
 
 While a scene runs, its clean passes record the pre-RoPE keys/values of its first frames and accumulate
-its mean query ``qbar`` per head (``EchoLayerMemory._collect``). At the scene's last block each layer builds
-the recall frame from the candidate frames (official: scene frames 0, 4, 8 of the first 12; paper: M = 5
+its mean query ``qbar`` per head (``SceneRecorder``). At the scene's last block each layer builds the
+recall frame from the candidate frames (official: scene frames 0, 4, 8 of the first 12; paper: M = 5
 from the "stable stage"):
 
     e_{m,u} = mean_h <K_{m,u,h}, qbar_h>                 (raw dot product, per candidate m and position u)
@@ -10,13 +10,19 @@ from the "stable stage"):
 
 with w = 0.9 in the official code (a hidden default) and w = 0 in the paper (pure fusion). The
 ``token_select`` variant takes, per position, the candidate with the highest e. Computed in float32.
+
+Who changes what: each ``EchoLayerMemory`` owns one ``SceneRecorder`` (made by its ``allocate``); the
+recorder's own methods change it: ``memory.echo_memory`` starts and stops the recording around every
+clean pass (``start``/``stop``), the layer feeds it (``record``) and clears it at a switch (``clear``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .config import RecallFusion
+from .config import EchoMemoryConfig, RecallFusion
+from .devices import to_device, to_storage
+from .scene_pool import POOL_DEVICE
 
 
 def recall_frame(candidates: list[tuple[torch.Tensor, torch.Tensor]], q_sum: torch.Tensor, q_count: float,
@@ -39,3 +45,65 @@ def recall_frame(candidates: list[tuple[torch.Tensor, torch.Tensor]], q_sum: tor
     positions = torch.arange(k.shape[1], device=k.device)
     best = scores.argmax(dim=0) * k.shape[1] + positions
     return k.reshape(-1, *k.shape[2:]).index_select(0, best), v.reshape(-1, *v.shape[2:]).index_select(0, best)
+
+
+class SceneRecorder:
+    """What the running scene records in one layer for its Scene Recall Frame: the sum and count of its clean
+    queries per head and channel (compute device) and the sampled candidate frames (storage device)."""
+
+    def __init__(self, config: EchoMemoryConfig, heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, storage: torch.device):
+        self.config, self.dtype, self.device, self.storage = config, dtype, device, storage
+        self.active = False
+        """Recording the current call (the clean pass, while some transition carries a recall frame)."""
+        self.q_sum = torch.zeros(heads, head_dim, dtype=torch.float32, device=device)
+        self.q_count = 0.0
+        self.frames: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.recorded = 0  # frames of the scene seen so far (up to recall_storage_frames)
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int) -> None:
+        """Add one clean pass: its queries to the statistics, its frames that are candidates to the list."""
+        cfg, p = self.config, frame_tokens
+        self.q_sum += q.detach().to(torch.float32).sum(dim=(0, 1))
+        self.q_count += float(q.shape[0] * q.shape[1])
+        for i in range(k.shape[1] // p):
+            index = self.recorded
+            if index >= cfg.recall_storage_frames:
+                break
+            if index < cfg.recall_source_frames and index % cfg.recall_stride == 0:
+                frame = slice(i * p, (i + 1) * p)
+                self.frames.append((to_storage(k[0, frame], self.storage), to_storage(v[0, frame], self.storage)))
+            self.recorded += 1
+
+    def clear(self) -> None:
+        """A new scene starts: nothing recorded."""
+        self.q_sum.zero_()
+        self.q_count = 0.0
+        self.frames = []
+        self.recorded = 0
+        self.active = False
+
+    def recall_frame(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This layer's Scene Recall Frame of the running scene: fused on the compute device from the recorded
+        candidates, returned in the cache dtype on the CPU (where the scene pool keeps its frames); None when
+        nothing was recorded."""
+        cfg = self.config
+        candidates = [(to_device(k, self.device), to_device(v, self.device)) for k, v in self.frames]
+        made = recall_frame(candidates, self.q_sum, self.q_count, cfg.recall_fusion, cfg.recall_base_frame_weight)
+        if made is None:
+            return None
+        return to_storage(made[0].to(self.dtype), POOL_DEVICE), to_storage(made[1].to(self.dtype), POOL_DEVICE)
+
+    @property
+    def device_bytes(self) -> int:
+        return self.q_sum.numel() * self.q_sum.element_size()
+
+    @property
+    def storage_bytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self.frames)

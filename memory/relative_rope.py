@@ -1,4 +1,4 @@
-"""Relative-time RoPE positions of the Echo-Forcing window (SPEC §3.5, paper C.5).
+"""Relative-time RoPE positions of the Echo-Forcing window (paper appendix C.5).
 
 Keys are stored pre-RoPE and re-rotated on every call from their *slot order*: slot s gets temporal
 position s (anchors 0..11, compressed 12..14, recent 15..17, current block 18..20 once the cache is full),

@@ -1,4 +1,4 @@
-"""Bidirectional rolling anchors: which frames of the scene's anchor pool are replayed (SPEC §3.3, §6 #1-2).
+"""Bidirectional rolling anchors: which frames of the scene's anchor pool are replayed.
 
 Once the cache is full, every block shifts the anchor region left by one 3-frame group and inserts a new
 group at its end (slots 9..11 of 12). The inserted group comes from the *anchor pool*: the scene's first
@@ -7,7 +7,7 @@ group at its end (slots 9..11 of 12). The inserted group comes from the *anchor 
 * ``ping-pong`` (official code): the anchor region is a sliding window over the endless sequence
   ``0..N-1, N-1..0, 0..N-1, ...`` of pool frames, advanced by one group per block; a group on a descending
   leg is inserted in reverse frame order (tokens inside each frame keep their order). Period 2N/3 blocks
-  (8 with the official 12-frame pool). Verified table: SPEC §3.3.
+  (8 with the official 12-frame pool); tests/test_echo_memory.py holds the table verified on the official code.
 * ``paper`` (eq. 1): update r inserts pool frames ``u_r .. u_r+2`` with ``u_r = (3r) mod N``, in reverse
   order on even updates; the start always advances.
 """

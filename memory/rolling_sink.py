@@ -46,8 +46,8 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
-from .self_forcing import CacheLengthError, evict_slots
-from .state import FrameBuffer, MemoryState, SceneInfo, tensor_bytes
+from .frame_cache import CacheLengthError, FrameBuffer, evict_slots, tensor_bytes
+from .state import MemoryState, SceneInfo
 
 GROUP = 3
 """Frames per pool group = frames per block (Rolling Sink's layout is built from 3-frame groups)."""

@@ -1,5 +1,5 @@
 """Routing: which earlier scene a recall brings back, its RoPE jump, and the paper's automatic router
-(SPEC §3.11, §6 #16-18).
+(appendix B).
 
 Prompt features (official ``_compute_recall_prompt_features``), computed once per video over its scene
 prompts. Words: lower-case runs of a letter followed by letters/apostrophes, longer than 2 characters,
@@ -18,6 +18,10 @@ candidates, n = gap of the chosen / sum of gaps (0 if the sum is <= 1e-6), J = r
 Paper appendix B (an option, ``auto`` transitions): the most similar earlier scene i* with s >= 0.85 means
 smooth when i* is the previous scene, recall of i* otherwise; below the threshold a hard cut. Offsets
 0 / min(45, 10 (t - i*)) / 45.
+
+``SceneFeatures`` holds one video's features (made with its ``EchoMemoryState``, changed only by itself:
+it caches what a switch asked for); the scene registry (``memory.scene_pool.SceneRegistry``) ranks the
+pool's entries with them and resolves named recall targets.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import MatchMethod, Transition
+from .config import EchoMemoryConfig, MatchMethod, MatchScope, SceneMemoryError, Transition
 
 STOP_WORDS = frozenset((
     "a an and are as at back be been before by for from has have he her his in into is it its of on or over "
@@ -165,3 +169,51 @@ def auto_route(scene: int, features: Sequence[torch.Tensor], threshold: float = 
     if top.key == scene - 1:
         return Route(Transition.SMOOTH, None, 0, top.similarity)
     return Route(Transition.RECALL, top.key, paper_recall_jump(scene, top.key), top.similarity)
+
+
+class SceneFeatures:
+    """The routing features of one video's scenes, then of the loaded pool's entries (one document set).
+
+    With the official scope (``MatchScope.VIDEO``) they are computed once over every prompt; with "so-far"
+    a switch at scene t sees features computed over the scenes up to t and the pool (later scenes None).
+    Empty when no scene routes (no recall or auto transition). ``compute=False`` only checks the plan.
+    """
+
+    def __init__(self, prompts: Sequence[str], entries: Sequence[Transition | None], pool_prompts: Sequence[str],
+                 config: EchoMemoryConfig, encode: TextEncoder | None, compute: bool = True):
+        self.prompts, self.pool_prompts = list(prompts), list(pool_prompts)
+        self.method, self.scope, self.encode = config.match_method, config.match_scope, encode
+        self.routes = any(m in (Transition.RECALL, Transition.AUTO) for m in entries)
+        self.features: list[torch.Tensor] = []
+        self._scoped: dict[int, list] = {}
+        if not self.routes:
+            return
+        if self.method is MatchMethod.SIMILAR and encode is None:
+            raise SceneMemoryError("'Similar' recall matching needs a text encoder; connect one or choose IDF "
+                                   "matching")
+        if self.scope is MatchScope.VIDEO and compute:
+            self.features = self._documents(len(self.prompts))
+
+    def _documents(self, scenes: int) -> list[torch.Tensor]:
+        try:
+            return prompt_features(self.prompts[:scenes] + self.pool_prompts, self.method, self.encode)
+        except ValueError as err:
+            raise SceneMemoryError(str(err)) from None
+
+    def at(self, scene: int) -> list[torch.Tensor | None]:
+        """The features a decision at scene ``scene`` sees, indexed like the whole video's (this video's
+        scenes, then the loaded pool's entries). Empty when no scene routes."""
+        if not self.routes:
+            return []
+        if self.scope is MatchScope.VIDEO:
+            return self.features
+        cached = self._scoped.get(scene)
+        if cached is None:
+            made = self._documents(scene + 1)
+            cached = made[:scene + 1] + [None] * (len(self.prompts) - scene - 1) + made[scene + 1:]
+            self._scoped = {scene: cached}
+        return cached
+
+    def of(self, scene: int) -> torch.Tensor | None:
+        """Scene ``scene``'s own feature as a decision there sees it (None when no scene routes)."""
+        return self.at(scene)[scene] if self.routes else None

@@ -1,4 +1,4 @@
-"""The scene pool: what survives of a finished scene, so a later scene (or a later job) can recall it (SPEC §3.7).
+"""The scene pool: what survives of a finished scene, so a later scene (or a later job) can recall it.
 
 Per scene: its prompt and label, its routing feature, and per layer its Scene Recall Frame (and, only when
 a mode needs it, its first latent frame, "select"). Kept on the CPU in the cache dtype (the official code
@@ -8,20 +8,30 @@ gives the same cache contents at half the memory). At most ``max_size`` scenes (
 A pool is immutable: a rollout returns a new pool. ``save``/``load`` use safetensors with a versioned
 header that names the model signature (layers, heads, head dim, dtype, token grid); loading checks it and
 refuses a pool from another model or resolution with a message that says what differs.
+
+While a video runs, its pool is a ``SceneRegistry`` (owned by ``memory.echo_memory.EchoMemoryState`` and
+changed only by its own methods): the loaded pool's entries plus this video's scenes as they finish, the
+run's signature, and where a recall target (a scene of this video or a label) points.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..safe_files import WriteOutcome
+from .config import EchoMemoryConfig, SceneMemoryError, Transition
 from .files import HeaderFields, file_names, named_file, read_state_file, save_atomically
+from .routing import Candidate, best, rank
+
+if TYPE_CHECKING:
+    from .state import SceneInfo
 
 FORMAT = "echo-forcing-scene-pool"
 VERSION = 1
@@ -30,6 +40,8 @@ MAX_POOL_SIZE = 1024
 MAX_GRID = 4096
 MAX_LABEL = 1000
 POOL_DTYPES = ("float32", "float16", "bfloat16")
+POOL_DEVICE = torch.device("cpu")
+"""Where a pool keeps its frames (saved with the pool, shared between runs)."""
 
 LayerFrames = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 """Per layer (keys, values), each ``[P, heads, head_dim]``."""
@@ -227,6 +239,153 @@ class ScenePool:
             raise ScenePoolError(f"{path.name} holds tensors no scene names ({', '.join(extra[:3])}); it was not "
                                  "written by Save Scene Pool")
         return cls(tuple(entries), max_size, signature)
+
+
+class SceneRegistry:
+    """One video's scene pool while it runs (see the module docstring)."""
+
+    def __init__(self, scenes: Sequence[SceneInfo], base: ScenePool, max_size: int):
+        self.scenes = scenes
+        """The video's scenes (read only: their labels and prompts name the entries)."""
+        self.base = base
+        """The pool the video started from (never changed)."""
+        self.max_size = max_size
+        self.entries: list[PoolEntry] = list(base.entries)
+        self.signature: PoolSignature | None = None  # this run's, known after the first registration
+
+    # ---- the plan ---------------------------------------------------------------------------------------------
+
+    def check_recall(self, index: int, config: EchoMemoryConfig) -> None:
+        """Refuse scene ``index`` when it recalls nothing that can exist: no earlier scene (nor a loaded one),
+        a target scene that does not come before it, a label no earlier scene or pool entry has."""
+        scene = self.scenes[index]
+        if scene.entry is Transition.RECALL:
+            if not config.mode(Transition.RECALL).use_old_memory:
+                return
+            self._check_recallable(index, config.exclude_previous_scene)
+        if scene.recall_target is not None:
+            self._check_target(index, scene.recall_target)
+
+    def _check_recallable(self, index: int, exclude_previous: bool) -> None:
+        earlier = index - (1 if exclude_previous else 0)
+        if earlier <= 0 and not self.base.recallable():
+            raise SceneMemoryError(
+                f"scene {index + 1} is a recall but there is no earlier scene to recall"
+                + (" other than the previous one" if exclude_previous and index else "")
+                + "; make it a smooth transition or a hard cut, or load a scene pool")
+
+    def _check_target(self, index: int, target: int | str) -> None:
+        if isinstance(target, int):
+            if not 0 <= target < index:
+                raise SceneMemoryError(f"scene {index + 1} recalls scene {target + 1}, which does not come before "
+                                       f"it; name one of scenes 1..{index}")
+        elif self.label_scene(target, index) is None and self.base.find(target) is None:
+            known = [s.label for s in self.scenes[:index] if s.label] + [e.label for e in self.base.entries]
+            raise SceneMemoryError(f"scene {index + 1} recalls {target!r}, which is neither an earlier scene's label "
+                                   f"nor in the scene pool; known: {', '.join(known) or 'none'}")
+
+    def label_scene(self, label: str, before: int) -> int | None:
+        """The latest scene before ``before`` labelled ``label`` (case-insensitive)."""
+        for j in range(before - 1, -1, -1):
+            if (self.scenes[j].label or "").lower() == label.lower():
+                return j
+        return None
+
+    # ---- registration -----------------------------------------------------------------------------------------
+
+    def index_of(self, scene: int) -> int | None:
+        """Position in ``entries`` of this video's scene ``scene`` (None once the pool dropped it)."""
+        for i, entry in enumerate(self.entries):
+            if entry.scene == scene and not entry.source:
+                return i
+        return None
+
+    def register(self, scene: int, feature: Callable[[], torch.Tensor | None], select: LayerFrames | None = None,
+                 recall: LayerFrames | None = None) -> None:
+        """Record what scene ``scene`` leaves: a new entry (its routing feature from ``feature()``), or the
+        frames added to its entry."""
+        index = self.index_of(scene)
+        if index is None:
+            info = self.scenes[scene]
+            entry = PoolEntry(info.label or f"scene {scene + 1}", info.prompt, recall, select, feature(), scene)
+            self.entries.append(entry)
+            self.entries = self.entries[-self.max_size:]
+        else:
+            old = self.entries[index]
+            self.entries[index] = PoolEntry(old.label, old.prompt, recall or old.recall, select or old.select,
+                                            old.feature, old.scene, old.source)
+
+    def require_signature(self, signature: PoolSignature) -> None:
+        """Take the run's signature at the first registration; a loaded pool of another model or size is
+        refused there (after the first block, before any recall)."""
+        if self.signature is None:
+            self.signature = signature
+            if self.base.signature is not None:
+                self.base.signature.require(signature, "the scene pool")
+
+    def resume(self, entries: list[PoolEntry], signature: PoolSignature | None,
+               feature: Callable[[int], torch.Tensor | None]) -> None:
+        """Take over the entries and signature of a shot boundary; this video's scenes get the routing feature
+        of this plan (``feature(scene)``), and entries of the loaded pool are this run's own objects again (a
+        boundary read from a file, or a pool loaded anew, holds equal copies of them)."""
+        self.entries = [self._loaded(e) if e.source or e.scene is None else replace(e, feature=feature(e.scene))
+                        for e in entries]
+        self.signature = signature
+
+    def _loaded(self, entry: PoolEntry) -> PoolEntry:
+        for own in self.base.entries:
+            if (own.label, own.prompt, own.source, own.scene) == (entry.label, entry.prompt, entry.source, entry.scene):
+                return own
+        return entry
+
+    # ---- reads ------------------------------------------------------------------------------------------------
+
+    def recall_entries(self) -> list[PoolEntry]:
+        """The entries with a recall frame, oldest first."""
+        return [e for e in self.entries if e.recall is not None]
+
+    def newest_recall(self) -> LayerFrames | None:
+        candidates = self.recall_entries()
+        return candidates[-1].recall if candidates else None
+
+    def choose(self, scene: int, kind: str, target: int | str | None, known: list[torch.Tensor | None],
+               exclude_previous: bool) -> tuple[PoolEntry, Candidate, list[Candidate]]:
+        """The entry a recall at scene ``scene`` brings back, with its ``kind`` ("recall" or "select") frame:
+        the most similar (routing features ``known``, indexed like ``memory.routing.SceneFeatures``) or
+        ``target``; with the chosen candidate and every candidate ranked."""
+        pool = [e for e in self.entries if getattr(e, kind) is not None]
+        if exclude_previous:
+            pool = [e for e in pool if not (e.scene == scene - 1 and not e.source)]
+        if not pool:
+            raise SceneMemoryError(f"scene {scene + 1} is a recall but the scene pool holds no earlier scene")
+        candidates = rank(known[scene], [self._feature(e, known) for e in pool])
+        chosen = best(candidates)
+        if target is not None:
+            wanted = self._target(target, scene)
+            matches = [c for c in candidates if pool[c.key] is wanted]
+            if not matches:
+                raise SceneMemoryError(f"scene {scene + 1}: the recall target {target!r} has no "
+                                       f"{kind} frame in the pool")
+            chosen = matches[0]
+        return pool[chosen.key], chosen, candidates
+
+    def _feature(self, entry: PoolEntry, known: list[torch.Tensor | None]) -> torch.Tensor:
+        if not entry.source and entry.scene is not None:
+            return known[entry.scene]
+        return known[len(self.scenes) + next(i for i, own in enumerate(self.base.entries) if own is entry)]
+
+    def _target(self, target: int | str, scene: int) -> PoolEntry | None:
+        if isinstance(target, str):
+            local = self.label_scene(target, scene)
+            if local is None:
+                return self.base.find(target)
+            target = local
+        index = self.index_of(target)
+        return self.entries[index] if index is not None else None
+
+    def result(self) -> ScenePool:
+        """The pool after the video so far (a new object)."""
+        return self.base.with_entries(self.entries, self.signature)
 
 
 def pool_file(folder: str | os.PathLike, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""The plain Self-Forcing KV cache (SPEC §1.4), behind the memory seam of ``models.seam``.
+"""The plain Self-Forcing KV cache (docs/BASELINES.md §1), behind the memory seam of ``models.seam``.
 
 Two variants, as in the Self-Forcing code:
 
@@ -13,7 +13,8 @@ which gives the same numbers (the rotation is the same deterministic function of
 
 Write rule (per layer, per call): a call covering frames ``[s, e)`` writes at
 ``local_end + (e - global_end) - F``: the first call of a block appends, the later denoising calls and the
-clean context pass of the same block overwrite the same slots.
+clean context pass of the same block overwrite the same slots. The buffer and the roll are the baselines'
+shared ``memory.frame_cache``.
 """
 
 from __future__ import annotations
@@ -24,33 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ..models.seam import AttentionWindow, BlockCall
-from .state import FrameBuffer, MemoryState
+from .frame_cache import SELF_FORCING_FRAMES, CacheLengthError, FrameBuffer, evict_slots
+from .state import MemoryState, SceneInfo
 from .unified_rope import PRETRAINED_FRAMES, ROPE_MODES, check_rope, unified_window
-
-SELF_FORCING_FRAMES = 21
-"""Latent frames Self-Forcing was trained on (its global cache holds 21 x 1560 = 32760 tokens)."""
-
-
-class CacheLengthError(ValueError):
-    """The requested video does not fit the cache configuration."""
-
-
-def evict_slots(k: torch.Tensor, v: torch.Tensor, per_slot: Sequence[torch.Tensor], first: int, count: int,
-                filled: int, frame_tokens: int) -> int:
-    """Drop ``count`` frame slots at ``first`` from a buffer filled up to ``filled`` slots: the later slots of
-    ``k``/``v`` (``[B, slots*P, H, d]``) and of every per-slot array move left. Returns the new filled length.
-
-    Self-Forcing's roll (``first`` = the sink size), shared by the rolling baselines.
-    """
-    kept = filled - first - count
-    if kept > 0:
-        src = slice((first + count) * frame_tokens, (first + count + kept) * frame_tokens)
-        dst = slice(first * frame_tokens, (first + kept) * frame_tokens)
-        k[:, dst] = k[:, src].clone()
-        v[:, dst] = v[:, src].clone()
-        for array in per_slot:
-            array[first:first + kept] = array[first + count:first + count + kept].clone()
-    return filled - count
 
 
 @dataclass(frozen=True)
@@ -97,7 +74,7 @@ class SelfForcingCacheConfig:
                 f"a rolling cache of {self.local_attn_size} frames cannot keep {self.sink_size} sink frames "
                 f"and a {frames_per_block}-frame block")
 
-    def create(self, num_layers: int, scenes=None) -> MemoryState:
+    def create(self, num_layers: int, scenes: Sequence[SceneInfo] | None = None) -> MemoryState:
         """One cache per layer; a new prompt only changes the text (no scene logic, like Self-Forcing)."""
         return MemoryState([SelfForcingLayerCache(self) for _ in range(num_layers)])
 

@@ -20,7 +20,9 @@ Rules of the walk:
   ``restore_fields(fields)`` (Echo-Forcing's layer keeps only the frames ``memory.transitions.enter_scene``
   can read).
 
-A snapshot is never changed after creation; every restore copies from it.
+A snapshot is never changed after creation; every restore copies from it. Stored as plain data
+(``snapshot_record``), it names its state's ``MemoryState.snapshot_layout``; a record of another layout is
+refused with a ``SnapshotFormatError`` that says so.
 """
 
 from __future__ import annotations
@@ -300,12 +302,8 @@ class RecordWriter:
     def value(self, v):
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
-        if isinstance(v, enum.Enum):
-            return {"$enum": type(v).__name__, "value": v.value}
-        if isinstance(v, torch.device):
-            return {"$device": str(v)}
-        if isinstance(v, torch.dtype):
-            return {"$dtype": str(v).replace("torch.", "")}
+        if isinstance(v, (enum.Enum, torch.device, torch.dtype, type)):
+            return self._name(v)
         if isinstance(v, torch.Tensor):
             return self.tensor(v)
         if isinstance(v, _Tensor):
@@ -315,17 +313,29 @@ class RecordWriter:
         if _frozen(v):
             return {"$frozen": type(v).__name__,
                     "fields": {f.name: self.value(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}}
-        if isinstance(v, type):
-            return {"$type": v.__name__}
+        if isinstance(v, (tuple, list, dict)):
+            return self._container(v)
+        raise SnapshotFormatError(f"cannot store a {type(v).__name__} of a memory snapshot")
+
+    @staticmethod
+    def _name(v) -> dict:
+        """An enum member, device, dtype or memory class, by name."""
+        if isinstance(v, enum.Enum):
+            return {"$enum": type(v).__name__, "value": v.value}
+        if isinstance(v, torch.device):
+            return {"$device": str(v)}
+        if isinstance(v, torch.dtype):
+            return {"$dtype": str(v).replace("torch.", "")}
+        return {"$type": v.__name__}
+
+    def _container(self, v: tuple | list | dict):
         if isinstance(v, tuple):
             return {"$tuple": [self.value(x) for x in v]}
         if isinstance(v, list):
             return [self.value(x) for x in v]
-        if isinstance(v, dict):
-            if all(isinstance(k, str) and not k.startswith("$") for k in v):
-                return {k: self.value(x) for k, x in v.items()}
-            return {"$dict": [[self.value(k), self.value(x)] for k, x in v.items()]}
-        raise SnapshotFormatError(f"cannot store a {type(v).__name__} of a memory snapshot")
+        if all(isinstance(k, str) and not k.startswith("$") for k in v):
+            return {k: self.value(x) for k, x in v.items()}
+        return {"$dict": [[self.value(k), self.value(x)] for k, x in v.items()]}
 
 
 class RecordReader:
@@ -348,34 +358,41 @@ class RecordReader:
             return [self.value(x) for x in v]
         if not isinstance(v, dict):
             raise SnapshotFormatError(f"unexpected stored value {repr(v)[:60]}")
-        if "$tensor" in v:
-            t = self.tensors.get(v["$tensor"])
-            if t is None:
-                raise SnapshotFormatError(f"the stored memory refers to a missing tensor {v['$tensor']!r}")
-            return t if "device" not in v else _Tensor(t, _device(v["device"]), bool(v.get("pinned")))
-        if "$enum" in v:
-            return self.type(v["$enum"])(v["value"])
-        if "$device" in v:
-            return _device(v["$device"])
-        if "$dtype" in v:
-            dtype = getattr(torch, str(v["$dtype"]), None)
-            if not isinstance(dtype, torch.dtype):
-                raise SnapshotFormatError(f"unknown dtype {repr(v['$dtype'])[:40]}")
-            return dtype
-        if "$type" in v:
-            return self.type(v["$type"])
-        if "$object" in v:
-            return _Object(self.type(v["$object"]), self.value(v["fields"]))
-        if "$frozen" in v:
-            cls = self.type(v["$frozen"])
-            if not _frozen_class(cls):
-                raise SnapshotFormatError(f"{cls.__name__} is not an immutable value")
-            return cls(**self.value(v["fields"]))
-        if "$tuple" in v:
-            return tuple(self.value(x) for x in v["$tuple"])
-        if "$dict" in v:
-            return {self._key(k): self.value(x) for k, x in v["$dict"]}
+        for tag, read in self._TAGGED:
+            if tag in v:
+                return read(self, v)
         return {k: self.value(x) for k, x in v.items()}
+
+    def _tensor(self, v: dict):
+        t = self.tensors.get(v["$tensor"])
+        if t is None:
+            raise SnapshotFormatError(f"the stored memory refers to a missing tensor {v['$tensor']!r}")
+        return t if "device" not in v else _Tensor(t, _device(v["device"]), bool(v.get("pinned")))
+
+    def _dtype(self, v: dict) -> torch.dtype:
+        dtype = getattr(torch, str(v["$dtype"]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise SnapshotFormatError(f"unknown dtype {repr(v['$dtype'])[:40]}")
+        return dtype
+
+    def _frozen(self, v: dict):
+        cls = self.type(v["$frozen"])
+        if not _frozen_class(cls):
+            raise SnapshotFormatError(f"{cls.__name__} is not an immutable value")
+        return cls(**self.value(v["fields"]))
+
+    _TAGGED = (
+        ("$tensor", _tensor),
+        ("$enum", lambda self, v: self.type(v["$enum"])(v["value"])),
+        ("$device", lambda self, v: _device(v["$device"])),
+        ("$dtype", _dtype),
+        ("$type", lambda self, v: self.type(v["$type"])),
+        ("$object", lambda self, v: _Object(self.type(v["$object"]), self.value(v["fields"]))),
+        ("$frozen", _frozen),
+        ("$tuple", lambda self, v: tuple(self.value(x) for x in v["$tuple"])),
+        ("$dict", lambda self, v: {self._key(k): self.value(x) for k, x in v["$dict"]}),
+    )
+    """How each tagged value (``RecordWriter``) is read back, tried in this order."""
 
     def _key(self, k):
         key = self.value(k)
@@ -402,16 +419,30 @@ def snapshot_record(snapshot: MemorySnapshot,
                     writer: RecordWriter | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """``snapshot`` as JSON-able data plus named CPU tensors (for a safetensors file)."""
     writer = writer or RecordWriter()
-    record = {"state": snapshot.state_type.__name__, "layers": [writer.value(layer) for layer in snapshot.layers],
+    record = {"state": snapshot.state_type.__name__, "layout": snapshot.state_type.snapshot_layout,
+              "layers": [writer.value(layer) for layer in snapshot.layers],
               "scene_fields": writer.value(snapshot.scene_fields), "nbytes": snapshot.nbytes,
               "device": None if snapshot.device is None else str(snapshot.device)}
     return record, writer.tensors
+
+
+def _check_layout(state_type: type, stored: object) -> None:
+    """Refuse a snapshot stored with another layout of its state (``MemoryState.snapshot_layout``)."""
+    expected = getattr(state_type, "snapshot_layout", None)
+    if expected is None:
+        raise SnapshotFormatError(f"the stored memory names {state_type.__name__}, which is not a memory state")
+    if stored != expected:
+        raise SnapshotFormatError(
+            f"the stored {state_type.__name__} has snapshot layout {repr(stored)[:20]}, but this version of the pack "
+            f"reads layout {expected} (it was written by another version); generate its shots again")
 
 
 def snapshot_from_record(record: dict, tensors: dict[str, torch.Tensor]) -> MemorySnapshot:
     """The snapshot ``snapshot_record`` stored; refuses anything that is not this pack's memory."""
     reader = RecordReader(tensors)
     try:
+        state_type = reader.type(record["state"])
+        _check_layout(state_type, record.get("layout", 1))
         layers = tuple(reader.value(layer) for layer in record["layers"])
         if not all(isinstance(layer, _Object) for layer in layers):
             raise SnapshotFormatError("a stored layer is not a memory object")
@@ -419,7 +450,7 @@ def snapshot_from_record(record: dict, tensors: dict[str, torch.Tensor]) -> Memo
         if not isinstance(fields, dict):
             raise SnapshotFormatError("the stored scene fields are not a mapping")
         device = record.get("device")
-        return MemorySnapshot(reader.type(record["state"]), layers, fields, int(record["nbytes"]),
+        return MemorySnapshot(state_type, layers, fields, int(record["nbytes"]),
                               None if device is None else torch.device(device))
     except SnapshotFormatError:
         raise

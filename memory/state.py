@@ -2,8 +2,9 @@
 
 ``pipeline.rollout`` creates one ``MemoryState`` per video from a policy (``create``), hands
 ``state.layers`` to the DiT (one ``models.seam.LayerMemory`` per layer) and calls the hooks around every
-block. The base class is a cache without scene logic (the hooks do nothing); Echo-Forcing and the
-baselines override what they need.
+block. The base class is a cache without scene logic (the hooks only report); Echo-Forcing and the
+baselines override what they need. ``memory.policy`` writes down the contract; the frame buffer the
+baselines share is ``memory.frame_cache``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.seam import AttentionWindow
 from .config import Transition
 from .scene_pool import ScenePool
 from .snapshot import MemorySnapshot, capture, restore
@@ -46,14 +46,28 @@ class BlockReport:
 
 
 class MemoryState:
-    """Per-layer memories of one video and the scene hooks the rollout calls (no-ops here)."""
+    """Per-layer memories of one video and the scene hooks the rollout calls (no-ops here).
+
+    The rollout calls, per scene: ``start_scene`` (every scene but the first), then ``recache_frames`` (and
+    one clean call of that many latest frames if > 0); per block: ``begin_block``, the denoising calls,
+    ``before_context_pass``, the clean context pass, ``end_block``. ``memory.policy`` states the rules every
+    state keeps (bounded memory, inputs left unchanged, resumable at shot boundaries, its reports).
+    """
+
+    snapshot_layout = 1
+    """Version of what ``memory.snapshot`` captures of this state (the fields of its layers and
+    ``boundary_fields``); a state class raises it when that changes, so a stored snapshot of the older layout
+    is refused with a clear message instead of being misread."""
 
     def __init__(self, layers: Sequence):
         self.layers = list(layers)
 
     def start_scene(self, scene: int, start_frame: int) -> dict:
-        """Called before the first block of every scene but the first; returns a report of the switch."""
-        return {}
+        """Called before the first block of every scene but the first; returns a report of the switch: at
+        least the scene and the mode, how the memory entered it (a ``Transition`` value). A cache without
+        scene logic carries all of its memory into the new scene whatever the plan says: a smooth
+        continuation (only the text changes)."""
+        return {"scene": scene, "mode": Transition.SMOOTH.value}
 
     def begin_block(self, first_in_scene: bool) -> None:
         """Called before the denoising calls of every block."""
@@ -99,41 +113,3 @@ class MemoryState:
     @property
     def storage_bytes(self) -> int:
         return sum(getattr(m, "storage_bytes", 0) for m in self.layers)
-
-
-def tensor_bytes(*tensors: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
-
-class FrameBuffer:
-    """What the baseline layer caches share: a buffer of ``buffer_frames`` whole frames of keys and values on
-    the compute device (allocated at the first call, shaped like its keys), filled up to ``local_end`` frames,
-    and the window over the filled part. Subclasses add their own per-slot state and write rules."""
-
-    def __init__(self, buffer_frames: int):
-        self.buffer_frames = buffer_frames
-        self.k: torch.Tensor | None = None  # [B, buffer_frames * P, H, D]
-        self.v: torch.Tensor | None = None
-        self.frame_tokens = 0
-        self.local_end = 0  # frames filled in the buffer
-        self.global_end = 0  # absolute end frame of the last write
-
-    def allocate(self, like: torch.Tensor, grid: tuple[int, int]) -> None:
-        """Allocate the buffer for keys shaped like ``like`` ``[B, *, H, D]`` with ``grid`` tokens per frame."""
-        b, _, h, d = like.shape
-        self.frame_tokens = grid[0] * grid[1]
-        self.k = torch.zeros((b, self.buffer_frames * self.frame_tokens, h, d), dtype=like.dtype, device=like.device)
-        self.v = torch.zeros_like(self.k)
-
-    def window(self, q_time: torch.Tensor, k_time: torch.Tensor | None, **options) -> AttentionWindow:
-        """The filled frames ``[0, local_end)`` as the window to attend."""
-        tokens = self.local_end * self.frame_tokens
-        return AttentionWindow(k=self.k[:, :tokens], v=self.v[:, :tokens], k_time=k_time, q_time=q_time, **options)
-
-    @property
-    def device_bytes(self) -> int:
-        return tensor_bytes(self.k, self.v)
-
-    @property
-    def storage_bytes(self) -> int:
-        return 0

@@ -56,8 +56,8 @@ import torch
 
 from ..models.seam import AttentionWindow, BlockCall
 from .config import ConfigError, check_int
-from .self_forcing import CacheLengthError
-from .state import BlockReport, FrameBuffer, MemoryState, SceneInfo
+from .frame_cache import CacheLengthError, FrameBuffer
+from .state import BlockReport, MemoryState, SceneInfo
 from .unified_rope import PRETRAINED_FRAMES, check_rope, unified_slot_times
 
 TETHER_ROPE_MODES = ("slot", "unified")

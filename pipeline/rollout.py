@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from ..memory.devices import synchronize
+from ..memory.policy import CachePolicy
 from ..memory.scene_pool import ScenePool
 from ..memory.state import BlockReport, MemoryState, SceneInfo
 from ..models.block_forward import CausalWan, TextContext
@@ -44,14 +44,6 @@ def _nearest_multiple(value: int, step: int) -> int:
 
 class RolloutInputError(ValueError):
     """A rollout request that cannot run; raised before any heavy work."""
-
-
-class CachePolicy(Protocol):
-    """What the rollout needs from a cache configuration (memory/)."""
-
-    def check_length(self, num_frames: int, frames_per_block: int) -> None: ...
-
-    def create(self, num_layers: int, scenes: Sequence[SceneInfo] | None = None) -> MemoryState: ...
 
 
 class PendingText:

@@ -13,10 +13,11 @@ import torch
 from echo_forcing.memory.config import ConfigError
 from echo_forcing.memory.deep_forcing import DeepForcingCacheConfig
 from echo_forcing.memory.footprint import memory_footprint
+from echo_forcing.memory.frame_cache import CacheLengthError
 from echo_forcing.memory.infinity_rope import InfinityRopeCacheConfig
 from echo_forcing.memory.longlive import LongLiveCacheConfig
 from echo_forcing.memory.rolling_sink import RollingSinkCacheConfig
-from echo_forcing.memory.self_forcing import CacheLengthError, SelfForcingCacheConfig
+from echo_forcing.memory.self_forcing import SelfForcingCacheConfig
 from echo_forcing.memory.state import SceneInfo
 from echo_forcing.models import BlockCall, CausalWan, WanDiT
 from echo_forcing.pipeline.rollout import RolloutScene, RolloutSettings, rollout
@@ -154,7 +155,7 @@ def test_longlive_without_global_sink_makes_the_recached_frames_the_sink():
     state = LongLiveCacheConfig(global_sink=False).create(1)
     log = {}
     reports = _drive(state, [14, 3], lambda scene, s, w: log.setdefault((scene, s), w))
-    assert reports == [{"scene": 1, "mode": "recache", "recache_frames": 12, "global_sink": False}]
+    assert reports == [{"scene": 1, "mode": "smooth", "recache_frames": 12, "global_sink": False}]
     recache = log[("recache", 42)][0]
     assert _frames(recache) == list(range(30, 42)) and recache.k_time.tolist() == list(range(30, 42))
     assert _tags(recache) == [RECACHE] * 12
@@ -585,7 +586,7 @@ def test_deep_forcing_and_rolling_sink_run_past_the_budget_with_prompt_switches(
     for policy in (DeepForcingCacheConfig(), RollingSinkCacheConfig()):
         result = rollout(model, scenes, _settings(8), policy)
         assert torch.isfinite(result.latents).all()
-        assert result.switches == [{}]  # prompt reset only
+        assert result.switches == [{"scene": 1, "mode": "smooth"}]  # prompt reset only: the cache goes on
         assert result.cache_bytes > 0
 
 

@@ -23,8 +23,9 @@ from echo_forcing.cli.video_file import VideoUnavailable, write_h264
 
 SMALL = ["--width", "64", "--height", "48"]
 SVG = "{http://www.w3.org/2000/svg}"
-CACHE_LEGEND = ["old memory (fades with its decay weight)", "anchors", "compressed history", "recent block",
-                "current block"]
+CACHE_LEGEND = ["old memory (fades with its decay weight)", "anchors", "compressed history", "recent block"]
+"""The regions an Echo-Forcing cache holds after a block (the block just made is its recent block; the legend
+lists only regions that are drawn, so "current block" does not appear)."""
 MARK_LEGEND = ["smooth continuation", "hard cut", "recall (arrow from the recalled shot)", "old memory deleted"]
 FALLBACK_LEGEND = "frames in the cache (no breakdown reported)"
 
@@ -124,7 +125,9 @@ def test_a_script_file_and_a_baseline_preset_and_a_single_prompt(tmp_path, capsy
     assert all(r["parts"] is None for r in rows)  # a baseline reports no regions: the cache is one bar
     texts = svg_texts(tmp_path / "a" / "timeline.svg")
     assert FALLBACK_LEGEND in texts and "anchors" not in texts and "1 kite" in texts
-    assert not set(MARK_LEGEND) & set(texts)  # a baseline switches prompts only: no transition marks to explain
+    # a baseline switches prompts only and carries its cache on: its switch is a smooth continuation, nothing is cut,
+    # recalled or deleted
+    assert set(MARK_LEGEND) & set(texts) == {"smooth continuation"}
 
     assert main(["demo", "--out", str(tmp_path / "b"), "--prompt", "a red kite | [2s] over the dunes",
                  "--seconds", "1.5", *SMALL]) == 0

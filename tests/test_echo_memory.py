@@ -1,5 +1,5 @@
 """The Echo-Forcing memory, piece by piece: anchors, slot layout, positions, compression, decay, recall
-frames, footprint. Expected values come from SPEC.md's verified tables and from direct formulas."""
+frames, footprint. Expected values come from tables verified on the official code and from direct formulas."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from echo_forcing.memory.config import (
     ConfigError,
     DecayConfig,
     EchoMemoryConfig,
+    MatchMethod,
     RecallFusion,
     Transition,
 )
-from echo_forcing.memory.decay import apply_decay, difference_rates, estimate_rates, evict_step
+from echo_forcing.memory.decay import difference_rates
 from echo_forcing.memory.echo_memory import EchoMemory
 from echo_forcing.memory.footprint import memory_footprint
 from echo_forcing.memory.hierarchical_memory import EchoLayerMemory
@@ -33,6 +34,8 @@ from echo_forcing.memory.phase_compression import (
 from echo_forcing.memory.recall_frames import recall_frame
 from echo_forcing.memory.rolling_anchors import anchor_group
 from echo_forcing.memory.self_forcing import SelfForcingCacheConfig
+from echo_forcing.memory.snapshot import SnapshotFormatError, snapshot_from_record, snapshot_record
+from echo_forcing.memory.state import SceneInfo
 from echo_forcing.memory.transitions import enter_scene
 from echo_forcing.models import BlockCall
 
@@ -42,7 +45,7 @@ P = 2
 
 # --- rolling anchors ---------------------------------------------------------------------------------------
 
-SPEC_ANCHORS = {  # SPEC §3.3, verified on the official code: anchor slots 0..11 after the roll of block b
+SPEC_ANCHORS = {  # verified on the official code: anchor slots 0..11 after the roll of block b
     7: [3, 4, 5, 6, 7, 8, 9, 10, 11, 11, 10, 9],
     8: [6, 7, 8, 9, 10, 11, 11, 10, 9, 8, 7, 6],
     9: [9, 10, 11, 11, 10, 9, 8, 7, 6, 5, 4, 3],
@@ -131,7 +134,7 @@ def test_compressed_region_holds_history_tokens_in_time_order():
     assert layer.history.size == 21
 
 
-# --- positions at switches (SPEC §3.5, verified examples) ---------------------------------------------------
+# --- positions at switches (verified examples) ---------------------------------------------------------------
 
 def _layer_after(blocks: int) -> EchoLayerMemory:
     layer = EchoLayerMemory(EchoMemoryConfig(compression=False))
@@ -156,13 +159,67 @@ def test_first_block_of_a_scene_is_shifted_by_the_rope_jump(mode, old, jump, key
     assert _frames(window.k)[0] == 99
     if mode is Transition.SMOOTH:
         assert _frames(window.k)[1:3] == [22, 23]  # the previous scene's last two clean frames
-    layer.jump = None  # what the memory does from the scene's second block on (no eviction in this test)
+    layer.end_jump()  # what the memory does from the scene's second block on (no eviction in this test)
     window = _block(layer, 9)
     assert window.k_time.tolist() == list(range(kept + 6))
     assert window.q_time.tolist() == [kept + 3, kept + 4, kept + 5]
 
 
-# --- decay (SPEC §3.9 table) ---------------------------------------------------------------------------------
+# --- the block report's regions (the demo's timeline) ------------------------------------------------------
+
+def _state_block(state, block: int):
+    """One block through the scene hooks, as the rollout drives them; returns ``end_block``'s report."""
+    state.begin_block(False)
+    start = 3 * block
+    for step, t in enumerate((1000.0, 937.5, 833.3, 625.0)):
+        k = _kv(start, 3, marker=0.25 * (step + 1))
+        for layer in state.layers:
+            layer.update(k, k, -k, BlockCall(start, 3, t, False, GRID))
+    state.before_context_pass()
+    k = _kv(start, 3)
+    for layer in state.layers:
+        layer.update(k, k, -k, BlockCall(start, 3, 0.0, True, GRID))
+    return state
+
+
+def test_block_reports_name_the_frames_of_every_region_and_the_old_memory():
+    scenes = [SceneInfo("a", 8), SceneInfo("b", 7, Transition.SMOOTH), SceneInfo("c", 2, Transition.HARD_CUT)]
+    state = EchoMemory(EchoMemoryConfig(compression=False, match_method=MatchMethod.IDF)).create(1, scenes)
+    block, notes = 0, []
+    for index, scene in enumerate(scenes):
+        if index:
+            state.start_scene(index, 3 * block)
+        for b in range(scene.num_blocks):
+            _state_block(state, block)
+            report = state.end_block(index, b == 0, b == scene.num_blocks - 1)
+            regions = {k: report.notes[k] for k in ("old_slots", "anchor_slots", "compressed_slots", "recent_slots")}
+            assert all(type(v) is int for v in regions.values()) and sum(regions.values()) == report.slots
+            notes.append((regions["old_slots"], regions["anchor_slots"], regions["compressed_slots"],
+                          regions["recent_slots"], report.notes.get("old_slots_dropped", 0)))
+            block += 1
+    # (old, anchors, compressed, recent, dropped) after each block
+    assert notes[:8] == [(0, 3, 0, 0, 0), (0, 6, 0, 0, 0), (0, 9, 0, 0, 0), (0, 12, 0, 0, 0), (0, 12, 3, 0, 0),
+                         (0, 12, 3, 3, 0), (0, 12, 3, 6, 0), (0, 12, 3, 6, 0)]
+    # smooth: 3 old frames (recall frame + 2 last frames) in front of the scene until they go after 5 blocks
+    assert notes[8:15] == [(3, 3, 0, 0, 0), (3, 6, 0, 0, 0), (3, 9, 0, 0, 0), (3, 9, 3, 0, 0), (0, 12, 3, 0, 3),
+                           (0, 12, 3, 3, 0), (0, 12, 3, 6, 0)]
+    # hard cut: 1 old frame for one block
+    assert notes[15:] == [(0, 3, 0, 0, 1), (0, 6, 0, 0, 0)]
+
+
+def test_a_snapshot_stored_with_the_previous_layer_layout_is_refused():
+    scenes = [SceneInfo("a", 1), SceneInfo("b", 1, Transition.HARD_CUT)]
+    state = EchoMemory(EchoMemoryConfig(compression=False)).create(1, scenes)
+    _state_block(state, 0).end_block(0, True, True)
+    record, tensors = snapshot_record(state.snapshot())
+    assert record["layout"] == 2 and snapshot_from_record(record, tensors).state_type is type(state)
+    del record["layout"]  # what the pack wrote before layouts were versioned (layer fields of layout 1)
+    with pytest.raises(SnapshotFormatError, match="EchoMemoryState has snapshot layout 1, but this version of the "
+                                                  "pack reads layout 2"):
+        snapshot_from_record(record, tensors)
+
+
+# --- decay (memory/decay.py) ----------------------------------------------------------------------------------
 
 def _scene_weights(mode: Transition, blocks: int = 7):
     layer = _layer_after(8)
@@ -172,12 +229,12 @@ def _scene_weights(mode: Transition, blocks: int = 7):
     seen = []
     for r in range(blocks):
         window = _block(layer, 8 + r)
-        old_slots = layer.decay_count // P if layer.decay_active else 0
+        old_slots = layer.decay.count // P if layer.decay.active else 0
         seen.append(None if window.weights is None else window.weights[:max(old_slots, 1) * P].tolist())
         if r == 0:
-            estimate_rates(layer, cfg.decay, None)
-        apply_decay(layer)
-        evict_step(layer)
+            layer.estimate_decay(cfg.decay, None)
+        layer.decay.apply()
+        layer.evict_old()
     return layer, seen
 
 
@@ -225,7 +282,7 @@ def test_decay_law_parameterisations_agree():
 # --- phase compression -------------------------------------------------------------------------------------
 
 def _direct_scores(history_k, frames, calib, q_recent, lam, offsets):
-    """SPEC §3.4 written out term by term (independent of the summary decomposition)."""
+    """The score of memory/phase_compression.py written out term by term (independent of the summary decomposition)."""
     k = to_complex(history_k)  # [N, H, 64]
     qbar, abar = calib.mean, calib.abs_mean
     phi = torch.angle(qbar[None] * torch.conj(k))
@@ -317,5 +374,5 @@ def test_gpu_memory_state_is_within_1_3x_of_the_working_cache_at_full_size():
     assert sf.working_cache_bytes == ef.working_cache_bytes == 2 * 21 * 1560 * 12 * 128 * 2 * 30  # 6.04 GB
     assert sf.device_ratio == 1.0
     assert ef.device_ratio <= 1.3
-    official = 25.3e9  # SPEC §5.1: persistent GPU buffers of the official code for the same cache
+    official = 25.3e9  # docs/MEMORY.md: persistent GPU buffers of the official code for the same cache
     assert ef.device_bytes < official / 4

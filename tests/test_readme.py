@@ -34,3 +34,15 @@ def test_docs_name_only_files_that_exist():
         missing += [f"{doc.relative_to(ROOT)}: {path}" for path in sorted(named)
                     if not (doc.parent / path).exists() and not (ROOT / path).exists()]
     assert missing == []
+
+
+def test_code_and_docs_cite_no_documents_outside_the_repository():
+    """The design notes the pack was planned with are not shipped; nothing may send a reader to them."""
+    names = ("SP" + "EC", "DES" + "IGN", "COMF" + "YUI", "design" + " card")  # spelled apart: this file cites none
+    cited = re.compile(rf"\b(?:{names[0]}|{names[1]}) §|\b(?:{'|'.join(names[:3])})\.md\b|{names[3]}")
+    files = [p for pattern in ("**/*.py", "**/*.md", "web/*.js") for p in ROOT.glob(pattern)
+             if not any(part.startswith(".") or part in ("build", "dist") or part.endswith(".egg-info")
+                        for part in p.relative_to(ROOT).parts)]
+    found = [f"{path.relative_to(ROOT)}:{number}" for path in files
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if cited.search(line)]
+    assert found == []

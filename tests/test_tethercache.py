@@ -13,8 +13,9 @@ import torch
 from echo_forcing.memory import PresetChoice, make_policy
 from echo_forcing.memory.config import ConfigError
 from echo_forcing.memory.footprint import memory_footprint
+from echo_forcing.memory.frame_cache import CacheLengthError
 from echo_forcing.memory.longlive import LongLiveCacheConfig
-from echo_forcing.memory.self_forcing import CacheLengthError, SelfForcingCacheConfig
+from echo_forcing.memory.self_forcing import SelfForcingCacheConfig
 from echo_forcing.memory.tethercache import (
     TetherCacheConfig,
     attention_mass,
