@@ -149,8 +149,14 @@ def test_every_preset_keeps_the_policy_contract(name, model, texts, tiny_config)
     assert isinstance(state, MemoryState) and len(state.layers) == tiny_config.num_layers
     assert all(callable(layer.update) for layer in state.layers)  # models.seam.LayerMemory
     full = drive(model, texts, state)
+    assert_reports(full)
+    assert_bounded(full)
+    assert_inputs_unchanged(scenes, pool, pool_frames, state)
+    assert_resumes_exactly(name, policy, full, model, texts, tiny_config)
 
-    # (d) reports
+
+def assert_reports(full: Trace) -> None:
+    """(d) switch reports name the scene and a Transition value; block reports have int slots and a dict."""
     for index, switch in full.switches.items():
         assert switch["scene"] == index and switch["mode"] in {t.value for t in Transition}, switch
         json.dumps(switch)
@@ -159,7 +165,9 @@ def test_every_preset_keeps_the_policy_contract(name, model, texts, tiny_config)
         assert type(report.slots) is int and report.slots >= 0
         json.dumps(report.notes)
 
-    # (a) bounded memory: nothing grows once layer 0's cache first holds the most frames it holds in the run
+
+def assert_bounded(full: Trace) -> None:
+    """(a) nothing grows once layer 0's cache first holds the most frames it holds in the run."""
     slots = [r.slots for r, _, _ in full.blocks]
     filled = slots.index(max(slots)) + 1
     assert 2 * filled <= len(slots) and FRAMES >= 2 * BUDGET_FRAMES  # the run is long enough to tell
@@ -167,7 +175,9 @@ def test_every_preset_keeps_the_policy_contract(name, model, texts, tiny_config)
         sizes = [b[column] for b in full.blocks]
         assert max(sizes[filled:]) <= max(sizes[:filled]), (column, sizes)
 
-    # (b) inputs unchanged (q/k/v: checked on every call by Checked)
+
+def assert_inputs_unchanged(scenes: list, pool: ScenePool, pool_frames: list, state: MemoryState) -> None:
+    """(b) the scene list and the starting pool are as they were (q/k/v: checked on every call by Checked)."""
     assert scenes == list(SCENES) and all(a is b for a, b in zip(scenes, SCENES, strict=True))
     assert len(pool.entries) == 1 and pool.entries[0].label == "harbour"
     assert all(torch.equal(a, b) for a, b in zip(
@@ -175,7 +185,9 @@ def test_every_preset_keeps_the_policy_contract(name, model, texts, tiny_config)
     result = state.result_pool()
     assert result is None or (result is not pool and isinstance(result, ScenePool))
 
-    # (c) resume at every shot boundary, from the snapshot and from its stored form
+
+def assert_resumes_exactly(name: str, policy, full: Trace, model, texts, tiny_config) -> None:
+    """(c) resuming at every shot boundary, from the snapshot and from its stored form, repeats the run."""
     assert sorted(full.boundaries) == [1, 2, 3]
     for index, (snapshot, calls) in full.boundaries.items():
         first_block = sum(s.num_blocks for s in SCENES[:index])
