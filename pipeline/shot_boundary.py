@@ -74,7 +74,8 @@ class ShotBoundary:
 # ---- files ----------------------------------------------------------------------------------------------------
 
 FORMAT = "echo-forcing-shot-boundary"
-VERSION = 1
+VERSION = 2
+"""2: the memory state records of the one-owner-per-state layout (memory.snapshot, ``snapshot_layout``)."""
 
 
 class BoundaryFileError(ValueError):

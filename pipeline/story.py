@@ -38,7 +38,8 @@ from .scene_script import MAX_SCENE_SECONDS, Scene, SceneScriptError, Transition
 from .shot_boundary import BoundaryFileError, ShotBoundary, boundary_from_record, boundary_record
 
 FORMAT = "echo-forcing-story"
-VERSION = 1
+VERSION = 2
+"""2: the memory state records of the one-owner-per-state layout (memory.snapshot, ``snapshot_layout``)."""
 
 
 class StoryError(ValueError):
