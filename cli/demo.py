@@ -52,6 +52,7 @@ from ..pipeline import SceneList, build_report, generate, parse_scene_script, pl
 from ..pipeline.latents import VAE_STRIDE, to_comfy_latent
 from ..pipeline.noise import MAX_SEED
 from ..pipeline.run_report import report_text
+from ..pipeline.scene_script import Transition
 from ..safe_files import atomic_write, output_folder, shown, write_text
 from .text_stand_in import stand_in_text_embedding
 from .timeline_picture import block_rows, timeline_svg
@@ -93,11 +94,6 @@ def preview_frames(raw: torch.Tensor) -> torch.Tensor:
     rgb = rgb.repeat_interleave(repeats, dim=0)
     assert rgb.shape[0] == video_frames(frames)
     return (rgb * 255).round().to(torch.uint8)
-
-
-def write_video(frames: torch.Tensor, path: Path, fps: int = FPS) -> None:
-    """Write RGB uint8 frames ``[N, H, W, 3]`` as an H.264 MP4 that browsers play, atomically (``video_file``)."""
-    write_h264(frames, path, fps)
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -156,11 +152,7 @@ def demo_shots(script: str, text_dim: int, prompt: str | None = None, seconds: f
         for warning in warnings:
             log(f"warning: {warning}")
         shots = SceneList(notes=tuple(str(w) for w in warnings))
-    for scene in scenes:
-        target = scene.recall_target
-        shots = shots.then(scene.prompt, stand_in_text_embedding([scene.prompt], text_dim), scene.duration,
-                           "smooth" if scene.entry is None else scene.entry,
-                           str(target + 1) if isinstance(target, int) else target, scene.label)
+    shots = script_shots(shots, scenes, text_dim)
     total = sum(s.scene.duration for s in shots.shots)
     if total > MAX_SECONDS:
         raise ValueError(f"the script is {total:g} s long; the demo makes at most {MAX_SECONDS:g} s (the "
@@ -168,11 +160,31 @@ def demo_shots(script: str, text_dim: int, prompt: str | None = None, seconds: f
     return shots
 
 
-def _make_dirs(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot make the output folder {shown(str(out))}: {err.strerror or err}") from None
+def script_shots(shots: SceneList, scenes, text_dim: int, enter: str | Transition = Transition.SMOOTH,
+                 ) -> SceneList:
+    """``shots`` followed by parsed scene-script ``scenes``, each with its stand-in text embedding. The first
+    scene is entered by ``enter`` (it matters after a story's shots); a scene's recall target by index counts
+    from the first of ``scenes``."""
+    offset = len(shots)
+    for scene in scenes:
+        target = scene.recall_target
+        shots = shots.then(scene.prompt, stand_in_text_embedding([scene.prompt], text_dim), scene.duration,
+                           enter if scene.entry is None else scene.entry,
+                           str(offset + target + 1) if isinstance(target, int) else target, scene.label)
+    return shots
+
+
+def tiny_model(device: str | torch.device = "cpu") -> CausalWan:
+    """The built-in tiny random model (:data:`DEMO_CONFIG`, seed 0), float32."""
+    return CausalWan(WanDiT.from_state_dict(random_wan_state_dict(DEMO_CONFIG, seed=0)), dtype=torch.float32,
+                     device=device)
+
+
+def block_progress(log=print):
+    """A ``generate`` callback that logs each block."""
+    def progress(event) -> None:
+        log(f"block {event.index + 1}/{event.total} (shot {event.scene + 1}) in {event.seconds:.2f} s")
+    return progress
 
 
 def run_demo(out: Path, script: str = DEFAULT_SCRIPT, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
@@ -187,22 +199,17 @@ def run_demo(out: Path, script: str = DEFAULT_SCRIPT, width: int = DEFAULT_WIDTH
     extra = {"recall_matching": "idf", "recall_scope": "shots so far"} if preset.startswith("echo-forcing") else {}
     plan = plan_run(shots, DEMO_CONFIG, seed=seed, width=width, height=height, fps=FPS, steps=steps,
                     choice=PresetChoice(preset=preset, **extra), dtype=torch.float32, device="cpu")
-    _make_dirs(out)
-    model = CausalWan(WanDiT.from_state_dict(random_wan_state_dict(DEMO_CONFIG, seed=0)), dtype=torch.float32,
-                      device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    model = tiny_model()
     setup_seconds = time.perf_counter() - started
-
-    def progress(event) -> None:
-        log(f"block {event.index + 1}/{event.total} (shot {event.scene + 1}) in {event.seconds:.2f} s")
-
-    result = generate(plan, lambda: model, on_block=progress)
+    result = generate(plan, lambda: model, on_block=block_progress(log))
     report = build_report(plan, result)
     rows = block_rows(report, result.block_reports, result.switches)
     raw = to_comfy_latent(result.latents)
     write_latents(raw, out / FILES["latents"], {"layout": "comfy LATENT [B,16,T,H/8,W/8] raw Wan2.1 VAE space",
                                                  "script": script or prompt, "seed": str(seed)})
     video = preview_frames(raw[0])
-    write_video(video, out / FILES["video"])
+    write_h264(video, out / FILES["video"], FPS)
     write_text(out / FILES["timeline"], timeline_svg(report, rows))
     peak = peak_rss_mb()
     report["demo"] = {

@@ -24,7 +24,7 @@ import torch
 
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
-from ..models import CausalWan, WanDiT, load_wan_model, random_wan_state_dict
+from ..models import CausalWan, load_wan_model
 from ..pipeline import (
     NOISE_MODES,
     PER_SHOT,
@@ -42,8 +42,7 @@ from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, budget_bytes
 from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError, Transition
 from ..pipeline.story import Story
 from ..safe_files import output_folder, write_text
-from .demo import DEMO_CONFIG, write_json, write_latents
-from .text_stand_in import stand_in_text_embedding
+from .demo import block_progress, script_shots, tiny_model, write_json, write_latents
 
 
 def read_script(text: str) -> str:
@@ -61,8 +60,7 @@ def read_script(text: str) -> str:
 def _model(args) -> tuple[CausalWan, str]:
     """The model and its reuse key (the checkpoint file's identity, or the tiny model's)."""
     if args.checkpoint is None:
-        dit = WanDiT.from_state_dict(random_wan_state_dict(DEMO_CONFIG, seed=0))
-        return CausalWan(dit, dtype=torch.float32, device=args.device), "tiny-random-seed-0"
+        return tiny_model(args.device), "tiny-random-seed-0"
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     dit = load_wan_model(args.checkpoint, lora=args.lora, dtype=dtype, device=args.device)
     files = [args.checkpoint] + ([args.lora] if args.lora else [])
@@ -81,14 +79,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if args.story is not None:
         story = Story.load(args.story)
         shots = SceneList(story.shots.shots, story, notes)
-    offset = len(shots)  # the script's shot indices count from the story's end
-    for scene in scenes:
-        text = stand_in_text_embedding([scene.prompt], model.config.text_dim)
-        entry = args.enter if scene.entry is None else scene.entry
-        target = scene.recall_target
-        if isinstance(target, int):
-            target = str(offset + target + 1)  # a shot number
-        shots = shots.then(scene.prompt, text, scene.duration, entry, target, scene.label)
+    shots = script_shots(shots, scenes, model.config.text_dim, args.enter)  # indices count from the story's end
     choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
     plan = plan_run(shots, model.config, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
                     steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise,
@@ -98,14 +89,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
         cache = PrefixCache(budget_bytes(min(args.cache_gb, DEFAULT_BUDGET_GB)), args.cache,
                             budget_bytes(args.cache_gb))
 
-    def progress(event) -> None:
-        log(f"block {event.index + 1}/{event.total} (shot {event.scene + 1}) in {event.seconds:.2f} s")
-
     def reused(boundary) -> None:
         log(f"reusing shots 1-{boundary.shot} ({boundary.block} blocks) from "
             f"{'the story' if plan.story is not None and boundary is plan.story.boundary else 'the cache'}")
 
-    result = generate(plan, lambda: model, cache=cache, model_key=model_key, on_block=progress, on_reuse=reused)
+    result = generate(plan, lambda: model, cache=cache, model_key=model_key, on_block=block_progress(log),
+                      on_reuse=reused)
     report = build_report(plan, result)
     args.out.mkdir(parents=True, exist_ok=True)
     write_latents(to_comfy_latent(result.latents), args.out / "latents.safetensors",
