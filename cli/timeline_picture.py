@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
+from ..memory.config import Transition
+
 PARTS = (("old", "old_slots", "old memory (fades with its decay weight)", "#6c757d"),
          ("anchors", "anchor_slots", "anchors", "#1d4e89"),
          ("compressed", "compressed_slots", "compressed history", "#7b2cbf"),
@@ -76,8 +78,10 @@ def mode_of(name: str | None) -> str | None:
     """A transition or mode as the picture names it: "smooth", "hard cut", "recall", "auto", "start"."""
     if name is None:
         return None
-    key = str(name).strip().lower().replace("_", " ").replace("-", " ")
-    return "hard cut" if key == "hardcut" else key
+    try:
+        return Transition.from_label(name).label
+    except ValueError:  # "start", or a mode of a memory outside the vocabulary
+        return str(name).strip().lower()
 
 
 def _parts(slots: int, notes: Mapping) -> dict[str, int] | None:
