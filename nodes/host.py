@@ -3,6 +3,9 @@ websocket events the timeline widget listens to (web/timeline.js)."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import uuid
 import weakref
@@ -135,27 +138,57 @@ def prompt_id() -> str | None:
     return context.prompt_id if context is not None else None
 
 
-class BlockProgress:
-    """``on_block`` for the rollout: progress bar, a latent2rgb preview of the block's last frame, events."""
+THUMBNAIL_WIDTH = 160
+"""Shot thumbnails are at most this wide (a latent2rgb picture is an eighth of the frame's width)."""
 
-    def __init__(self, node_id: str | None, total: int):
+
+def shot_end_frames(blocks, frames_per_block: int = 3) -> list[int]:
+    """The latent frame index of the last frame of every shot, from its block counts."""
+    ends, frames = [], 0
+    for n in blocks:
+        frames += n * frames_per_block
+        ends.append(frames - 1)
+    return ends
+
+
+class BlockProgress:
+    """``on_block`` for the rollout: progress bar, a latent2rgb preview of the block's last frame, events, and a
+    thumbnail of every shot as it ends (``echo_forcing.shot``)."""
+
+    def __init__(self, node_id: str | None, blocks: list[int], frames_per_block: int = 3):
         import latent_preview
         from comfy.latent_formats import Wan21
 
         fmt = Wan21()
-        self.node_id, self.total = node_id, total
+        self.node_id, self.total = node_id, sum(blocks)
+        self.shot_ends = shot_end_frames(blocks, frames_per_block)
+        self.last_blocks = {end // frames_per_block: shot for shot, end in enumerate(self.shot_ends)}
         self.prompt_id = prompt_id()
-        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
         self.previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
 
     def event(self, name: str, data: dict) -> None:
         send(name, {"node": self.node_id, "prompt_id": self.prompt_id, **data})
 
+    def thumbnail(self, frame: torch.Tensor) -> str:
+        """A small JPEG data URL of one normalised latent frame ``[1, C, h, w]`` (latent2rgb, no VAE)."""
+        picture = self.previewer.decode_latent_to_preview_image("JPEG", frame)[1]
+        if picture.width > THUMBNAIL_WIDTH:
+            picture = picture.resize((THUMBNAIL_WIDTH, max(1, round(picture.height * THUMBNAIL_WIDTH / picture.width))))
+        buffer = io.BytesIO()
+        picture.convert("RGB").save(buffer, format="JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def thumbnails(self, latents: torch.Tensor) -> list[str]:
+        """One thumbnail per shot whose frames ``latents`` (normalised ``[B, T, C, h, w]``) hold: its last frame."""
+        return [self.thumbnail(latents[:1, end]) for end in self.shot_ends if end < latents.shape[1]]
+
     def reused(self, boundary: ShotBoundary) -> None:
         """The run starts after ``boundary``: the bar jumps over its blocks and the timeline is told."""
         self.bar.update_absolute(boundary.block, self.total)
         self.event("echo_forcing.reused", {"shots": boundary.shot, "blocks": boundary.block,
-                                           "seconds_saved": round(sum(boundary.block_seconds), 3)})
+                                           "seconds_saved": round(sum(boundary.block_seconds), 3),
+                                           "thumbnails": self.thumbnails(boundary.latents)})
 
     def __call__(self, event: BlockEvent) -> None:
         if event.switch:
@@ -168,41 +201,106 @@ class BlockProgress:
         self.bar.update_absolute(event.index + 1, self.total, preview)
         self.event("echo_forcing.block", {"block": event.index, "total": event.total, "scene": event.scene,
                                           "seconds": round(event.seconds, 3)})
+        if event.index in self.last_blocks:
+            self.event("echo_forcing.shot", {"scene": self.last_blocks[event.index], "state": "done",
+                                             "thumbnail": self.thumbnail(frame)})
 
 
-_stop_requests: set[str] = set()
-"""Prompt ids (running or queued when asked) whose run should stop after the current shot."""
+_stop_requests: dict[str, int | None] = {}
+"""Prompt id (running or queued when asked) -> the shot number its run should stop after (None: the current
+shot)."""
+
+
+_requested_stops = 0
+"""Runs ended early by a stop request, in this process."""
+
+
+def requested_stops() -> int:
+    """How many runs a stop request has ended so far: the sampler's fingerprint, so that a run the route stopped
+    is not served from ComfyUI's cache when the same graph is queued again (its inputs did not change, its
+    result did not cover them)."""
+    return _requested_stops
 
 
 class StopRequest:
-    """``stop_requested`` for a run: true once ``POST /echo_forcing/stop_after_shot`` asked this prompt to stop
-    after the current shot. ``close`` forgets the request when the run ends."""
+    """``stop_requested`` for a run: asked with the 0-based index of each shot the run finishes, true once
+    ``POST /echo_forcing/stop_after_shot`` asked this prompt to stop after that shot (or after the current one).
+    ``close`` forgets the request when the run ends."""
 
     def __init__(self, prompt_id: str | None):
         self.prompt_id = prompt_id
 
-    def __call__(self) -> bool:
-        return self.prompt_id is not None and self.prompt_id in _stop_requests
+    def __call__(self, shot: int) -> bool:
+        global _requested_stops
+        if self.prompt_id is None or self.prompt_id not in _stop_requests:
+            return False
+        after = _stop_requests[self.prompt_id]
+        stop = after is None or shot + 1 >= after
+        _requested_stops += stop
+        return stop
 
     def close(self) -> None:
         if self.prompt_id is not None:
-            _stop_requests.discard(self.prompt_id)
-
-
-def _queue_ids(server) -> tuple[list[str], list[str]]:
-    """The ids of the running and the queued prompts (a queue item is ``(number, prompt_id, ...)``)."""
-    running, queued = server.prompt_queue.get_current_queue_volatile()
-    return [item[1] for item in running], [item[1] for item in queued]
+            _stop_requests.pop(self.prompt_id, None)
 
 
 MAX_PROMPT_ID = 200
+MAX_SHOT = 1 << 20
+MAX_STOP_BODY = 4096
+STOP_FIELDS = ("prompt_id", "shot", "client_id")
+
+
+class StopRefused(ValueError):
+    """A stop request that is refused, with its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def stop_target(body, running: list, queued: list) -> tuple[str, int | None]:
+    """The prompt a stop request names and the shot to stop after (None: the current one), from the request's
+    JSON ``body`` and ComfyUI's running and queued items (``(number, prompt_id, prompt, extra_data, ...)``).
+
+    The request names its prompt (``prompt_id``, running or queued) and, when that prompt was queued by a
+    client (``extra_data["client_id"]``, as the frontend and the queue client send it), that same
+    ``client_id``: a request cannot stop a run somebody else queued by mistake. ``shot`` is a shot number
+    from 1. Anything else raises ``StopRefused`` (400 malformed, 403 another client's run, 404 not running or
+    queued)."""
+    if not isinstance(body, dict):
+        raise StopRefused(400, 'the body must be a JSON object: {"prompt_id": "...", "shot": 2, "client_id": "..."}')
+    unknown = sorted(str(key)[:40] for key in body if key not in STOP_FIELDS)
+    if unknown:
+        raise StopRefused(400, f"unknown field {unknown[0]!r}; the fields are {', '.join(STOP_FIELDS)}")
+    prompt, shot, client = body.get("prompt_id"), body.get("shot"), body.get("client_id")
+    if not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT_ID:
+        raise StopRefused(400, "prompt_id must name the prompt to stop (the id /prompt answered with)")
+    if shot is not None and (isinstance(shot, bool) or not isinstance(shot, int) or not 1 <= shot <= MAX_SHOT):
+        raise StopRefused(400, "shot must be a shot number from 1 (stop after that shot), or left out "
+                               "(stop after the current shot)")
+    if client is not None and (not isinstance(client, str) or len(client) > MAX_PROMPT_ID):
+        raise StopRefused(400, "client_id must be the client id string the prompt was queued with")
+    item = next((item for item in (*running, *queued) if len(item) > 1 and item[1] == prompt), None)
+    if item is None:
+        raise StopRefused(404, "no running or queued prompt has that prompt_id")
+    extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+    owner = extra.get("client_id")
+    if owner and client != owner:
+        raise StopRefused(403, "that prompt was queued by another client; only its own client_id can stop it")
+    return prompt, shot
+
+
+def _queue_items(server) -> tuple[list, list]:
+    """ComfyUI's running and queued items."""
+    running, queued = server.prompt_queue.get_current_queue_volatile()
+    return list(running), list(queued)
 
 
 def register_routes() -> None:
-    """``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ...}`` (a running or queued prompt; ``{}``:
-    the running one): that run ends successfully after its current shot with the shots done, and their
-    boundary stays cached. An id that is neither running nor queued is refused (404), ``{}`` with nothing
-    running too (409), so no request can stop a later run; requests for prompts that have ended are dropped."""
+    """``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ..., "shot": k, "client_id": ...}``: that run
+    ends successfully after shot k (left out: after its current shot) with the shots done, and their boundary
+    stays cached. What is accepted is ``stop_target``'s rule; requests for prompts that have ended are
+    dropped, so no request waits around to stop a later run."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -215,29 +313,23 @@ def register_routes() -> None:
 
     @server.routes.post("/echo_forcing/stop_after_shot")
     async def stop_after_shot(request):
+        raw = await request.content.read(MAX_STOP_BODY + 1)
+        if len(raw) > MAX_STOP_BODY:
+            return web.json_response({"error": f"the body is over {MAX_STOP_BODY} bytes"}, status=413)
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = json.loads(raw)
         except ValueError:
             body = None
-        if not isinstance(body, dict):
-            return web.json_response({"error": "the body must be a JSON object, e.g. {\"prompt_id\": \"...\"} "
-                                               "or {} for the running prompt"}, status=400)
-        prompt = body.get("prompt_id")
-        if prompt is not None and (not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT_ID):
-            return web.json_response({"error": "prompt_id must be a prompt id string"}, status=400)
-        running, queued = _queue_ids(server)
-        if prompt is None:
-            if not running:
-                return web.json_response({"error": "no prompt is running; give the prompt_id of a queued one"},
-                                         status=409)
-            targets = running
-        elif prompt in running or prompt in queued:
-            targets = [prompt]
-        else:
-            return web.json_response({"error": "no running or queued prompt has that prompt_id"}, status=404)
-        _stop_requests.intersection_update(running + queued)  # forget requests for prompts that have ended
-        _stop_requests.update(targets)
-        return web.json_response({"stop_after_shot": targets})
+        running, queued = _queue_items(server)
+        try:
+            prompt, shot = stop_target(body, running, queued)
+        except StopRefused as refused:
+            return web.json_response({"error": str(refused)}, status=refused.status)
+        alive = {item[1] for item in (*running, *queued)}
+        for ended in [key for key in _stop_requests if key not in alive]:  # forget prompts that have ended
+            del _stop_requests[ended]
+        _stop_requests[prompt] = shot
+        return web.json_response({"prompt_id": prompt, "stop_after_shot": shot})
 
 
 _identities: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -145,6 +145,12 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, **inputs):
+        # A run that a stop request ended returned fewer shots than its inputs ask for: ComfyUI must not serve
+        # that result from its cache when the same graph is queued again (the shot cache makes the rerun cheap).
+        return host.requested_stops()
+
+    @classmethod
     def validate_inputs(cls, width: int | None = None, height: int | None = None):
         # ComfyUI checks every other input itself (the noise combo, the ranges of seed, fps, steps, shift, the
         # shot cache sizes and stop_after_shot), but not a widget's step, so the frame size is checked here.
@@ -179,7 +185,7 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
             return CausalWan(tree, dtype=dtype, device=device)
 
         node_id = cls.hidden.unique_id if cls.hidden else None
-        progress = host.BlockProgress(node_id, plan.settings.num_blocks)
+        progress = host.BlockProgress(node_id, list(plan.blocks))
         progress.event("echo_forcing.plan", {"total_blocks": plan.settings.num_blocks,
                                              "scenes": plan_entries(plan.shots, plan.blocks)})
         stop = host.StopRequest(progress.prompt_id)
@@ -195,5 +201,8 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
         latent = {"samples": to_comfy_latent(result.latents).to(mm.intermediate_device())}
         out_pool = result.pool if result.pool is not None else (pool if pool is not None else ScenePool())
         text = report_text(report)
+        shown = timeline(report)
+        for scene, picture in zip(shown["scenes"], progress.thumbnails(result.latents), strict=False):
+            scene["thumbnail"] = picture
         return io.NodeOutput(latent, out_pool, text, plan.story_of(result),
-                             ui={"echo_timeline": [timeline(report)], "text": [text.split("\n\n")[0]]})
+                             ui={"echo_timeline": [shown], "text": [text.split("\n\n")[0]]})

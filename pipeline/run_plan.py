@@ -312,7 +312,7 @@ def _blocks(shots: SceneList, story: Story | None, fps: float, pool_labels: Sequ
 def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache | None = None,
              model_key: str = "", encoder_key: str = "", resume_from: ShotBoundary | None = None,
              on_block: Callable[[BlockEvent], None] | None = None, interrupt: Callable[[], None] | None = None,
-             stop_requested: Callable[[], bool] | None = None,
+             stop_requested: Callable[[int], bool] | None = None,
              on_boundary: Callable[[ShotBoundary], None] | None = None,
              on_reuse: Callable[[ShotBoundary], None] | None = None) -> RolloutResult:
     """Run a plan, reusing what can be reused.
@@ -320,9 +320,9 @@ def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache
     Starts from ``resume_from`` (default: the end of the story the plan continues) or from the longest prefix
     ``cache`` holds for this plan, whichever is later, and stores every boundary it passes in ``cache``.
     ``load()`` gives the model and is only called when something is left to generate (a run whose every shot
-    is cached loads nothing). The run stops after ``plan.stop_after_shot`` or after the current shot once
-    ``stop_requested()`` says so. ``on_reuse`` hears of the boundary the run starts from, before anything is
-    generated.
+    is cached loads nothing). The run stops after ``plan.stop_after_shot``, or after a shot once
+    ``stop_requested(shot)`` (the 0-based index of the shot just finished) says so. ``on_reuse`` hears of the
+    boundary the run starts from, before anything is generated.
     """
     keys = plan.boundary_keys(model_key, encoder_key) if cache is not None else []
     target = plan.stop_after_shot or plan.num_shots
@@ -343,7 +343,7 @@ def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache
             on_boundary(boundary)
 
     def stop_after(shot: int) -> bool:
-        return plan.stop_after(shot) or (stop_requested is not None and stop_requested())
+        return plan.stop_after(shot) or (stop_requested is not None and stop_requested(shot))
 
     model = load()
     texts = [PendingText(lambda t=t: model.encode_text(t)) for t in plan.text_inputs()]

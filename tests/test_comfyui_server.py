@@ -88,7 +88,7 @@ async def _run(url: str, prompt: dict, on_event=None, timeout: float = 900) -> t
                         continue
                     events.append(event)
                     if on_event is not None:
-                        await on_event(session, event)
+                        await on_event(session, event, client_id)
                     if event[0] in ("execution_success", "execution_error", "execution_interrupted"):
                         return
             await asyncio.wait_for(follow(), timeout)
@@ -211,7 +211,7 @@ def test_cancel_stops_a_long_run_between_blocks_and_the_next_run_succeeds(comfy_
     sampler = node_of(prompt, "EchoForcingSampler")
     finished = []
 
-    async def interrupt_after_two_blocks(session, event):
+    async def interrupt_after_two_blocks(session, event, client_id):
         if event[0] == "echo_forcing.block":
             finished.append(event[1]["block"])
             if len(finished) == 2:
@@ -419,31 +419,55 @@ def test_stop_after_a_shot_then_queue_again_goes_on(comfy_server, tiny_models):
     assert [d["block"] for k, d in events if k == "echo_forcing.block"] == [3, 4, 5]
 
 
-def test_the_stop_route_ends_the_run_after_the_current_shot(comfy_server, tiny_models):
+def test_the_stop_route_ends_the_run_after_the_shot_asked_for(comfy_server, tiny_models):
     prompt = tiny_workflow(API_WORKFLOWS[0].with_name("six_shot_smooth.json"), tiny_models)
     sampler = node_of(prompt, "EchoForcingSampler")
     prompt[sampler]["inputs"]["seed"] = 4321
+    first = next(k for k, v in prompt.items() if v["class_type"] == "EchoForcingScenePrompt"
+                 and "previous" not in v["inputs"])
+    prompt[first]["inputs"]["duration"] = 12.0  # 16 blocks: the requests below arrive long before shot 2 ends
+    answers = []
 
-    async def stop_after_first_block(session, event):
-        if event[0] == "echo_forcing.block" and event[1]["block"] == 0:
-            async with session.post(f"{comfy_server.url}/echo_forcing/stop_after_shot", json={}) as answer:
-                assert answer.status == 200
+    async def stop_after_shot_2(session, event, client_id):
+        if event[0] != "echo_forcing.block" or event[1]["block"] != 0:
+            return
+        stop = f"{comfy_server.url}/echo_forcing/stop_after_shot"
+        pid = event[1]["prompt_id"]
+        for body in ({}, {"prompt_id": pid, "shot": 0}, {"prompt_id": pid, "shot": True}, {"prompt_id": pid, "x": 1},
+                     {"prompt_id": pid, "shot": 2},  # no client_id: this prompt was queued by a client
+                     {"prompt_id": pid, "shot": 2, "client_id": "somebody-else"},
+                     {"prompt_id": pid, "shot": 2, "client_id": client_id}):
+            async with session.post(stop, json=body) as answer:
+                answers.append((answer.status, await answer.json()))
 
-    status, _, events = run(comfy_server.url, prompt, stop_after_first_block)
+    status, _, events = run(comfy_server.url, prompt, stop_after_shot_2)
     assert status == 200 and events[-1][0] == "execution_success", events[-3:]
-    assert [d["block"] for k, d in events if k == "echo_forcing.block"] in ([0], [0, 1])
+    assert [a[0] for a in answers] == [400, 400, 400, 400, 403, 403, 200], answers
+    assert answers[-1][1]["stop_after_shot"] == 2
+    plan = next(d for k, d in events if k == "echo_forcing.plan")
+    blocks = [scene["blocks"] for scene in plan["scenes"]]
+    assert blocks[0] == 16
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == list(range(sum(blocks[:2])))
+    executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
+    assert [s["state"] for s in executed[sampler]["echo_timeline"][0]["scenes"]] == \
+        ["generated"] * 2 + ["not generated"] * 4
+    assert [d["scene"] for k, d in events if k == "echo_forcing.shot"] == [0, 1]  # each with its thumbnail
+    assert all(d["thumbnail"].startswith("data:image/jpeg;base64,") for k, d in events if k == "echo_forcing.shot")
+
     bad = asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b"not json"))
     assert bad == 400
-    # nothing is running now: a request cannot be left behind to stop somebody's next run
-    assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b"{}")) == 409
+    assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b"{}")) == 400
+    too_big = b'{"prompt_id": "' + b"x" * 5000 + b'"}'
+    assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", too_big)) == 413
     for unknown in (b'{"prompt_id": "not-a-prompt"}', b'{"prompt_id": "' + b"x" * 200 + b'"}'):
         assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", unknown)) == 404
     assert asyncio.run(_post(comfy_server.url, "/echo_forcing/stop_after_shot", b'{"prompt_id": 5}')) == 400
-    again = json.loads(json.dumps(prompt))
-    again[sampler]["inputs"]["seed"] = 4322
-    status, _, events = run(comfy_server.url, again)
+
+    # The same graph queued again is not the stopped result from ComfyUI's cache: it goes on from shot 3.
+    status, _, events = run(comfy_server.url, prompt)
     assert status == 200 and events[-1][0] == "execution_success"
-    assert len([1 for k, _ in events if k == "echo_forcing.block"]) > 2  # the whole video: nothing stopped it
+    assert [d["shots"] for k, d in events if k == "echo_forcing.reused"] == [2]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == list(range(sum(blocks[:2]), sum(blocks)))
 
 
 async def _post(url: str, path: str, data: bytes) -> int:

@@ -238,8 +238,12 @@ def test_stop_after_a_shot_then_go_on(model):
     went_on = generate(plan(choice=SO_FAR), lambda: model, cache=cache, model_key="m")
     assert went_on.reused_shots == 2 and torch.equal(went_on.latents, full.latents)
     # a stop asked for while the run goes (the route), and a smaller stop than what is cached
-    asked = generate(plan(choice=SO_FAR, seed=10), lambda: model, stop_requested=lambda: True)
+    asked = generate(plan(choice=SO_FAR, seed=10), lambda: model, stop_requested=lambda shot: True)
     assert asked.shots_done == 1
+    heard = []
+    later = generate(plan(choice=SO_FAR, seed=11), lambda: model,
+                     stop_requested=lambda shot: heard.append(shot) or shot + 1 >= 3)
+    assert later.shots_done == 3 and heard == [0, 1, 2]  # asked with the index of each shot just finished
     assert generate(stopped_plan, never, cache=cache, model_key="m").shots_done == 2
 
 
