@@ -161,7 +161,8 @@ def tiny_models() -> dict[str, str]:
 def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     """Start a real ComfyUI on 127.0.0.1 (a free port) with the pack loaded from this checkout through an
     extra_model_paths entry, the tiny model files from the pack's own command, and outputs in a temp folder.
-    Screenshots go to ECHO_SCREENSHOT_DIR if set (else a temp folder)."""
+    Screenshots go to ECHO_SCREENSHOT_DIR if set (else a temp folder). COMFYUI_FRONTEND_ROOT names another
+    frontend's static folder (e.g. the newest comfyui-frontend-package's) to serve instead of the pinned one."""
     import time
     import urllib.request
 
@@ -185,6 +186,8 @@ def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     cmd = [comfy_host.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--extra-model-paths-config", str(yaml), "--output-directory",
            str(root / "output"), "--user-directory", str(root / "user"), "--database-url", "sqlite:///:memory:"]
+    if os.environ.get("COMFYUI_FRONTEND_ROOT"):  # another frontend than the one the ComfyUI pins (its static folder)
+        cmd += ["--front-end-root", os.environ["COMFYUI_FRONTEND_ROOT"]]
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(cmd, cwd=comfy_host.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -1,18 +1,25 @@
-"""The pack in the real ComfyUI frontend, driven by headless Chromium (selenium).
+"""The pack in the real ComfyUI frontend, driven by headless Chromium (selenium), once per renderer: the
+classic LiteGraph canvas and Nodes 2.0 (setting ``Comfy.VueNodes.Enabled``). Run it on each frontend a
+supported ComfyUI pins and on the newest one (``COMFYUI_FRONTEND_ROOT``, see conftest).
 
-* Every UI-format workflow in ``workflows/*.json`` loads with no missing node types and no schema alert,
-  ``app.graphToPrompt()`` turns it into exactly its API twin ``workflows/api/<same name>`` (class types and
-  inputs; seeds and ``_meta`` ignored), which proves the UI file's positional ``widgets_values``; the scene
-  timeline on every Autoregressive Sampler is drawn with the shots, blocks and transitions that the Python
-  side (``pipeline/scene_script.py``) computes for the same inputs. Screenshots: the whole graph and a
-  close-up of each sampler, into ``comfy_server.screenshot_dir``.
+* Every UI-format workflow in ``example_workflows/*.json`` loads with no missing node types and no schema
+  alert, ``app.graphToPrompt()`` turns it into exactly its API twin ``workflows/api/<same name>`` (class types
+  and inputs; seeds and ``_meta`` ignored), which proves the UI file's positional ``widgets_values``; the scene
+  timeline on every Autoregressive Sampler shows, in its DOM, the shots, blocks and transitions that the
+  Python side (``pipeline/scene_script.py``) computes for the same inputs (inside the node with Nodes 2.0).
+  The template browser's listing serves every workflow once, with its thumbnail. Screenshots of every case,
+  named by renderer, into ``comfy_server.screenshot_dir``.
 * The timeline's own logic: the script parser and block plan against the Python parser, the live updates
   from the sampler's websocket events (``echo_forcing.plan`` / ``.block`` / ``.switch``, core ``progress``,
-  ``execution_interrupted``) and from its ``onExecuted`` result, dispatched by hand; then a real run of a
-  tiny three-shot script queued from the browser (the ``tiny_models`` files), followed event by event.
+  ``execution_interrupted``, ``executed``) dispatched by hand, also for a sampler inside a subgraph; a
+  duration typed in the browser redraws it; long labels end in an ellipsis with the whole text in a tooltip.
+* Real runs queued from the browser with the ``tiny_models`` files: a three-shot script followed event by
+  event; and a Scene Prompt chain directed from the timeline: ■ on shot 1 ends the run successfully with
+  shot 1, the next queue reuses it, ↻ on shot 2 regenerates shots 2-3 only, a click on a bar selects its node.
 
 Needs the ``comfy_server`` fixture (a running ComfyUI with the pack), selenium, chromium and chromedriver;
 skips with the reason when one is missing. ``CHROMIUM`` / ``CHROMEDRIVER`` may name the binaries.
+``ECHO_TEMPLATE_THUMBNAILS=1`` rewrites ``example_workflows/*.jpg`` from the classic canvas.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from echo_forcing.pipeline.scene_script import Scene, Transition, parse_scene_sc
 pytestmark = pytest.mark.comfyui
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = ROOT / "workflows"
+WORKFLOWS = ROOT / "example_workflows"
+API_WORKFLOWS = ROOT / "workflows" / "api"
 SAMPLER = "EchoForcingSampler"
 SEED_INPUTS = {"seed", "noise_seed"}
 PAGE_READY_S = 60
@@ -61,10 +69,30 @@ def _find_binary(env: str, names: tuple[str, ...]) -> str | None:
 class Page:
     """The ComfyUI frontend in one headless Chromium tab."""
 
-    def __init__(self, driver, server):
+    def __init__(self, driver, server, renderer: str = "classic"):
         self.driver = driver
         self.server = server  # the comfy_server fixture's object (url, screenshot_dir, ...)
         self.url = server.url
+        self.renderer = renderer
+        self.version = None
+
+    def nodes2(self) -> dict:
+        """What Nodes 2.0 does here: whether a node renders as a DOM element with a data-node-id (the setting is
+        on and known) and whether the sampler's timeline element sits inside it."""
+        return self.run("""
+            app.graph.clear();
+            const node = LiteGraph.createNode("EchoForcingSampler"); app.graph.add(node);
+            const find = () => document.querySelector(`[data-node-id="${node.id}"]`);
+            for (let i = 0; i < 40 && !find()?.querySelector(".echo-timeline"); i++) {
+                await new Promise((resolve) => setTimeout(resolve, 100));
+            }
+            const answer = { nodes: !!find(), timeline: !!find()?.querySelector(".echo-timeline") };
+            app.graph.clear();
+            return answer;""")
+
+    def shot(self, name: str) -> Path:
+        """The screenshot path for ``name`` in this renderer."""
+        return Path(self.server.screenshot_dir) / f"{self.renderer}_{name}.png"
 
     def open(self) -> None:
         """(Re)load the frontend and wait until ``window.app`` has a graph and a canvas."""
@@ -98,7 +126,11 @@ class Page:
         assert self.driver.save_screenshot(str(path)), f"screenshot {path} failed"
 
 
-@pytest.fixture(scope="module")
+RENDERERS = ("classic", "nodes2")
+"""The classic LiteGraph canvas, and Nodes 2.0 (the Vue node renderer, setting ``Comfy.VueNodes.Enabled``)."""
+
+
+@pytest.fixture(scope="module", params=RENDERERS)
 def page(request):
     webdriver = pytest.importorskip("selenium.webdriver", reason="browser test: pip install selenium")
     from selenium.webdriver.chrome.service import Service
@@ -112,8 +144,10 @@ def page(request):
     # Nothing over the canvas: no "Get started" templates, no missing-model downloads (the test has no real
     # model files; missing node types are checked on their own), no minimap; and no workflow restored from the
     # previous page (each test starts clean). Stored per user on the server.
+    renderer = request.param
     settings = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
-                "Comfy.Minimap.Visible": False, "Comfy.Workflow.Persist": False}
+                "Comfy.Minimap.Visible": False, "Comfy.Workflow.Persist": False,
+                "Comfy.VueNodes.Enabled": renderer == "nodes2", "Comfy.VueNodes.AutoScaleLayout": False}
     urllib.request.urlopen(urllib.request.Request(server.url + "/settings", data=json.dumps(settings).encode(),
                                                   method="POST"), timeout=30).read()
     profile = request.getfixturevalue("tmp_path_factory").mktemp("chromium-profile")
@@ -126,15 +160,32 @@ def page(request):
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     try:
         driver.set_script_timeout(60)
-        yield Page(driver, server)
+        page = Page(driver, server, renderer)
+        page.open()
+        page.version = page.run("return window.__COMFYUI_FRONTEND_VERSION__ ?? null;")
+        if renderer == "nodes2":
+            found = page.nodes2()
+            assert found["nodes"], f"frontend {page.version}: Comfy.VueNodes.Enabled on, but no node is a DOM element"
+            if not found["timeline"] and _version(page.version) < (1, 28):
+                pytest.skip(f"frontend {page.version}: its Nodes 2.0 is a hidden experimental setting that renders "
+                            "only the core widget types, so no pack's own widget shows there (1.28 on host them)")
+            assert found["timeline"], f"frontend {page.version}: Nodes 2.0 does not show the timeline in the node"
+        yield page
     finally:
         driver.quit()
 
 
+def _version(text) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
 # --------------------------------------------------------------------------------- JavaScript helpers
 
-# Fit the canvas to all nodes (or to the given node ids), draw one frame synchronously, and return what
-# the timeline widget of every sampler last drew.
+# Fit the canvas to all nodes (or to the given node ids), draw one frame, let the timelines re-plan, and return
+# what the timeline widget of every sampler shows: its state, the texts it rendered and what its DOM holds.
 DRAW_AND_READ = """
 const [ids, zoom] = args;
 const nodes = ids ? ids.map((id) => app.graph.getNodeById(id)) : app.graph.nodes;
@@ -146,11 +197,30 @@ for (const node of nodes) {
 if (nodes.length) app.canvas.ds.fitToBounds([x0 - 20, y0 - 20, x1 - x0 + 40, y1 - y0 + 40], { zoom });
 app.canvas.setDirty(true, true);
 app.canvas.draw(true, true);
+for (const node of app.graph.nodes) node.widgets?.find((w) => w.name === "echo_timeline")?.timeline?.refresh();
 await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+await new Promise((resolve) => setTimeout(resolve, 100));
 return app.graph.nodes.filter((node) => node.type === "EchoForcingSampler").map((node) => {
     const widget = node.widgets?.find((w) => w.name === "echo_timeline");
-    return { id: node.id, hasWidget: !!widget, drawCount: widget?.drawCount ?? 0,
-             state: widget?.lastState ?? null, text: widget?.lastText ?? null };
+    const timeline = widget?.timeline;
+    const root = timeline?.element;
+    const box = root?.getBoundingClientRect();
+    const bars = root ? [...root.querySelectorAll(".echo-tl-shot")].map((bar) => {
+        const label = bar.querySelector(".echo-tl-label");
+        return { label: label.textContent, detail: bar.querySelector(".echo-tl-detail").textContent,
+                 status: bar.dataset.status, title: bar.title, thumbnail: !!bar.querySelector(".echo-tl-thumb"),
+                 glyph: root.querySelector(`.echo-tl-glyph[data-shot="${bar.dataset.shot}"]`)?.dataset.transition
+                     ?? null,
+                 buttons: [...bar.querySelectorAll("button")].map((b) => b.dataset.action),
+                 overflows: label.scrollWidth > label.clientWidth + 1,
+                 ellipsis: getComputedStyle(label).textOverflow === "ellipsis",
+                 width: bar.getBoundingClientRect().width };
+    }) : [];
+    return { id: node.id, hasWidget: !!widget, drawCount: timeline?.renders ?? 0,
+             state: timeline?.state ?? null, text: timeline?.text ?? null,
+             dom: root ? { connected: root.isConnected, shown: !!box && box.width > 0 && box.height > 0,
+                           inNode: !!root.closest("[data-node-id]"),
+                           status: root.querySelector(".echo-tl-status")?.textContent ?? null, bars } : null };
 });
 """
 
@@ -161,9 +231,15 @@ else app.api.dispatchEvent(new CustomEvent(type, { detail }));
 """
 
 
+def _executed(page: Page, node_id, output: dict, prompt_id: str = "p-result") -> None:
+    """The sampler's ui result, as core "executed" sends it."""
+    page.run(DISPATCH, "executed", {"node": str(node_id), "display_node": str(node_id), "prompt_id": prompt_id,
+                                    "output": output})
+
+
 def _sampler(page: Page, node_id: int, zoom: float = 0.9) -> dict:
-    samplers = {s["id"]: s for s in page.run(DRAW_AND_READ, [node_id], zoom)}
-    return samplers[node_id]
+    samplers = {str(s["id"]): s for s in page.run(DRAW_AND_READ, [node_id], zoom)}  # ids are strings in 1.58
+    return samplers[str(node_id)]
 
 
 def _shots(state: dict) -> list[tuple]:
@@ -230,27 +306,49 @@ def _node_types(ui: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS or [None], ids=[p.name for p in UI_WORKFLOWS] or ["none"])
-def test_workflow_loads_converts_and_draws_timeline(workflow, request):
+def test_workflow_loads_converts_and_draws_timeline(workflow, page):
     if workflow is None:
         pytest.fail(f"no UI-format workflow (a JSON object with a 'nodes' list) in {WORKFLOWS}")
     ui_text = workflow.read_text(encoding="utf-8")
     ui = json.loads(ui_text)
-    api_path = WORKFLOWS / "api" / workflow.name
+    api_path = API_WORKFLOWS / workflow.name
     assert api_path.is_file(), f"{workflow.name}: its API-format twin {api_path.relative_to(ROOT)} is missing"
     api = json.loads(api_path.read_text(encoding="utf-8"))
 
-    page: Page = request.getfixturevalue("page")  # skips without a browser or a server
-    server = page.server
     page.open()
     _assert_loads_with_every_node_type_and_no_schema_alert(page, workflow, ui, ui_text)
     _assert_only_the_sampler_rerolls_its_seed(page, workflow)
     _assert_graph_to_prompt_gives_the_api_file(page, workflow, api, api_path)
     _assert_sampler_widgets_round_trip(page, workflow, ui)
     samplers = _assert_every_sampler_draws_its_timeline(page, workflow, api)
-    page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}.png")
+    page.screenshot(page.shot(workflow.stem))
+    if os.environ.get("ECHO_TEMPLATE_THUMBNAILS") == "1" and page.renderer == "classic":
+        _write_template_thumbnail(page, workflow.with_suffix(".jpg"))
     for node_id in samplers:  # a close-up where the timeline is readable
-        _sampler(page, int(node_id), zoom=0.6)
-        page.screenshot(Path(server.screenshot_dir) / f"{workflow.stem}_sampler{node_id}.png")
+        _sampler(page, node_id, zoom=0.6)
+        page.screenshot(page.shot(f"{workflow.stem}_sampler{node_id}"))
+
+
+def _write_template_thumbnail(page: Page, path: Path) -> None:
+    """The template browser's picture of a workflow: its sampler with the scene timeline, as a JPEG (Chromium
+    encodes it)."""
+    import base64
+
+    sampler = next(node for node in page.run("return app.graph.nodes.map((n) => [n.id, n.type]);")
+                   if node[1] == SAMPLER)[0]
+    page.run(DRAW_AND_READ, [sampler], 1.0)
+    box = page.run("""
+        for (const toast of document.querySelectorAll(".p-toast")) toast.style.visibility = "hidden";
+        const node = app.graph.getNodeById(args[0]);
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        const [ox, oy] = app.canvas.ds.offset; const scale = app.canvas.ds.scale;
+        const title = LiteGraph.NODE_TITLE_HEIGHT;
+        return { x: rect.left + (node.pos[0] + ox) * scale - 16, y: rect.top + (node.pos[1] - title + oy) * scale - 16,
+                 width: node.size[0] * scale + 32, height: (node.size[1] + title) * scale + 32 };""", sampler)
+    shot = page.driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "jpeg", "quality": 80, "clip": {**box, "scale": min(1.0, 420 / box["width"])}})
+    page.run('for (const toast of document.querySelectorAll(".p-toast")) toast.style.visibility = "";')
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 def _assert_loads_with_every_node_type_and_no_schema_alert(page: Page, workflow: Path, ui: dict,
@@ -321,7 +419,27 @@ def _assert_every_sampler_draws_its_timeline(page: Page, workflow: Path, api: di
         expected = _expected_shots(api, node_id)
         if expected is not None:
             assert _shots(sampler["state"]) == expected, f"{workflow.name}: sampler {node_id} timeline"
+        _assert_the_dom_shows_the_state(page, sampler, f"{workflow.name}: sampler {node_id}")
     return samplers
+
+
+def _assert_the_dom_shows_the_state(page: Page, sampler: dict, where: str) -> None:
+    """The timeline element is on the page, inside the node with Nodes 2.0, with one bar per shot that carries
+    the shot's name, seconds and blocks, and the transition glyph of its boundary."""
+    dom = sampler["dom"]
+    assert dom and dom["connected"] and dom["shown"], f"{where}: the timeline element is not shown ({dom})"
+    if page.renderer == "nodes2":
+        assert dom["inNode"], f"{where}: with Nodes 2.0 the timeline is not inside its node"
+    assert dom["status"] == sampler["text"]["status"]
+    scenes = sampler["state"]["scenes"]
+    assert len(dom["bars"]) == len(scenes), where
+    for scene, bar in zip(scenes, dom["bars"], strict=True):
+        name = (scene["label"] or "").strip() or f"shot {scene['index'] + 1}"
+        assert bar["label"] == name, where
+        assert bar["detail"].startswith(f"{scene['seconds']:g} s"), (where, bar)
+        assert bar["title"].startswith(f"Shot {scene['index'] + 1}"), (where, bar)
+        assert bar["ellipsis"], f"{where}: a long label would be clipped instead of ellipsized"
+        assert bar["glyph"] == (None if scene["index"] == 0 else scene["transition"]), (where, bar)
 
 
 # ------------------------------------------------------------------------------------ timeline logic
@@ -367,7 +485,7 @@ def test_timeline_follows_live_events_and_result(page):
     _assert_core_progress_drives_a_run_without_plan_until_interrupted(page, node)
 
     # Editing a shot upstream replaces the finished run by the new plan at once.
-    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    _executed(page, node, result)
     page.run(SET_WIDGET, ids["prompts"][1], "duration", 5)
     state = _sampler(page, node)["state"]
     assert state["source"] == "prompts"
@@ -392,7 +510,7 @@ def _assert_the_server_plan_and_live_events_are_followed(page: Page, node: int) 
         {"index": 1, "label": "shot 2", "seconds": 10, "blocks": 14, "first_block": 12, "transition": "hard cut"},
         {"index": 2, "label": "Sea", "seconds": 10, "blocks": 14, "first_block": 26, "transition": "auto"}]}
     page.run(DISPATCH, "echo_forcing.plan", plan)
-    page.run(DISPATCH, "echo_forcing.plan", {**plan, "node": str(node + 100), "total_blocks": 7})  # other node
+    page.run(DISPATCH, "echo_forcing.plan", {**plan, "node": str(int(node) + 100), "total_blocks": 7})  # other node
     state = _sampler(page, node)["state"]
     assert state["source"] == "server"
     assert [(s["blocks"], s["first_block"]) for s in state["scenes"]] == [(12, 0), (14, 12), (14, 26)]
@@ -403,7 +521,7 @@ def _assert_the_server_plan_and_live_events_are_followed(page: Page, node: int) 
     page.run(DISPATCH, "progress", {"node": str(node), "prompt_id": "p1", "value": 3, "max": 40})  # plan wins
     drawn = _sampler(page, node)
     assert drawn["state"]["run"] == {"phase": "running", "block": 20, "total": 40, "scene": 1, "seconds": 12.5,
-                                     "elapsed": 12.5, "timed": 1}
+                                     "elapsed": 12.5, "timed": 1, "reused_shots": 0, "stop_after": None}
     assert drawn["text"]["status"] == "21/40 blocks · shot 2 · 12.5 s/block · ~238 s left"
 
     page.run(DISPATCH, "echo_forcing.switch", {"node": str(node), "prompt_id": "p1", "scene": 2, "mode": "recall",
@@ -411,7 +529,7 @@ def _assert_the_server_plan_and_live_events_are_followed(page: Page, node: int) 
     drawn = _sampler(page, node)
     assert drawn["state"]["scenes"][2]["mode"] == "recall"
     assert drawn["text"]["notes"] == ["auto ↩ Lighthouse (0.59)"]
-    page.screenshot(Path(page.server.screenshot_dir) / "timeline_live_running.png")
+    page.screenshot(page.shot("timeline_live_running"))
     return plan
 
 
@@ -422,13 +540,13 @@ def _assert_the_result_ends_the_run(page: Page, node: int, plan: dict) -> dict:
         {**plan["scenes"][1], "mode": "hard cut", "recalled": None, "similarity": None, "seconds_taken": 35.0},
         {**plan["scenes"][2], "mode": "hard cut", "recalled": None, "similarity": None, "seconds_taken": 35.5}]}],
         "text": ["40 blocks"]}
-    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    _executed(page, node, result)
     done = _sampler(page, node)
     assert done["state"]["source"] == "result"
     assert done["state"]["run"]["phase"] == "done"
     assert done["text"]["status"] == "done: 40 blocks in 100.5 s"
     assert done["text"]["notes"] == ["auto→hard cut"]
-    page.screenshot(Path(page.server.screenshot_dir) / "timeline_live_done.png")
+    page.screenshot(page.shot("timeline_live_done"))
     return result
 
 
@@ -464,13 +582,13 @@ def test_timeline_shows_reused_and_stopped_shots(page):
          "state": "reused"},
         {**plan["scenes"][2], "mode": "smooth", "recalled": None, "similarity": None, "seconds_taken": 33.0,
          "state": "generated"}]}], "text": ["40 blocks"]}
-    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, result)
+    _executed(page, node, result)
     assert _sampler(page, node)["text"]["status"] == "done: 40 blocks in 33 s · reused shots 1-2 (61 s saved)"
-    page.screenshot(Path(page.server.screenshot_dir) / "timeline_reused.png")
+    page.screenshot(page.shot("timeline_reused"))
     stopped = json.loads(json.dumps(result))
     stopped["echo_timeline"][0]["scenes"][2].update(state="not generated", mode=None, seconds_taken=None)
     stopped["echo_timeline"][0]["scenes"][1]["state"] = "generated"
-    page.run("app.graph.getNodeById(args[0]).onExecuted(args[1]);", node, stopped)
+    _executed(page, node, stopped)
     assert _sampler(page, node)["text"]["status"] == "stopped after 2 shots in 31 s · reused shots 1-1 (30 s saved)"
 
 
@@ -542,7 +660,7 @@ window.__echoSeen = [];
 window.__echoEnd = null;
 for (const type of ["echo_forcing.plan", "echo_forcing.block", "echo_forcing.switch"]) {
     app.api.addEventListener(type, ({ detail }) => window.__echoSeen.push(
-        [type, detail.node, widget.liveState?.source ?? null, widget.liveState?.run?.block ?? null]));
+        [type, detail.node, widget.timeline.live?.source ?? null, widget.timeline.live?.run?.block ?? null]));
 }
 for (const type of ["execution_success", "execution_error", "execution_interrupted"]) {
     app.api.addEventListener(type, ({ detail }) => { window.__echoEnd = [type, detail]; });
@@ -565,7 +683,7 @@ def test_timeline_follows_a_real_run(page, request):
     assert end[0] == "execution_success", end
     seen = page.run("return window.__echoSeen;")
     drawn = _sampler(page, node)
-    page.screenshot(Path(page.server.screenshot_dir) / "timeline_real_run.png")
+    page.screenshot(page.shot("timeline_real_run"))
 
     expected = _script_shots(script, 16)
     total = sum(shot[2] for shot in expected)
@@ -583,3 +701,281 @@ def test_timeline_follows_a_real_run(page, request):
     assert recall["recalled"] in ("Lighthouse", "Market") and 0 < recall["similarity"] <= 1.0001
     assert drawn["text"]["status"].startswith(f"done: {total} blocks")
     assert drawn["text"]["notes"] == [f"↩ {recall['recalled']} ({recall['similarity']:.2f})"]
+
+
+# ------------------------------------------------------------------------- directing the run from the canvas
+
+REAL_CHAIN = """
+const [models, shots] = args;
+app.graph.clear();
+const add = (type, x, y, values = {}) => {
+    const node = LiteGraph.createNode(type); node.pos = [x, y]; app.graph.add(node);
+    for (const [name, value] of Object.entries(values)) node.widgets.find((w) => w.name === name).value = value;
+    return node;
+};
+const link = (from, slot, to, name) => from.connect(slot, to, to.findInputSlot(name));
+const dit = add("EchoForcingLoadCausalDiT", 20, 20, { ckpt_name: models.dit });
+const clip = add("CLIPLoader", 20, 260, { clip_name: models.clip, type: "sd3" });
+let previous = null;
+const prompts = shots.map(([text, duration, transition, label], i) => {
+    const node = add("EchoForcingScenePrompt", 20 + 330 * i, 420, { text, duration, transition, label });
+    link(clip, 0, node, "clip");
+    if (previous) link(previous, 0, node, "previous");
+    previous = node;
+    return node;
+});
+// A fresh seed, kept fixed: every queue of this test must plan the same shots (so the shot cache can serve them).
+const sampler = add("EchoForcingSampler", 420, 20, { width: 32, height: 32, seed: Math.floor(Math.random() * 1e9),
+                                                     control_after_generate: "fixed" });
+const preview = add("PreviewAny", 900, 20);
+link(dit, 0, sampler, "model"); link(previous, 0, sampler, "scenes"); link(sampler, 2, preview, "source");
+window.__echoRuns = [];
+for (const type of ["echo_forcing.plan", "echo_forcing.reused", "echo_forcing.block", "execution_success",
+                    "execution_error", "execution_interrupted"]) {
+    app.api.addEventListener(type, ({ detail }) => window.__echoRuns.push([type, detail]));
+}
+return { sampler: sampler.id, prompts: prompts.map((node) => node.id) };
+"""
+
+# Click a shot's "stop after this shot" button the moment the run shows it (the run is too fast for a round trip).
+CLICK_STOP_WHEN_SHOWN = """
+const [id, shot] = args;
+const root = app.graph.getNodeById(id).widgets.find((w) => w.name === "echo_timeline").timeline.element;
+const selector = `button[data-action="stop"][data-shot="${shot}"]`;
+window.__echoStopClicked = false;
+const observer = new MutationObserver(() => {
+    const button = root.querySelector(selector);
+    if (button && !window.__echoStopClicked) { window.__echoStopClicked = true; observer.disconnect(); button.click(); }
+});
+observer.observe(root, { childList: true, subtree: true });
+"""
+
+
+def _wait_for_run(page: Page, start: int, timeout: float = 300) -> list:
+    """The events of the run that ends after index ``start`` of ``window.__echoRuns``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = page.run("return window.__echoRuns.slice(args[0]);", start)
+        if any(kind.startswith("execution_") for kind, _ in events):
+            return events
+        assert time.monotonic() < deadline, f"the run did not end within {timeout} s: {events[-3:]}"
+        time.sleep(0.3)
+
+
+def _click(page: Page, selector: str) -> None:
+    """A real mouse click on the element (through the WebDriver), scrolled into view."""
+    from selenium.common.exceptions import ElementClickInterceptedException
+    from selenium.webdriver.common.by import By
+
+    element = page.driver.find_element(By.CSS_SELECTOR, selector)
+    try:
+        element.click()
+    except ElementClickInterceptedException:  # a toast over the canvas: the click still goes to the element
+        page.driver.execute_script("arguments[0].click();", element)
+
+
+def test_stop_after_a_shot_and_reroll_from_the_timeline(page, request):
+    """A real run from the browser: "stop after this shot" on shot 1 ends it successfully with shot 1 only; the
+    next queue reuses shot 1; re-roll on shot 2 regenerates shots 2-3 only; clicking a bar selects its node."""
+    models = request.getfixturevalue("tiny_models")
+    shots = [["a lighthouse on a cliff", 12, "smooth", "Lighthouse"], ["a night market", 1, "hard cut", "Market"],
+             ["the lighthouse again", 1.5, "recall", "Back"]]
+    page.open()
+    ids = page.run(REAL_CHAIN, models, shots)
+    node = ids["sampler"]
+    _sampler(page, node, zoom=0.8)
+    blocks = [shot[2] for shot in _script_shots(" | ".join(f"{t} [{d}s]" for t, d, *_ in shots), 16)]
+
+    # 1. Stop after shot 1, clicked while shot 1 is generated.
+    page.run(CLICK_STOP_WHEN_SHOWN, node, 0)
+    page.run("await app.queuePrompt(0, 1);")
+    events = _wait_for_run(page, 0)
+    assert events[-1][0] == "execution_success", events[-1]
+    assert page.run("return window.__echoStopClicked;")
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == list(range(blocks[0]))
+    drawn = _sampler(page, node, zoom=0.8)
+    assert [s["state"] for s in drawn["state"]["scenes"]] == ["generated", "not generated", "not generated"]
+    assert [b["status"] for b in drawn["dom"]["bars"]] == ["done", "stopped", "stopped"]
+    assert [b["thumbnail"] for b in drawn["dom"]["bars"]] == [True, False, False]
+    assert drawn["text"]["status"].startswith("stopped after 1 shot")
+    page.screenshot(page.shot("timeline_stopped_after_shot_1"))
+
+    # 2. Queue again: shot 1 comes from the shot cache, shots 2-3 are generated.
+    start = len(page.run("return window.__echoRuns;"))
+    page.run("await app.queuePrompt(0, 1);")
+    events = _wait_for_run(page, start)
+    assert events[-1][0] == "execution_success", events[-1]
+    assert [d["shots"] for k, d in events if k == "echo_forcing.reused"] == [1]
+    drawn = _sampler(page, node, zoom=0.8)
+    assert [s["state"] for s in drawn["state"]["scenes"]] == ["reused", "generated", "generated"]
+    assert all(b["thumbnail"] for b in drawn["dom"]["bars"])
+
+    # 3. Re-roll shot 2 with its button: a new shot seed on its Scene Prompt, and only shots 2-3 are generated.
+    seed_before = page.run("return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'shot_seed')"
+                           ".value;", ids["prompts"][1])
+    start = len(page.run("return window.__echoRuns;"))
+    assert drawn["dom"]["bars"][1]["buttons"] == ["reroll"]
+    _click(page, f'[data-node-id="{node}"] .echo-tl-shot[data-shot="1"] button[data-action="reroll"]'
+           if page.renderer == "nodes2" else '.echo-tl-shot[data-shot="1"] button[data-action="reroll"]')
+    events = _wait_for_run(page, start)
+    assert events[-1][0] == "execution_success", events[-1]
+    seed_after = page.run("return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'shot_seed')"
+                          ".value;", ids["prompts"][1])
+    assert seed_after != seed_before and seed_after >= 0
+    assert [d["shots"] for k, d in events if k == "echo_forcing.reused"] == [1]
+    assert [d["block"] for k, d in events if k == "echo_forcing.block"] == list(range(blocks[0], sum(blocks)))
+    executed = page.run("return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'echo_timeline')"
+                        ".timeline.state.scenes.map((s) => s.state);", node)
+    assert executed == ["reused", "generated", "generated"]
+    page.screenshot(page.shot("timeline_rerolled_shot_2"))
+
+    # 4. Clicking a bar selects (and centres) its Scene Prompt node.
+    _click(page, '.echo-tl-shot[data-shot="2"]' if page.renderer == "classic"
+           else f'[data-node-id="{node}"] .echo-tl-shot[data-shot="2"]')
+    selected = page.run("return Object.keys(app.canvas.selected_nodes ?? {});")
+    assert selected == [str(ids["prompts"][2])]
+
+
+# The input element of a widget in a Nodes 2.0 node: the row whose label is the widget's name.
+VUE_WIDGET_INPUT = """
+const [id, name] = args;
+const root = document.querySelector(`[data-node-id="${id}"]`);
+if (!root) return null;
+const labelled = root.querySelector(`[aria-label="${name}"] input`);
+if (labelled) { labelled.dataset.echoTestTarget = `${id}-${name}`; return `${id}-${name}`; }
+const label = [...root.querySelectorAll("*")].find((el) => el.children.length === 0 && el.textContent.trim() === name);
+let row = label;
+while (row && row !== root && !row.querySelector("input")) row = row.parentElement;
+const input = row?.querySelector("input");
+if (input) input.dataset.echoTestTarget = `${id}-${name}`;
+return input ? `${id}-${name}` : null;
+"""
+
+
+def _type_into_widget(page: Page, node_id: int, name: str, value: str) -> None:
+    """Change a widget the way a person does: Nodes 2.0 by typing into its input, the classic canvas by the
+    value the canvas widget sets (LiteGraph's prompt dialog writes ``widget.value``), with no call into the pack."""
+    if page.renderer == "classic":
+        page.run("const w = app.graph.getNodeById(args[0]).widgets.find((w) => w.name === args[1]); "
+                 "w.value = Number(args[2]); w.callback?.(w.value);", node_id, name, value)
+        return
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    page.run(DRAW_AND_READ, [node_id], 1.0)  # the node in view: a person types into what they see
+    target = page.run(VUE_WIDGET_INPUT, node_id, name)
+    assert target, f"no input for widget {name} of node {node_id} in its Nodes 2.0 element"
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    element = page.driver.find_element(By.CSS_SELECTOR, f'input[data-echo-test-target="{target}"]')
+    ActionChains(page.driver).move_to_element(element).click().perform()  # on the scrub layer over the input
+    focused = page.run("return document.activeElement?.dataset?.echoTestTarget ?? null;")
+    assert focused == target, f"a click on widget {name} of node {node_id} did not focus its input ({focused})"
+    ActionChains(page.driver).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL) \
+        .send_keys(value).send_keys(Keys.ENTER).perform()
+
+
+def test_changing_a_duration_in_the_browser_redraws_the_timeline(page):
+    page.open()
+    ids = page.run(BUILD_CHAIN, [10, 10, 10], ["smooth", "hard cut", "smooth"], ["Harbour", "Market", "Harbour again"])
+    node = ids["sampler"]
+    before = _sampler(page, node)
+    assert before["dom"]["bars"][1]["detail"] == "10 s · 13 bl"
+    _type_into_widget(page, ids["prompts"][1], "duration", "5")
+    deadline = time.monotonic() + 5
+    while True:  # no explicit refresh: the timeline must notice the edit itself
+        shown = page.run("""const t = app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'echo_timeline')
+                            .timeline; return [t.renders, t.element.querySelectorAll('.echo-tl-detail')[1]
+                            ?.textContent];""", node)
+        if shown[1] == "5 s · 6 bl":
+            break
+        assert time.monotonic() < deadline, f"the timeline did not redraw after the edit: {shown}"
+        time.sleep(0.2)
+    assert shown[0] > before["drawCount"]
+    assert page.run("return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'duration').value;",
+                    ids["prompts"][1]) == 5
+    page.screenshot(page.shot("timeline_after_duration_edit"))
+
+
+def test_labels_are_ellipsized_with_the_whole_text_in_a_tooltip(page):
+    page.open()
+    long = "a very long label that cannot fit in a bar of a default-width node"
+    ids = page.run(BUILD_CHAIN, [10] * 6, ["smooth"] * 6, [f"{long} {i + 1}" for i in range(6)])
+    drawn = _sampler(page, ids["sampler"])
+    width = page.run("return app.graph.getNodeById(args[0]).size[0];", ids["sampler"])
+    assert width <= 520, f"the test wants a default-width sampler, got {width}"
+    for i, bar in enumerate(drawn["dom"]["bars"]):
+        assert bar["overflows"] and bar["ellipsis"], bar
+        assert f"{long} {i + 1}" in bar["title"]
+    assert drawn["dom"]["status"] == "planned: 6 shots · 60 s · 80 blocks"
+    page.screenshot(page.shot("timeline_long_labels"))
+
+
+def test_duration_steps_by_a_quarter_second(page):
+    page.open()
+    ids = page.run(BUILD_CHAIN, [10], ["smooth"], ["one"])
+    options = page.run("const o = app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'duration').options;"
+                       "return { step: o.step, step2: o.step2, min: o.min, round: o.round };", ids["prompts"][0])
+    step = options["step2"] if options.get("step2") is not None else options["step"] / 10
+    assert step == 0.25 and options["min"] == 0.25, options
+    assert options["round"] in (None, False) or options["round"] <= 0.25, options
+
+
+def test_the_template_browser_lists_every_example_workflow_with_its_thumbnail(comfy_server):
+    """ComfyUI serves example_workflows/ to the frontend's template browser: every workflow once, with its .jpg."""
+    with urllib.request.urlopen(comfy_server.url + "/api/workflow_templates", timeout=30) as answer:
+        templates = json.loads(answer.read())
+    packs = [name for name, flows in templates.items() if "six_shot_smooth" in flows]
+    assert len(packs) == 1, templates
+    assert sorted(templates[packs[0]]) == sorted(p.stem for p in UI_WORKFLOWS)  # each once: no second folder
+    for workflow in UI_WORKFLOWS:
+        url = f"{comfy_server.url}/api/workflow_templates/{packs[0]}/{workflow.stem}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.headers.get_content_type() == "image/jpeg"
+            assert answer.read() == workflow.with_suffix(".jpg").read_bytes()
+
+
+SUBGRAPH = """
+app.graph.clear();
+const script = LiteGraph.createNode("EchoForcingSceneScript"); script.pos = [20, 20]; app.graph.add(script);
+const sampler = LiteGraph.createNode("EchoForcingSampler"); sampler.pos = [420, 20]; app.graph.add(sampler);
+script.connect(0, sampler, sampler.findInputSlot("scenes"));
+script.widgets.find((w) => w.name === "script").value = "a harbour [10s] | a market [5s#]";
+if (!app.graph.convertToSubgraph) return null;
+const { node } = app.graph.convertToSubgraph(new Set([script, sampler]));
+const inner = node.subgraph.nodes.find((n) => n.type === "EchoForcingSampler");
+return { outer: node.id, inner: inner.id };
+"""
+
+READ_INNER = """
+const [outer, inner] = args;
+const timeline = app.graph.getNodeById(outer).subgraph.getNodeById(inner).widgets
+    .find((w) => w.name === "echo_timeline").timeline;
+timeline.refresh();
+return { state: timeline.state, text: timeline.text };
+"""
+
+
+def test_a_sampler_inside_a_subgraph_follows_its_events(page):
+    """Events name a node inside a subgraph by its execution id ("outer:inner"); they reach that sampler."""
+    page.open()
+    ids = page.run(SUBGRAPH)
+    if ids is None:
+        pytest.skip(f"frontend {page.version} has no subgraphs")
+    execution_id = f"{ids['outer']}:{ids['inner']}"
+    planned = page.run(READ_INNER, ids["outer"], ids["inner"])
+    assert planned["state"]["source"] == "script" and len(planned["state"]["scenes"]) == 2
+    plan = {"node": execution_id, "prompt_id": "sg1", "total_blocks": 20, "scenes": [
+        {"index": 0, "label": "", "seconds": 10, "blocks": 13, "first_block": 0, "transition": "start"},
+        {"index": 1, "label": "", "seconds": 5, "blocks": 7, "first_block": 13, "transition": "hard cut"}]}
+    page.run(DISPATCH, "echo_forcing.plan", plan)
+    page.run(DISPATCH, "echo_forcing.block", {"node": execution_id, "prompt_id": "sg1", "block": 3, "total": 20,
+                                              "scene": 0, "seconds": 1.0})
+    live = page.run(READ_INNER, ids["outer"], ids["inner"])
+    assert live["state"]["source"] == "server" and live["state"]["run"]["block"] == 3
+    assert live["text"]["status"].startswith("4/20 blocks")
+    _executed(page, execution_id, {"echo_timeline": [{"total_blocks": 20, "scenes": [
+        {**plan["scenes"][0], "mode": "start", "state": "generated", "seconds_taken": 2.0},
+        {**plan["scenes"][1], "mode": "hard cut", "state": "generated", "seconds_taken": 1.0}]}]}, "sg1")
+    done = page.run(READ_INNER, ids["outer"], ids["inner"])
+    assert done["state"]["source"] == "result" and done["text"]["status"] == "done: 20 blocks in 3 s"
