@@ -46,8 +46,11 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
                                               "connected it is used instead of encoding the text; the text is then "
                                               "only a name for reports and recall matching."),
                 io.Float.Input("duration", default=10.0, min=0.25, max=600.0, step=0.25,
-                               tooltip="Length of the shot in seconds (at the sampler's fps; rounded to whole "
-                                       "blocks of 12 video frames the way the official code does)."),
+                               tooltip="Length of the shot in seconds, in steps of 0.25 s (one latent frame at "
+                                       "16 fps). The sampler generates whole blocks of 3 latent frames (12 video "
+                                       "frames: 0.75 s at 16 fps): every shot but the last is rounded down to whole "
+                                       "blocks (at least one), and the last shot takes the rest of the video, as "
+                                       "the official code does."),
                 io.Combo.Input("transition", options=Transition.labels(), default=Transition.SMOOTH.label,
                                tooltip="How the video enters this shot. smooth: the action continues (same scene, "
                                        "new moment). hard cut: a new place or subject, cleanly. recall: return to an "
