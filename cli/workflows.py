@@ -1,5 +1,6 @@
-"""``python -m echo_forcing workflows [--check]``: write the example workflows in ``workflows/`` (UI format for
-drag and drop, ``workflows/api/`` for the queue) from one description, so both formats always agree.
+"""``python -m echo_forcing workflows [--check]``: write the example workflows from one description, so both
+formats always agree: ``example_workflows/`` in UI format (drag and drop, and the folder the frontend's template
+browser reads, with a ``.jpg`` thumbnail of each) and ``workflows/api/`` in API format (for the queue).
 
 Each workflow is a list of nodes (type, title, widget values, links); this module lays them out, numbers
 the links and writes the frontend's graph format (version 0.4: positional ``widgets_values``, one input slot
@@ -19,7 +20,11 @@ from pathlib import Path
 
 from ..safe_files import write_text
 
-WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+PACK_DIR = Path(__file__).resolve().parent.parent
+EXAMPLES_DIR = PACK_DIR / "example_workflows"
+"""UI format; ComfyUI serves it to the frontend's template browser (``/api/workflow_templates``)."""
+API_DIR = PACK_DIR / "workflows" / "api"
+"""API format, for ``POST /prompt`` and ``python -m echo_forcing queue``."""
 
 # ---- node definitions (input order as in /object_info's input_order: required, then optional) ---------------
 
@@ -356,21 +361,20 @@ def ui_format(flow: Workflow) -> dict:
     }
 
 
-def render(folder: Path = WORKFLOWS_DIR) -> dict[Path, str]:
+def render(examples: Path = EXAMPLES_DIR, api: Path = API_DIR) -> dict[Path, str]:
     """File path -> JSON text of every workflow file."""
     files = {}
     for make in WORKFLOWS:
         flow = make()
-        files[folder / f"{flow.name}.json"] = json.dumps(ui_format(flow), indent=1, ensure_ascii=False) + "\n"
-        files[folder / "api" / f"{flow.name}.json"] = json.dumps(api_format(flow), indent=1,
-                                                                 ensure_ascii=False) + "\n"
+        files[examples / f"{flow.name}.json"] = json.dumps(ui_format(flow), indent=1, ensure_ascii=False) + "\n"
+        files[api / f"{flow.name}.json"] = json.dumps(api_format(flow), indent=1, ensure_ascii=False) + "\n"
     return files
 
 
-def write(folder: Path = WORKFLOWS_DIR, check: bool = False) -> list[Path]:
+def write(examples: Path = EXAMPLES_DIR, api: Path = API_DIR, check: bool = False) -> list[Path]:
     """Write the files (atomically), or with ``check`` return those that differ from what would be written."""
     stale = []
-    for path, text in render(folder).items():
+    for path, text in render(examples, api).items():
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(path)
@@ -380,13 +384,14 @@ def write(folder: Path = WORKFLOWS_DIR, check: bool = False) -> list[Path]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("workflows", help="write the example workflows (UI and API format) into workflows/",
+    p = sub.add_parser("workflows", help="write the example workflows: UI format into example_workflows/, API "
+                                         "format into workflows/api/",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="only report files that are out of date (exit 1 if any)")
 
     def run(args) -> int:
         stale = write(check=args.check)
         for path in stale:
-            print(("out of date: " if args.check else "wrote ") + str(path.relative_to(WORKFLOWS_DIR.parent)))
+            print(("out of date: " if args.check else "wrote ") + str(path.relative_to(PACK_DIR)))
         return 1 if args.check and stale else 0
     p.set_defaults(func=run)

@@ -15,14 +15,32 @@ NAMES = ["long_video_60s", "recall_abcabc", "six_shot_hard_cut", "six_shot_smoot
          "story_2_three_more"]
 
 
+EXAMPLES, API = ROOT / "example_workflows", ROOT / "workflows" / "api"
+
+
 def load(*parts: str) -> dict:
-    return json.loads((ROOT / "workflows").joinpath(*parts).read_text(encoding="utf-8"))
+    folder = API if parts[0] == "api" else EXAMPLES
+    return json.loads(folder.joinpath(*parts[1:] if parts[0] == "api" else parts).read_text(encoding="utf-8"))
 
 
 def test_the_workflows_are_shipped_in_both_formats_and_up_to_date():
-    assert sorted(p.stem for p in (ROOT / "workflows").glob("*.json")) == NAMES
-    assert sorted(p.stem for p in (ROOT / "workflows" / "api").glob("*.json")) == NAMES
+    assert sorted(p.stem for p in EXAMPLES.glob("*.json")) == NAMES
+    assert sorted(p.stem for p in API.glob("*.json")) == NAMES
     assert gen.write(check=True) == [], "run: python -m echo_forcing workflows"
+    # ComfyUI lists the JSON files of every example folder it knows (example_workflows, workflows, ...) as
+    # templates: only example_workflows/ may hold UI workflows, or the template browser shows each twice.
+    assert not list((ROOT / "workflows").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_template_has_a_jpeg_thumbnail(name):
+    """The frontend's template browser shows ``<name>.jpg`` next to ``<name>.json`` (a placeholder without)."""
+    thumbnail = EXAMPLES / f"{name}.jpg"
+    assert thumbnail.is_file(), f"{thumbnail.name} is missing: refresh with ECHO_TEMPLATE_THUMBNAILS=1 (see " \
+                                "example_workflows/README.md)"
+    data = thumbnail.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9", f"{thumbnail.name} is not a JPEG file"
+    assert 5_000 < len(data) < 250_000, f"{thumbnail.name}: {len(data)} bytes"
 
 
 @pytest.mark.parametrize("name", NAMES)
