@@ -34,6 +34,8 @@ const CSS = `
   pointer-events: none; }
 .echo-tl-fill { position: absolute; left: 0; top: 0; bottom: 0; background: rgba(120, 220, 140, 0.35);
   pointer-events: none; }
+.echo-tl-marker { position: absolute; top: 0; bottom: 0; min-width: 2px; background: rgba(255, 255, 255, 0.3);
+  border-left: 2px solid #fff; pointer-events: none; }
 .echo-tl-shot[data-status="reused"] .echo-tl-fill { background: rgba(120, 180, 230, 0.35); }
 .echo-tl-shot[data-status="generating"] { box-shadow: inset 0 -3px 0 #fff; }
 .echo-tl-text { position: relative; pointer-events: none; }
@@ -139,6 +141,12 @@ export function renderTimeline(root, state, actions) {
             const fill = el("div", "echo-tl-fill");
             fill.style.width = `${fraction * 100}%`;
             bar.append(fill);
+        }
+        if (status_ === "generating" && scene.blocks > 0) {  // the block being generated
+            const marker = el("div", "echo-tl-marker");
+            marker.style.left = `${fraction * 100}%`;
+            marker.style.width = `${100 / scene.blocks}%`;
+            bar.append(marker);
         }
         const text = el("div", "echo-tl-text");
         text.append(el("div", "echo-tl-label", shotName(scene)));
