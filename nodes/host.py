@@ -18,6 +18,7 @@ import torch
 
 from ..memory.files import named_file
 from ..pipeline import BlockEvent
+from ..pipeline.run_plan import FRAMES_PER_BLOCK
 from ..pipeline.run_report import mode_name
 from ..pipeline.shot_boundary import ShotBoundary
 
@@ -142,7 +143,7 @@ THUMBNAIL_WIDTH = 160
 """Shot thumbnails are at most this wide (a latent2rgb picture is an eighth of the frame's width)."""
 
 
-def shot_end_frames(blocks, frames_per_block: int = 3) -> list[int]:
+def shot_end_frames(blocks, frames_per_block: int = FRAMES_PER_BLOCK) -> list[int]:
     """The latent frame index of the last frame of every shot, from its block counts."""
     ends, frames = [], 0
     for n in blocks:
@@ -155,7 +156,7 @@ class BlockProgress:
     """``on_block`` for the rollout: progress bar, a latent2rgb preview of the block's last frame, events, and a
     thumbnail of every shot as it ends (``echo_forcing.shot``)."""
 
-    def __init__(self, node_id: str | None, blocks: list[int], frames_per_block: int = 3):
+    def __init__(self, node_id: str | None, blocks: list[int], frames_per_block: int = FRAMES_PER_BLOCK):
         import latent_preview
         from comfy.latent_formats import Wan21
 
