@@ -440,7 +440,7 @@ def test_the_stop_route_ends_the_run_after_the_shot_asked_for(comfy_server, tiny
             async with session.post(stop, json=body) as answer:
                 answers.append((answer.status, await answer.json()))
 
-    status, _, events = run(comfy_server.url, prompt, stop_after_shot_2)
+    status, _, events = run(comfy_server.url, _with_latent_output(prompt, "route_stopped"), stop_after_shot_2)
     assert status == 200 and events[-1][0] == "execution_success", events[-3:]
     assert [a[0] for a in answers] == [400, 400, 400, 400, 403, 403, 200], answers
     assert answers[-1][1]["stop_after_shot"] == 2
@@ -448,6 +448,8 @@ def test_the_stop_route_ends_the_run_after_the_shot_asked_for(comfy_server, tiny
     blocks = [scene["blocks"] for scene in plan["scenes"]]
     assert blocks[0] == 16
     assert [d["block"] for k, d in events if k == "echo_forcing.block"] == list(range(sum(blocks[:2])))
+    # a complete, shorter video: the LATENT holds exactly shots 1 and 2 (3 latent frames per block)
+    assert _latents(comfy_server, events, "99").shape[2] == 3 * sum(blocks[:2])
     executed = {d["node"]: d["output"] for k, d in events if k == "executed"}
     assert [s["state"] for s in executed[sampler]["echo_timeline"][0]["scenes"]] == \
         ["generated"] * 2 + ["not generated"] * 4

@@ -637,8 +637,8 @@ def test_timeline_without_scenes_with_a_broken_script_and_through_a_reroute(page
     assert _shots(_sampler(page, ids["sampler"])["state"]) == _script_shots("a fox [10s#] | a city [5s]", 16)
 
 
-REAL_RUN = """
-const [models, script] = args;
+# A new graph with the tiny model loaders (`models`: the tiny_models fixture), and `add` / `link` for the rest.
+TINY_LOADERS = """
 app.graph.clear();
 const add = (type, x, y, values = {}) => {
     const node = LiteGraph.createNode(type); node.pos = [x, y]; app.graph.add(node);
@@ -648,6 +648,11 @@ const add = (type, x, y, values = {}) => {
 const link = (from, slot, to, name) => from.connect(slot, to, to.findInputSlot(name));
 const dit = add("EchoForcingLoadCausalDiT", 20, 20, { ckpt_name: models.dit });
 const clip = add("CLIPLoader", 20, 260, { clip_name: models.clip, type: "sd3" });
+"""
+
+REAL_RUN = """
+const [models, script] = args;
+""" + TINY_LOADERS + """
 const shots = add("EchoForcingSceneScript", 20, 420, { script });
 // A fresh seed: an unchanged prompt would come from ComfyUI's cache and send no events at all.
 const sampler = add("EchoForcingSampler", 420, 20, { width: 32, height: 32, seed: Math.floor(Math.random() * 1e9) });
@@ -707,15 +712,7 @@ def test_timeline_follows_a_real_run(page, request):
 
 REAL_CHAIN = """
 const [models, shots] = args;
-app.graph.clear();
-const add = (type, x, y, values = {}) => {
-    const node = LiteGraph.createNode(type); node.pos = [x, y]; app.graph.add(node);
-    for (const [name, value] of Object.entries(values)) node.widgets.find((w) => w.name === name).value = value;
-    return node;
-};
-const link = (from, slot, to, name) => from.connect(slot, to, to.findInputSlot(name));
-const dit = add("EchoForcingLoadCausalDiT", 20, 20, { ckpt_name: models.dit });
-const clip = add("CLIPLoader", 20, 260, { clip_name: models.clip, type: "sd3" });
+""" + TINY_LOADERS + """
 let previous = null;
 const prompts = shots.map(([text, duration, transition, label], i) => {
     const node = add("EchoForcingScenePrompt", 20 + 330 * i, 420, { text, duration, transition, label });
@@ -827,6 +824,8 @@ def test_stop_after_a_shot_and_reroll_from_the_timeline(page, request):
     executed = page.run("return app.graph.getNodeById(args[0]).widgets.find((w) => w.name === 'echo_timeline')"
                         ".timeline.state.scenes.map((s) => s.state);", node)
     assert executed == ["reused", "generated", "generated"]
+    rerolled = _sampler(page, node, zoom=0.8)
+    assert "reused shots 1-1" in rerolled["dom"]["status"], rerolled["dom"]["status"]  # the report says which
     page.screenshot(page.shot("timeline_rerolled_shot_2"))
 
     # 4. Clicking a bar selects (and centres) its Scene Prompt node.
