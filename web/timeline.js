@@ -34,6 +34,7 @@ class Timeline {
         this.text = null;
         this.notice = null;
         this.element.addEventListener("click", (event) => this.onClick(event));
+        new ResizeObserver(() => this.render()).observe(this.element);  // notes are laid out in pixels
         this.element.addEventListener("pointerdown", (event) => {
             if (event.target.closest?.("button")) event.stopPropagation();  // a button press never drags the node
         });

@@ -72,7 +72,9 @@ export function planFromScenes(scenes, fps, source) {
 // -------------------------------------------------------------------------------------- script parsing
 
 const DURATION_TAG = /\[(\d+\.?\d*)\s*s([#@])?\]/;
-const MARKER_TRANSITION = { "": "smooth", "#": "hard cut", "@": "recall" };
+/** A script tag's marker -> the transition into the next shot ("auto" has no marker). */
+const MARKER_TRANSITION = Object.fromEntries(Object.entries(TRANSITIONS)
+    .filter(([name]) => name !== "auto").map(([name, style]) => [style.marker, name]));
 /** A recall target naming a shot by number, as the Scene Prompt node reads it ("2", "#2", "shot 2"). */
 export const SHOT_NUMBER = /^\s*(?:shot\s*|#)?(\d+)\s*$/i;
 

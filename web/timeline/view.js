@@ -5,7 +5,8 @@
 import { normaliseTransition, shotName, TRANSITIONS } from "./plan.js";
 import { doneFraction, formatSeconds, sceneNote, shotStatus, statusText } from "./run_state.js";
 
-export const HEIGHT = 118;
+export const HEIGHT = 131;
+const NOTE_ROW = 13;
 const STYLE_ID = "echo-forcing-timeline-style";
 
 const STATUS_WORDS = {
@@ -52,7 +53,7 @@ const CSS = `
   color: #eee; background: rgba(0, 0, 0, 0.6); border: 1px solid #777; border-radius: 3px; cursor: pointer; }
 .echo-tl-actions button:hover { background: #555; }
 .echo-tl-actions button[data-active="true"] { background: #8a2d25; border-color: #e0584c; }
-.echo-tl-notes { position: relative; height: 13px; font-size: 10px; }
+.echo-tl-notes { position: relative; height: 26px; font-size: 10px; line-height: 13px; }
 .echo-tl-note { position: absolute; top: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .echo-tl-legend { height: 13px; font-size: 10px; color: #999; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
@@ -199,7 +200,7 @@ export function renderTimeline(root, state, actions) {
         left += share;
     }
     bars.append(...glyphs);
-    for (const [k, note] of notes.entries()) {  // each note may run up to the next one
+    for (const [k, note] of notes.entries()) {  // until laid out in pixels: each runs up to the next one
         const next = notes[k + 1]?.left ?? 1;
         note.span.style.maxWidth = `calc(${(next - note.left) * 100}% - 4px)`;
         notesRow.append(note.span);
@@ -214,5 +215,35 @@ export function renderTimeline(root, state, actions) {
     legend.title = "How each shot is entered: ~ smooth continuation, ✂ hard cut, ↩ recall of an earlier shot, "
         + "? auto (the memory decides). A block is 3 latent frames (0.75 s at 16 fps).";
     root.replaceChildren(statusLine, bars, notesRow, legend);
+    packNotes(notesRow, notes);
     return { status, notes: notes.map((note) => note.text) };
+}
+
+/**
+ * Lay the notes out on two rows, each at its shot's left edge, or further left when it would run past the end;
+ * a note ends where the next one on its row begins ("…" and the tooltip beyond). Needs the row's width, so it
+ * runs once the element is on the page (and again when it is resized); until then the notes keep their
+ * percentage positions.
+ */
+function packNotes(row, notes) {
+    const width = row.clientWidth;
+    if (!(width > 0)) return;
+    const GAP = 6;
+    const ends = [0, 0];
+    for (const note of notes) {
+        const natural = note.span.scrollWidth;
+        let x = note.left * width;
+        const free = ends.map((end) => end <= x);
+        note.row = free[0] ? 0 : free[1] ? 1 : ends[0] <= ends[1] ? 0 : 1;
+        if (x + natural > width) x = Math.max(ends[note.row], width - natural, 0);
+        note.x = x;
+        ends[note.row] = x + natural + GAP;
+    }
+    for (const [k, note] of notes.entries()) {
+        const next = notes.slice(k + 1).find((other) => other.row === note.row);
+        Object.assign(note.span.style, {
+            left: `${note.x}px`, top: `${note.row * NOTE_ROW}px`,
+            maxWidth: `${Math.max((next ? next.x - GAP : width) - note.x, 0)}px`,
+        });
+    }
 }
