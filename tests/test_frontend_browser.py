@@ -440,6 +440,8 @@ def _assert_the_dom_shows_the_state(page: Page, sampler: dict, where: str) -> No
         assert bar["title"].startswith(f"Shot {scene['index'] + 1}"), (where, bar)
         assert bar["ellipsis"], f"{where}: a long label would be clipped instead of ellipsized"
         assert bar["glyph"] == (None if scene["index"] == 0 else scene["transition"]), (where, bar)
+        if sampler["state"].get("run") is None:  # no run yet: nothing to stop, nothing to re-roll
+            assert bar["buttons"] == [], (where, bar)
 
 
 # ------------------------------------------------------------------------------------ timeline logic

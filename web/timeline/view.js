@@ -175,8 +175,8 @@ export function renderTimeline(root, state, actions) {
             stop.title = `Stop after this shot: the run ends successfully once shot ${i + 1} is done, with shots 1-${i + 1}`;
             buttons.append(stop);
         }
-        if (!state.run?.phase || state.run.phase !== "running") {
-            if (actions.canReroll(scene)) {
+        if (state.run && state.run.phase !== "running" && (status_ === "done" || status_ === "reused")) {
+            if (actions.canReroll(scene)) {  // after a run, on the shots it made
                 const reroll = el("button", "", "↻");
                 reroll.dataset.action = "reroll";
                 reroll.dataset.shot = String(i);
