@@ -380,3 +380,54 @@ def test_node_outputs_have_short_safe_reprs(pack):
 def test_what_only_the_run_can_see_fails_with_a_message_that_says_what_to_change(pack, call, message):
     with pytest.raises(Exception, match=message):
         call(pack)
+
+
+# ---- the stop route's rule (nodes/host.py stop_target) ------------------------------------------------------
+
+RUNNING = [(1, "run-1", {}, {"client_id": "tab-a"}, [])]
+QUEUED = [(2, "queued-2", {}, {"client_id": "tab-b"}, []), (3, "api-3", {}, {}, [])]
+
+
+@pytest.mark.parametrize("body, status", [
+    (None, 400), ([], 400), ("run-1", 400), (5, 400), ({}, 400), ({"client_id": "tab-a"}, 400),
+    ({"prompt_id": 5}, 400), ({"prompt_id": ""}, 400), ({"prompt_id": "x" * 201}, 400),
+    ({"prompt_id": "run-1", "shot": 0, "client_id": "tab-a"}, 400),
+    ({"prompt_id": "run-1", "shot": -3, "client_id": "tab-a"}, 400),
+    ({"prompt_id": "run-1", "shot": True, "client_id": "tab-a"}, 400),
+    ({"prompt_id": "run-1", "shot": 1.0, "client_id": "tab-a"}, 400),
+    ({"prompt_id": "run-1", "shot": "2", "client_id": "tab-a"}, 400),
+    ({"prompt_id": "run-1", "shot": 10**30, "client_id": "tab-a"}, 400),
+    ({"prompt_id": "run-1", "client_id": 7}, 400), ({"prompt_id": "run-1", "client_id": "a" * 201}, 400),
+    ({"prompt_id": "run-1", "client_id": "tab-a", "__proto__": 1}, 400),
+    ({"prompt_id": "run-1"}, 403), ({"prompt_id": "run-1", "client_id": "tab-b"}, 403),
+    ({"prompt_id": "queued-2", "client_id": "tab-a"}, 403),
+    ({"prompt_id": "ended-9", "client_id": "tab-a"}, 404), ({"prompt_id": "../../x", "client_id": "tab-a"}, 404),
+])
+def test_the_stop_rule_refuses_bad_requests_and_other_clients_runs(pack, body, status):
+    with pytest.raises(pack.host.StopRefused) as refused:
+        pack.host.stop_target(body, RUNNING, QUEUED)
+    assert refused.value.status == status and str(refused.value)
+
+
+@pytest.mark.parametrize("body, target", [
+    ({"prompt_id": "run-1", "client_id": "tab-a"}, ("run-1", None)),
+    ({"prompt_id": "run-1", "shot": 3, "client_id": "tab-a"}, ("run-1", 3)),
+    ({"prompt_id": "queued-2", "shot": 1, "client_id": "tab-b"}, ("queued-2", 1)),
+    ({"prompt_id": "api-3", "shot": 2}, ("api-3", 2)),  # queued without a client: its id alone names it
+])
+def test_the_stop_rule_accepts_the_client_that_queued_the_run(pack, body, target):
+    assert pack.host.stop_target(body, RUNNING, QUEUED) == target
+
+
+def test_a_stop_request_ends_the_run_after_the_shot_asked_for(pack):
+    host = pack.host
+    stop = host.StopRequest("run-1")
+    assert not stop(0)  # nothing asked
+    host._stop_requests["run-1"] = 3
+    before = host.requested_stops()
+    assert [stop(shot) for shot in range(4)] == [False, False, True, True]  # shot indices 0.. ; shot 3 is index 2
+    assert host.requested_stops() > before  # the sampler's fingerprint moves: no stale cached result
+    host._stop_requests["run-1"] = None
+    assert stop(0)  # no shot: after the current one
+    stop.close()
+    assert "run-1" not in host._stop_requests and not stop(5)
