@@ -835,6 +835,15 @@ def test_stop_after_a_shot_and_reroll_from_the_timeline(page, request):
            else f'[data-node-id="{node}"] .echo-tl-shot[data-shot="2"]')
     selected = page.run("return Object.keys(app.canvas.selected_nodes ?? {});")
     assert selected == [str(ids["prompts"][2])]
+    offset = page.run("""  // how far the node's centre is from the canvas's centre, in fractions of its size
+        for (let i = 0; i < 20; i++) await new Promise((resolve) => setTimeout(resolve, 100));  // any animation
+        const node = app.graph.getNodeById(args[0]);
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        const [ox, oy] = app.canvas.ds.offset; const scale = app.canvas.ds.scale;
+        const x = (node.pos[0] + node.size[0] / 2 + ox) * scale, y = (node.pos[1] + node.size[1] / 2 + oy) * scale;
+        return [Math.abs(x - rect.width / 2) / rect.width, Math.abs(y - rect.height / 2) / rect.height];""",
+                     ids["prompts"][2])
+    assert max(offset) < 0.1, f"the canvas is not centred on the selected Scene Prompt: {offset}"
 
 
 # The input element of a widget in a Nodes 2.0 node: the row whose label is the widget's name.
