@@ -162,9 +162,10 @@ function onExecuted({ detail }) {
 
 function refreshAll() {
     for (const [node, timeline] of timelines) {
-        if (node.graph) timeline.inGraph = true;
-        else if (timeline.inGraph) timelines.delete(node);  // removed from its graph
-        if (node.graph && timeline.element.isConnected) timeline.refresh();
+        const inGraph = node.graph?.getNodeById?.(node.id) === node;
+        if (inGraph) timeline.inGraph = true;
+        else if (timeline.inGraph) timelines.delete(node);  // removed, or its workflow was closed or replaced
+        if (inGraph && timeline.element.isConnected) timeline.refresh();
     }
 }
 
