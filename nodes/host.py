@@ -154,7 +154,8 @@ def shot_end_frames(blocks, frames_per_block: int = FRAMES_PER_BLOCK) -> list[in
 
 class BlockProgress:
     """``on_block`` for the rollout: progress bar, a latent2rgb preview of the block's last frame, events, and a
-    thumbnail of every shot as it ends (``echo_forcing.shot``)."""
+    thumbnail of every shot as it ends (``echo_forcing.shot``) or is reused; ``pictures`` keeps them by shot
+    index for the sampler's result."""
 
     def __init__(self, node_id: str | None, blocks: list[int], frames_per_block: int = FRAMES_PER_BLOCK):
         import latent_preview
@@ -165,6 +166,7 @@ class BlockProgress:
         self.shot_ends = shot_end_frames(blocks, frames_per_block)
         self.last_blocks = {end // frames_per_block: shot for shot, end in enumerate(self.shot_ends)}
         self.prompt_id = prompt_id()
+        self.pictures: dict[int, str] = {}
         self.bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
         self.previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
 
@@ -181,8 +183,12 @@ class BlockProgress:
         return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def thumbnails(self, latents: torch.Tensor) -> list[str]:
-        """One thumbnail per shot whose frames ``latents`` (normalised ``[B, T, C, h, w]``) hold: its last frame."""
-        return [self.thumbnail(latents[:1, end]) for end in self.shot_ends if end < latents.shape[1]]
+        """One thumbnail per shot whose frames ``latents`` (normalised ``[B, T, C, h, w]``) hold, from its last
+        frame, in shot order; each is kept in ``pictures``."""
+        done = [shot for shot, end in enumerate(self.shot_ends) if end < latents.shape[1]]
+        for shot in done:
+            self.pictures[shot] = self.thumbnail(latents[:1, self.shot_ends[shot]])
+        return [self.pictures[shot] for shot in done]
 
     def reused(self, boundary: ShotBoundary) -> None:
         """The run starts after ``boundary``: the bar jumps over its blocks and the timeline is told."""
@@ -203,8 +209,9 @@ class BlockProgress:
         self.event("echo_forcing.block", {"block": event.index, "total": event.total, "scene": event.scene,
                                           "seconds": round(event.seconds, 3)})
         if event.index in self.last_blocks:
-            self.event("echo_forcing.shot", {"scene": self.last_blocks[event.index], "state": "done",
-                                             "thumbnail": self.thumbnail(frame)})
+            shot = self.last_blocks[event.index]
+            self.pictures[shot] = self.thumbnail(frame)
+            self.event("echo_forcing.shot", {"scene": shot, "state": "done", "thumbnail": self.pictures[shot]})
 
 
 _stop_requests: dict[str, int | None] = {}

@@ -202,7 +202,8 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
         out_pool = result.pool if result.pool is not None else (pool if pool is not None else ScenePool())
         text = report_text(report)
         shown = timeline(report)
-        for scene, picture in zip(shown["scenes"], progress.thumbnails(result.latents), strict=False):
-            scene["thumbnail"] = picture
+        for scene in shown["scenes"]:  # the pictures the run already sent, one per shot done or reused
+            if scene["index"] in progress.pictures:
+                scene["thumbnail"] = progress.pictures[scene["index"]]
         return io.NodeOutput(latent, out_pool, text, plan.story_of(result),
                              ui={"echo_timeline": [shown], "text": [text.split("\n\n")[0]]})
