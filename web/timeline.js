@@ -64,12 +64,7 @@ class Timeline {
             canStop: state.run?.phase === "running" && !!state.prompt_id,
             canReroll: (scene) => state.source !== "script" && !!shotSeedWidget(graph, scene),
         };
-        this.text = renderTimeline(this.element, state, actions);
-        if (this.notice) {
-            const line = this.element.querySelector(".echo-tl-status");
-            line.textContent = `${this.notice} · ${this.text.status}`;
-            line.title = line.textContent;
-        }
+        this.text = renderTimeline(this.element, state, actions, this.notice);
         this.renders += 1;
     }
 

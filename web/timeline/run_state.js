@@ -4,6 +4,11 @@
 
 import { normaliseTransition, SHOT_NUMBER, shotName, shots } from "./plan.js";
 
+/** A thumbnail the server sent: a data URL of an image, else null (nothing else ever reaches an <img>). */
+function picture(value) {
+    return typeof value === "string" && value.startsWith("data:image/") ? value : null;
+}
+
 /** Scenes as the server sends them (plan event or result), with the planned ones' graph nodes kept. */
 export function serverScenes(scenes, planned = null) {
     const list = (scenes ?? []).map((scene, i) => ({
@@ -18,8 +23,7 @@ export function serverScenes(scenes, planned = null) {
         similarity: scene.similarity ?? null,
         seconds_taken: scene.seconds_taken ?? null,
         state: scene.state ?? null,
-        thumbnail: typeof scene.thumbnail === "string" && scene.thumbnail.startsWith("data:image/")
-            ? scene.thumbnail : null,
+        thumbnail: picture(scene.thumbnail),
     }));
     if (planned && planned.scenes.length === list.length) {
         list.forEach((scene, i) => {
@@ -58,8 +62,7 @@ export function reused(state, detail) {
     state.scenes.forEach((scene, i) => {
         if (i >= count) return;
         scene.state = "reused";
-        const picture = detail.thumbnails?.[i];
-        if (typeof picture === "string" && picture.startsWith("data:image/")) scene.thumbnail = picture;
+        scene.thumbnail = picture(detail.thumbnails?.[i]) ?? scene.thumbnail;
     });
 }
 
@@ -92,9 +95,7 @@ export function shotDone(state, detail) {
     const scene = state.scenes[Number(detail.scene)];
     if (!scene) return;
     scene.state = scene.state === "reused" ? "reused" : "generated";
-    if (typeof detail.thumbnail === "string" && detail.thumbnail.startsWith("data:image/")) {
-        scene.thumbnail = detail.thumbnail;
-    }
+    scene.thumbnail = picture(detail.thumbnail) ?? scene.thumbnail;
 }
 
 /** Core progress, used only when no echo_forcing.plan came (an older server): a run of the planned shots. */

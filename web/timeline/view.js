@@ -88,7 +88,7 @@ function boundaryMode(scene) {
     return scene.mode && scene.mode !== "start" ? normaliseTransition(scene.mode) : scene.transition;
 }
 
-function shotTooltip(scene, status, total) {
+function shotTooltip(scene, status, scenes) {
     const lines = [`Shot ${scene.index + 1}${scene.label ? ` · ${scene.label}` : ""}`];
     const blocks = scene.blocks > 0 ? ` · ${scene.blocks} block${scene.blocks === 1 ? "" : "s"}` : "";
     lines.push(`${formatSeconds(scene.seconds)} s${blocks}`);
@@ -96,7 +96,7 @@ function shotTooltip(scene, status, total) {
         const mode = boundaryMode(scene);
         lines.push(`entered by: ${mode}${scene.transition === "auto" && mode !== "auto" ? " (auto)" : ""}`);
     }
-    const note = sceneNote(scene, total);
+    const note = sceneNote(scene, scenes);
     if (note) lines.push(note);
     const taken = Number.isFinite(Number(scene.seconds_taken)) && scene.seconds_taken != null
         ? ` (${formatSeconds(scene.seconds_taken)} s)` : "";
@@ -107,13 +107,14 @@ function shotTooltip(scene, status, total) {
 
 /**
  * Renders `state` into `root`. `actions` says what the buttons may do: `canStop` (a run of a known prompt is going)
- * and `canReroll(scene)`. Returns the full texts drawn (status and notes), which the browser tests read.
+ * and `canReroll(scene)`; `notice` (optional) is put before the status, e.g. why a button's request failed.
+ * Returns the full texts drawn (status and notes), which the browser tests read.
  */
-export function renderTimeline(root, state, actions) {
+export function renderTimeline(root, state, actions, notice = null) {
     const scenes = state.scenes;
     root.dataset.phase = state.run?.phase ?? "planned";
     root.dataset.source = state.source ?? "";
-    const status = statusText(state);
+    const status = notice ? `${notice} · ${statusText(state)}` : statusText(state);
     const statusLine = el("div", "echo-tl-status", status);
     statusLine.title = status;
 
