@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from .config import EchoMemoryConfig, JumpStrategy, ModeConfig, OldMemorySource, SceneMemoryError, Transition
 from .devices import to_storage
 from .hierarchical_memory import EchoLayerMemory
+from .kv_storage import COMPUTE, check_kv_storage
 from .routing import Candidate, SceneFeatures, TextEncoder, auto_route, paper_recall_jump, similarity_jump
 from .scene_pool import POOL_DEVICE, LayerFrames, PoolEntry, PoolSignature, ScenePool, SceneRegistry
 from .state import BlockReport, MemoryState, SceneInfo
@@ -39,6 +40,11 @@ class EchoMemory:
     """Scenes of earlier jobs that recalls may bring back."""
     storage: str | None = None
     """Where anchor pool and candidate history live: default CPU under a GPU, else the compute device."""
+    kv_storage: str = COMPUTE
+    """How keys and values are kept (``memory.kv_storage``): ``compute`` or ``fp8_e4m3``."""
+
+    def __post_init__(self) -> None:
+        check_kv_storage(self.kv_storage, allow_auto=False)
 
     def check_length(self, num_frames: int, frames_per_block: int) -> None:
         if frames_per_block != self.config.frames_per_block:
@@ -75,7 +81,7 @@ class EchoMemoryState(MemoryState):
 
     def __init__(self, policy: EchoMemory, num_layers: int, scenes: list[SceneInfo], compute_features: bool = True):
         cfg = policy.config
-        super().__init__([EchoLayerMemory(cfg, policy.storage) for _ in range(num_layers)])
+        super().__init__([EchoLayerMemory(cfg, policy.storage, policy.kv_storage) for _ in range(num_layers)])
         self.config = cfg
         self.scenes = scenes or [SceneInfo(prompt="", num_blocks=0)]
         base = policy.pool or ScenePool(max_size=cfg.pool_size)

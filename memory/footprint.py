@@ -27,6 +27,8 @@ class MemoryFootprint:
     boundary_bytes: int = 0
     """CPU bytes of the memory snapshot a shot boundary keeps (``memory.snapshot``; the latents of the shots
     done and the shared scene-pool frames come on top)."""
+    window_tokens: int = 0
+    """Most key tokens one layer attends over in a call (the length of its working cache)."""
 
     @property
     def device_ratio(self) -> float:
@@ -46,13 +48,18 @@ def memory_footprint(policy, num_layers: int, heads: int, head_dim: int, dtype: 
     frame_bytes = frame_tokens * heads * head_dim * like.element_size()
     echo = state.layers and isinstance(state.layers[0], EchoLayerMemory)
     if echo:
-        cfg = state.layers[0].config
+        layer = state.layers[0]
+        cfg = layer.config
         candidates = len(range(0, cfg.recall_source_frames, cfg.recall_stride))
-        # recall candidates of the running scene + one recall frame per finished scene, keys and values
-        storage += 2 * frame_bytes * num_layers * (candidates + scenes)
+        stored_frame = layer.kv.nbytes(frame_tokens, heads, head_dim)
+        # recall candidates of the running scene (storage format) + one recall frame per finished scene (the
+        # scene pool keeps them in the compute dtype), keys and values
+        storage += 2 * num_layers * (stored_frame * candidates + frame_bytes * scenes)
     working = 2 * 21 * frame_bytes * num_layers
     if echo:  # a boundary comes after a shot: count the frames a full cache keeps
         for layer in state.layers:
             layer.size_as_full()
+    window = max((layer.k.shape[1] for layer in state.layers if getattr(layer, "k", None) is not None),
+                 default=21 * frame_tokens)
     boundary = state.snapshot(copy=False).nbytes
-    return MemoryFootprint(state.device_bytes, storage, working, boundary)
+    return MemoryFootprint(state.device_bytes, storage, working, boundary, window)

@@ -43,6 +43,7 @@ from ..models.seam import AttentionWindow, BlockCall
 from .config import DecayConfig, EchoMemoryConfig, OldMemorySource
 from .decay import OldMemoryDecay
 from .devices import to_device
+from .kv_storage import COMPUTE, KVFormat
 from .phase_compression import (
     CandidateHistory,
     PhaseCalibration,
@@ -59,9 +60,12 @@ from .rolling_anchors import AnchorPool, anchor_group
 class EchoLayerMemory:
     """One layer's hierarchical temporal memory; implements ``models.seam.LayerMemory``."""
 
-    def __init__(self, config: EchoMemoryConfig, storage: torch.device | str | None = None):
+    def __init__(self, config: EchoMemoryConfig, storage: torch.device | str | None = None, kv_storage: str = COMPUTE):
         self.config = config
         self._storage = torch.device(storage) if storage is not None else None
+        self.kv_storage = kv_storage
+        """How keys and values are kept (``memory.kv_storage``): the working cache, anchor pool, candidate
+        history, recall candidates and shot-boundary frames all hold them in this format."""
         self.allocated = False
         # positions in frames (slots) of the working cache
         self.local_end = 0
@@ -89,16 +93,17 @@ class EchoLayerMemory:
         self.storage = self._storage or (torch.device("cpu") if k.device.type == "cuda" else k.device)
         self.frame_tokens, self.heads, self.head_dim = frame_tokens, heads, head_dim
         slots = cfg.budget_frames * frame_tokens
-        self.k = torch.zeros(1, slots, heads, head_dim, dtype=k.dtype, device=k.device)
-        self.v = torch.zeros_like(self.k)
+        self.kv = KVFormat(self.kv_storage, k.dtype)
+        self.k = self.kv.zeros((1, slots, heads, head_dim), k.device)
+        self.v = self.kv.zeros((1, slots, heads, head_dim), k.device)
         self.decay = OldMemoryDecay(slots, k.device)
-        args = (frame_tokens, heads, head_dim, k.dtype, k.device, self.storage)
+        args = (frame_tokens, heads, head_dim, self.kv, k.device, self.storage)
         self.pool = AnchorPool(cfg.anchor_pool_frames + cfg.old_memory_frames_max, *args)
         self.history = CandidateHistory(cfg.budget_frames, *args)
         self.calibration = PhaseCalibration(heads, head_dim, k.device)
         self.omega = temporal_omega(head_dim, k.device)
         self.offsets = geometric_offsets(cfg.budget_frames)
-        self.recorder = SceneRecorder(cfg, heads, head_dim, k.dtype, k.device, self.storage)
+        self.recorder = SceneRecorder(cfg, heads, head_dim, self.kv, k.device, self.storage)
         self.allocated = True
 
     # ---- the per-call update -------------------------------------------------------------------------------
@@ -114,6 +119,7 @@ class EchoLayerMemory:
             self.allocate(k, call.grid)
         slot_time = self.slot_time(call)
         slot_end = slot_time + f
+        k, v = self.kv.encode(k), self.kv.encode(v)  # what every buffer keeps from here on
 
         if self.recorder.active:
             self.recorder.record(q, k, v, p)
@@ -137,7 +143,7 @@ class EchoLayerMemory:
 
         weights, weighted_tokens = self.decay.window(end * p)
         return AttentionWindow(
-            k=self.k[:, :end * p], v=self.v[:, :end * p],
+            k=self.kv.decode(self.k[:, :end * p]), v=self.kv.decode(self.v[:, :end * p]),
             k_time=key_positions(end, cfg.budget_frames, self.jump, cfg.transition_frames),
             q_time=query_positions(slot_time, f, cfg.budget_frames, self.jump, cfg.transition_frames),
             weights=weights, weighted_tokens=weighted_tokens,
@@ -213,16 +219,16 @@ class EchoLayerMemory:
     def restart_scene(self, old_frame: tuple[torch.Tensor, torch.Tensor] | None, recent: int, scene_start: int,
                       jump: int) -> int:
         """Start a new scene at absolute frame ``scene_start`` (what ``memory.transitions`` decided): ``old_frame``
-        (``[P, H, d]`` keys and values, or None) goes to slot 0 and the ``recent`` last frames of the cache after
-        it; nothing else of the old scene stays (history, calibration, anchor pool, decay and recording
-        restart). Returns the old slots kept."""
+        (``[P, H, d]`` keys and values in the compute dtype or the storage format, or None) goes to slot 0 and
+        the ``recent`` last frames of the cache after it; nothing else of the old scene stays (history,
+        calibration, anchor pool, decay and recording restart). Returns the old slots kept."""
         p = self.frame_tokens
         previous_end = self.local_end
         kept = 0
         if old_frame is not None:
             k, v = old_frame
-            self.k[0, :p] = to_device(k, self.device, self.dtype)
-            self.v[0, :p] = to_device(v, self.device, self.dtype)
+            self.k[0, :p] = self.kv.stored(to_device(k, self.device))
+            self.v[0, :p] = self.kv.stored(to_device(v, self.device))
             kept = 1
         if recent:
             src = slice((previous_end - recent) * p, previous_end * p)
@@ -248,8 +254,8 @@ class EchoLayerMemory:
     def estimate_decay(self, decay: DecayConfig, select_k: torch.Tensor | None) -> None:
         """After the context pass of a scene's first block: the decay rates of the old slots (``memory.decay``)."""
         p = self.frame_tokens
-        self.decay.estimate_rates(decay, self.block_frame(0)[0], self.k, p, self.config.frames_per_block * p,
-                                  select_k)
+        self.decay.estimate_rates(decay, self.block_frame(0)[0], self.kv.decode(self.k[:, :p]), p,
+                                  self.config.frames_per_block * p, select_k)
 
     def evict_old(self) -> int:
         """End of a block: count the old memory's deletion down and delete its slots when due; returns the
@@ -272,13 +278,15 @@ class EchoLayerMemory:
         return self.decay.weights
 
     def block_frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values ``[P, H, d]`` of frame ``index`` of the block just written (after its context pass)."""
+        """Keys/values ``[P, H, d]`` (compute dtype) of frame ``index`` of the block just written (after its
+        context pass)."""
         first = self.local_end - self.config.frames_per_block + index
         span = self._slots(first, 1)
-        return self.k[0, span], self.v[0, span]
+        return self.kv.decode(self.k[0, span]), self.kv.decode(self.v[0, span])
 
     def sink_frame(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A copy of slot 0's keys/values ``[P, H, d]`` (what a re-sinking transition carries)."""
+        """A copy of slot 0's keys/values ``[P, H, d]``, in the storage format (what a re-sinking transition
+        carries)."""
         p = self.frame_tokens
         return self.k[0, :p].clone(), self.v[0, :p].clone()
 
@@ -297,7 +305,7 @@ class EchoLayerMemory:
 
     # ---- shot boundaries (memory.snapshot) ------------------------------------------------------------------
 
-    _REBUILT = ("k", "v", "decay", "pool", "history", "calibration", "omega", "offsets", "recorder")
+    _REBUILT = ("k", "v", "kv", "decay", "pool", "history", "calibration", "omega", "offsets", "recorder")
     """Fields ``allocate`` makes anew; at a shot boundary only the frames below are read from them."""
 
     def boundary_slots(self) -> list[int]:

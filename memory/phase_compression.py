@@ -32,6 +32,7 @@ import torch
 
 from ..models.rope import split_channels
 from .devices import gather_to_device, to_device
+from .kv_storage import KVFormat
 
 
 def geometric_offsets(budget_frames: int) -> tuple[int, ...]:
@@ -171,14 +172,14 @@ class CandidateHistory:
     calibration is ready) and how often each token was chosen. A ring of frame slots, oldest first.
     """
 
-    def __init__(self, capacity: int, frame_tokens: int, heads: int, head_dim: int, dtype: torch.dtype,
+    def __init__(self, capacity: int, frame_tokens: int, heads: int, head_dim: int, kv: KVFormat,
                  device: torch.device, storage: torch.device):
-        self.capacity, self.frame_tokens = capacity, frame_tokens
+        self.capacity, self.frame_tokens, self.kv = capacity, frame_tokens, kv
         self.device, self.storage = device, storage
         pin = storage.type == "cpu" and device.type == "cuda"
         shape = (capacity, frame_tokens, heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=storage, pin_memory=pin)
-        self.v = torch.zeros(shape, dtype=dtype, device=storage, pin_memory=pin)
+        self.k = kv.zeros(shape, storage, pin)
+        self.v = kv.zeros(shape, storage, pin)
         self.summary = torch.zeros(capacity, frame_tokens, TokenSummary.width(head_dim), device=device)
         self.summarized = [False] * capacity
         self.counts = torch.zeros(capacity, frame_tokens, dtype=torch.long, device=device)
@@ -197,7 +198,8 @@ class CandidateHistory:
 
     def append(self, k: torch.Tensor, v: torch.Tensor, first_frame: int, calibration: PhaseCalibration,
                amplitude_compensation: bool) -> None:
-        """Add one block's clean frames (``[1, F*P, H, d]``), dropping the oldest beyond the capacity."""
+        """Add one block's clean frames (``[1, F*P, H, d]``, in the storage format), dropping the oldest beyond
+        the capacity. Summaries are taken from the stored keys, the ones a chosen token brings back."""
         p = self.frame_tokens
         for i in range(k.shape[1] // p):
             if self.size < self.capacity:
@@ -213,13 +215,13 @@ class CandidateHistory:
             self.counts[slot].zero_()
             self.summarized[slot] = calibration.ready
             if calibration.ready:
-                self.summary[slot] = summarize(frame_k, calibration, amplitude_compensation)
+                self.summary[slot] = summarize(self.kv.decode(frame_k), calibration, amplitude_compensation)
 
     def summarize_all(self, calibration: PhaseCalibration, amplitude_compensation: bool) -> None:
         """Summaries of the frames stored before the calibration was ready (keys streamed frame by frame)."""
         for slot in self.slots():
             if not self.summarized[slot]:
-                keys = to_device(self.k[slot], self.device)
+                keys = self.kv.decode(to_device(self.k[slot], self.device))
                 self.summary[slot] = summarize(keys, calibration, amplitude_compensation)
                 self.summarized[slot] = True
 
@@ -239,7 +241,8 @@ class CandidateHistory:
         return scores
 
     def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[1, n, H, d]`` of time-ordered token indices, counted as chosen once more."""
+        """Keys and values ``[1, n, H, d]`` (storage format) of time-ordered token indices, counted as chosen once
+        more."""
         p = self.frame_tokens
         slots = torch.tensor(self.slots(), device=indices.device)
         physical = slots[indices // p] * p + indices % p

@@ -41,6 +41,7 @@ from .config import (
 from .deep_forcing import DeepForcingCacheConfig
 from .echo_memory import EchoMemory
 from .infinity_rope import InfinityRopeCacheConfig
+from .kv_storage import AUTO, COMPUTE, FP8_E4M3, KV_STORAGES, KVStorageError, check_kv_storage
 from .longlive import LongLiveCacheConfig
 from .rolling_sink import RollingSinkCacheConfig
 from .self_forcing import SelfForcingCacheConfig
@@ -73,13 +74,13 @@ class Preset:
 
 
 def _echo(config_factory: Callable[[], EchoMemoryConfig]) -> Callable[..., EchoMemory]:
-    def build(encode_text=None, pool=None, storage=None, **options) -> EchoMemory:
+    def build(encode_text=None, pool=None, storage=None, kv_storage=COMPUTE, **options) -> EchoMemory:
         config = config_factory()
         names = {f.name for f in fields(EchoMemoryConfig)}
         unknown = sorted(set(options) - names)
         if unknown:
             raise ConfigError(f"unknown Echo-Forcing option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        return EchoMemory(replace(config, **options) if options else config, encode_text, pool, storage)
+        return EchoMemory(replace(config, **options) if options else config, encode_text, pool, storage, kv_storage)
     return build
 
 
@@ -174,6 +175,9 @@ class PresetChoice:
     recall_scope: str = PRESET_DEFAULT
     """"whole video" (official: matching statistics over every prompt) or "shots so far" (a shot's recall
     never depends on later shots, so shots before an edit or an appended shot can be reused)."""
+    kv_storage: str = AUTO
+    """How the memory keeps keys and values (``memory.kv_storage``): "compute", "fp8_e4m3", or "auto" (the
+    run's memory plan picks the first that fits, ``pipeline.memory_need``)."""
 
     def __post_init__(self):
         if str(self.preset).lower() not in PRESETS:
@@ -185,6 +189,13 @@ class PresetChoice:
                 raise ConfigError(f"{name} must be {PRESET_DEFAULT!r} or one of {', '.join(allowed)}; got {value!r}")
         if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or not 0 <= self.pool_size <= 1024:
             raise ConfigError(f"pool_size must be 0 (preset default) or 1..1024, got {self.pool_size!r}")
+        try:
+            check_kv_storage(self.kv_storage)
+        except KVStorageError as err:
+            raise ConfigError(str(err)) from None
+        if self.kv_storage == FP8_E4M3 and not self.is_echo:
+            raise ConfigError(f"kv_storage {FP8_E4M3} is available for the echo-forcing presets; {self.preset} keeps "
+                              "its cache in the compute dtype (choose auto or compute)")
 
     @staticmethod
     def menu(option: str) -> list[str]:
@@ -211,12 +222,22 @@ class PresetChoice:
             applies = {"recall_matching", "compression", "decay", "pool_size", "recall_scope"}
         return sorted(set(self.options()) - applies)
 
-    def build(self, encode_text=None, pool=None, storage=None):
-        """The cache policy (Echo-Forcing also gets the text encoder, the scene pool and the storage device)."""
+    def kv_options(self) -> tuple[str, ...]:
+        """The KV storages this choice allows, in the order ``auto`` tries them (the reference first)."""
+        if self.kv_storage != AUTO:
+            return (self.kv_storage,)
+        return KV_STORAGES if self.is_echo else (COMPUTE,)
+
+    def build(self, encode_text=None, pool=None, storage=None, kv_storage: str | None = None):
+        """The cache policy (Echo-Forcing also gets the text encoder, the scene pool, the storage device and
+        the KV storage: ``kv_storage``, else this choice's own when it is not ``auto``, else the reference)."""
+        kv_storage = kv_storage or self.kv_options()[0]
+        if kv_storage not in self.kv_options():
+            raise ConfigError(f"kv_storage {kv_storage} was not chosen ({self.kv_storage}) for {self.preset}")
         if not self.is_echo:
             unified = self.rope != PRESET_DEFAULT and self.preset in UNIFIED_ROPE_PRESETS
             return make_policy(self.preset, **({"rope": self.rope} if unified else {}))
-        policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage)
+        policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage, kv_storage=kv_storage)
         cfg = policy.config
         changes = {}
         if self.recall_matching != PRESET_DEFAULT:

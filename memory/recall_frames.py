@@ -22,6 +22,7 @@ import torch
 
 from .config import EchoMemoryConfig, RecallFusion
 from .devices import to_device, to_storage
+from .kv_storage import KVFormat
 from .scene_pool import POOL_DEVICE
 
 
@@ -49,11 +50,13 @@ def recall_frame(candidates: list[tuple[torch.Tensor, torch.Tensor]], q_sum: tor
 
 class SceneRecorder:
     """What the running scene records in one layer for its Scene Recall Frame: the sum and count of its clean
-    queries per head and channel (compute device) and the sampled candidate frames (storage device)."""
+    queries per head and channel (compute device) and the sampled candidate frames (storage device, in the
+    layer's storage format)."""
 
-    def __init__(self, config: EchoMemoryConfig, heads: int, head_dim: int, dtype: torch.dtype,
+    def __init__(self, config: EchoMemoryConfig, heads: int, head_dim: int, kv: KVFormat,
                  device: torch.device, storage: torch.device):
-        self.config, self.dtype, self.device, self.storage = config, dtype, device, storage
+        self.config, self.kv, self.device, self.storage = config, kv, device, storage
+        self.dtype = kv.dtype
         self.active = False
         """Recording the current call (the clean pass, while some transition carries a recall frame)."""
         self.q_sum = torch.zeros(heads, head_dim, dtype=torch.float32, device=device)
@@ -68,7 +71,8 @@ class SceneRecorder:
         self.active = False
 
     def record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int) -> None:
-        """Add one clean pass: its queries to the statistics, its frames that are candidates to the list."""
+        """Add one clean pass: its queries to the statistics, its frames that are candidates to the list (keys
+        and values in the storage format)."""
         cfg, p = self.config, frame_tokens
         self.q_sum += q.detach().to(torch.float32).sum(dim=(0, 1))
         self.q_count += float(q.shape[0] * q.shape[1])
@@ -94,7 +98,8 @@ class SceneRecorder:
         candidates, returned in the cache dtype on the CPU (where the scene pool keeps its frames); None when
         nothing was recorded."""
         cfg = self.config
-        candidates = [(to_device(k, self.device), to_device(v, self.device)) for k, v in self.frames]
+        candidates = [(self.kv.decode(to_device(k, self.device)), self.kv.decode(to_device(v, self.device)))
+                      for k, v in self.frames]
         made = recall_frame(candidates, self.q_sum, self.q_count, cfg.recall_fusion, cfg.recall_base_frame_weight)
         if made is None:
             return None

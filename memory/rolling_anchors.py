@@ -20,6 +20,7 @@ import torch
 
 from .config import AnchorOrder
 from .devices import gather_to_device
+from .kv_storage import KVFormat
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,17 @@ class AnchorPool:
 
     The official code mirrors all 21 slots; only the first ``pool_frames`` are ever read, and slots move at
     most by the number of old-memory frames dropped after a switch, so ``pool_frames + old_frames_max``
-    slots are enough.
+    slots are enough. Frames are kept in the layer's storage format (``memory.kv_storage``), as the cache holds
+    them.
     """
 
-    def __init__(self, capacity: int, frame_tokens: int, heads: int, head_dim: int, dtype: torch.dtype,
+    def __init__(self, capacity: int, frame_tokens: int, heads: int, head_dim: int, kv: KVFormat,
                  device: torch.device, storage: torch.device):
         self.capacity, self.frame_tokens, self.device = capacity, frame_tokens, device
         pin = storage.type == "cpu" and device.type == "cuda"
         shape = (capacity, frame_tokens, heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=storage, pin_memory=pin)
-        self.v = torch.zeros(shape, dtype=dtype, device=storage, pin_memory=pin)
+        self.k = kv.zeros(shape, storage, pin)
+        self.v = kv.zeros(shape, storage, pin)
 
     def clear(self) -> None:
         self.k.zero_()

@@ -1,40 +1,43 @@
-"""What a run needs in memory, computed from its plan before any tensor is made, and the check that refuses a
-run that cannot fit (with the figure, the limit and what to change).
+"""The memory planner: what a run needs, by part, before any tensor is made; which KV storage it runs with;
+and the refusal, with the figures and the settings that would fit, of a run that cannot fit.
 
 Device (the compute device: the GPU, or the CPU's RAM on a CPU run):
 
-* ``cache``: the memory state's persistent buffers (``memory.footprint``, built on the meta device);
-* ``activations``: one block's forward working memory, ``ACTIVATION_FACTOR`` times the block's widest
-  hidden states (FFN, q/k/v, attention);
-* ``text``: one shot's cross-attention keys and values (shots are encoded when they start);
-* ``weights``: the DiT's parameters, when the caller holds them on the device (the command line; inside
-  ComfyUI its model management places and offloads the weights itself).
+* ``weights``: the DiT's parameters as they are stored (fp8 weights count one byte each);
+* ``cache``: the memory state's persistent buffers on the device (``memory.footprint``, built on the meta
+  device from the shapes the memory allocates, in its KV storage);
+* ``activations``: the peak working memory of one layer of one block forward (``activation_bytes``);
+* ``text``: one shot's cross-attention keys and values (shots are encoded when they start).
 
 Host (CPU RAM): the output latents (float32, kept on the CPU block by block) and the copy a run returns, the
 initial noise (the official order draws the whole video's at once; per-shot noise one block), the memory's
-CPU storage (anchor pools, recall candidates, scene-pool frames) and one shot boundary (its memory snapshot
-and the latents so far). Kept shot boundaries are bounded separately by the shot cache's budget.
+CPU storage (anchor pools, candidate histories and recall candidates in the KV storage, the scene pool's
+frames in the compute dtype) and one shot boundary (its memory snapshot and the latents so far). Kept shot
+boundaries are bounded separately by the shot cache's budget. The VAE is not included.
 
-The limits: the device's total memory (a run that does not fit on an empty device cannot run; ComfyUI
-frees or offloads other models to make room for one that does) and the RAM available when the run is
-planned. On a CPU run both parts share the RAM.
+``plan_memory`` tries the KV storages a run allows, in order (``compute`` first: it is the reference), first
+with every weight on the device, then (inside ComfyUI, whose model management loads a model partially and
+streams the rest) with the weights partly offloaded, and takes the first that fits the memory the device can
+give (``device_memory``: what is free plus what ComfyUI can unload) and the RAM available. Nothing fits: a
+``RunTooLargeError`` that gives every option's figures and what to change.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from ..memory import memory_footprint
+from ..memory.kv_storage import COMPUTE, KVFormat
 from ..models.config import WanConfig
 from ..safe_files import available_memory
 from .latents import LATENT_CHANNELS
 from .noise import OFFICIAL
 
-ACTIVATION_FACTOR = 12
-"""Working memory of one block forward, in units of the block's hidden states (FFN, q/k/v, attention)."""
+FLOAT32 = 4
 
 
 class RunTooLargeError(ValueError):
@@ -47,10 +50,19 @@ class MemoryNeed:
     """Bytes on the compute device, by part."""
     host: dict[str, int]
     """Bytes in CPU RAM, by part."""
+    kv_storage: str = COMPUTE
+    """The KV storage these figures are for."""
+    weights_min: int = 0
+    """The weights that must be on the device when the rest is streamed (the largest layer's)."""
 
     @property
     def device_bytes(self) -> int:
         return sum(self.device.values())
+
+    @property
+    def working_bytes(self) -> int:
+        """The device bytes besides the weights (what ComfyUI must leave free when it loads the model)."""
+        return self.device_bytes - self.device.get("weights", 0)
 
     @property
     def host_bytes(self) -> int:
@@ -69,23 +81,52 @@ def weight_bytes(model: WanConfig, dtype: torch.dtype) -> int:
     return sum(math.prod(shape) for shape in model.expected_shapes().values()) * dtype.itemsize
 
 
+def largest_layer_bytes(model: WanConfig, dtype: torch.dtype) -> int:
+    """One transformer block's parameters in ``dtype`` (what a streamed model holds on the device at a time)."""
+    return sum(math.prod(shape) for name, shape in model.expected_shapes().items()
+               if name.startswith("blocks.0.")) * dtype.itemsize
+
+
+def activation_bytes(model: WanConfig, dtype: torch.dtype, kv: KVFormat, block_tokens: int,
+                     window_tokens: int) -> int:
+    """Peak working memory of one layer's forward on ``block_tokens`` query tokens over ``window_tokens`` keys.
+
+    The larger of two phases (``models.block_forward``): self-attention (the layer's input and output, q, k,
+    v and the modulated input, their float32 norm temporaries; the window's keys rotated in float32 and
+    complex64 into a new compute-dtype tensor; the window's values weighted by the decay; an fp8 window
+    decoded to the compute dtype first) and the FFN (its two ``ffn_dim``-wide hidden tensors).
+    """
+    item, c = dtype.itemsize, model.dim
+    lc, sc = block_tokens * c, window_tokens * c
+    decoded = 2 * sc * item if kv.packed else 0
+    attention = 6 * lc * item + 3 * lc * FLOAT32 + sc * (2 * FLOAT32 + item) + sc * item + decoded
+    ffn = 2 * block_tokens * model.ffn_dim * item + 4 * lc * item + lc * FLOAT32
+    return max(attention, ffn)
+
+
 def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, int], *, frames: int,
                 frames_per_block: int, latent_size: tuple[int, int], batch: int = 1, noise: str = OFFICIAL,
-                shots: int = 1, weights_on_device: bool = False) -> MemoryNeed:
-    """The memory a run of ``frames`` latent frames needs (see the module docstring)."""
+                shots: int = 1, weights: int = 0, weights_dtype: torch.dtype | None = None) -> MemoryNeed:
+    """The memory a run of ``frames`` latent frames needs with ``policy`` (see the module docstring).
+
+    ``weights`` is the bytes of the DiT's parameters the device holds (0 when someone else places them);
+    ``weights_dtype`` their storage dtype (default ``dtype``), for the largest layer a streamed model keeps.
+    """
     item = dtype.itemsize
-    tokens = frames_per_block * grid[0] * grid[1] * batch
+    kv = KVFormat(getattr(policy, "kv_storage", COMPUTE), dtype)
     footprint = memory_footprint(policy, model.num_layers, model.num_heads, model.head_dim, dtype, grid, shots)
+    block_tokens = frames_per_block * grid[0] * grid[1] * batch
     device = {"cache": footprint.device_bytes,
-              "activations": ACTIVATION_FACTOR * tokens * max(model.dim, model.ffn_dim) * item,
+              "activations": activation_bytes(model, dtype, kv, block_tokens, footprint.window_tokens * batch),
               "text": 2 * model.num_layers * model.text_len * model.dim * item * batch,
-              "weights": weight_bytes(model, dtype) if weights_on_device else 0}
-    frame = batch * LATENT_CHANNELS * latent_size[0] * latent_size[1] * 4  # float32 on the CPU
+              "weights": weights}
+    frame = batch * LATENT_CHANNELS * latent_size[0] * latent_size[1] * FLOAT32  # float32 on the CPU
     host = {"latents": 2 * frames * frame,
             "noise": (frames if noise == OFFICIAL else frames_per_block) * frame,
             "memory storage": footprint.storage_bytes,
             "shot boundary": footprint.boundary_bytes + frames * frame}
-    return MemoryNeed(device, host)
+    smallest = min(weights, largest_layer_bytes(model, weights_dtype or dtype)) if weights else 0
+    return MemoryNeed(device, host, kv.name, smallest)
 
 
 def device_total(device: torch.device | str) -> int | None:
@@ -96,23 +137,92 @@ def device_total(device: torch.device | str) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The setting a run goes with, and what every setting it allowed would need."""
+
+    need: MemoryNeed
+    offload_weights: bool = False
+    """ComfyUI keeps part of the weights off the device and streams them (slower, same result)."""
+    device_memory: int | None = None
+    """The device bytes the run may use (None: a CPU run, or not known)."""
+    options: dict[str, MemoryNeed] = field(default_factory=dict)
+    """The need of every KV storage that was considered, by name."""
+
+    @property
+    def kv_storage(self) -> str:
+        return self.need.kv_storage
+
+    def note(self) -> str | None:
+        """What the report says about the choice (None when the reference fits as it is)."""
+        parts = []
+        if self.kv_storage != COMPUTE:
+            other = self.options.get(COMPUTE)
+            why = (f": compute needs {gib(other.device_bytes)}, {gib(self.device_memory)} can be used"
+                   if other is not None and self.device_memory is not None else "")
+            parts.append(f"keys and values kept as {self.kv_storage}{why}")
+        if self.offload_weights:
+            parts.append(f"part of the weights streamed from RAM by ComfyUI ({gib(self.need.working_bytes)} of "
+                         f"working memory leaves {gib((self.device_memory or 0) - self.need.working_bytes)} "
+                         f"for {gib(self.need.device['weights'])} of weights)")
+        return "memory: " + "; ".join(parts) if parts else None
+
+
+def plan_memory(need_of: Callable[[str], MemoryNeed], kv_options: Sequence[str], device: torch.device | str, *,
+                device_memory: int | None = None, host_memory: int | None = None, can_offload: bool = False,
+                other_options: Sequence[str] = ()) -> MemoryPlan:
+    """The first of ``kv_options`` that fits (see the module docstring), or a ``RunTooLargeError``.
+
+    ``device_memory``/``host_memory`` override what this machine reports (the device's total, the RAM available
+    now); ``can_offload`` allows weights to stay partly in RAM (ComfyUI's partial loading); ``other_options``
+    are KV storages the user did not allow, named in a refusal when they would fit.
+    """
+    device = torch.device(device)
+    on_cpu = device.type == "cpu"
+    host_free = host_memory if host_memory is not None else available_memory()
+    total = None if on_cpu else device_memory if device_memory is not None else device_total(device)
+    needs = {kv: need_of(kv) for kv in (*kv_options, *[o for o in other_options if o not in kv_options])}
+
+    def host_fits(need: MemoryNeed) -> bool:
+        return host_free is None or need.host_bytes + (need.device_bytes if on_cpu else 0) <= host_free
+
+    def device_fits(need: MemoryNeed, offload: bool) -> bool:
+        if total is None:
+            return True
+        return (need.working_bytes + need.weights_min if offload else need.device_bytes) <= total
+
+    for offload in (False, True) if can_offload and not on_cpu else (False,):
+        for kv in kv_options:
+            if device_fits(needs[kv], offload) and host_fits(needs[kv]):
+                return MemoryPlan(needs[kv], offload and not device_fits(needs[kv], False), total, needs)
+    _refuse(needs, list(kv_options), device, total, host_free, on_cpu, can_offload)
+    raise AssertionError("unreachable")
+
+
+def _refuse(needs: dict[str, MemoryNeed], allowed: list[str], device: torch.device, total: int | None,
+            host_free: int | None, on_cpu: bool, can_offload: bool) -> None:
+    """The refusal: the first allowed option's figures, then every option's total and what would fit."""
+    first = needs[allowed[0]]
+    host = first.host_bytes + (first.device_bytes if on_cpu else 0)
+    if host_free is not None and host > host_free:
+        parts = {**first.host, **({f"{k} (compute)": v for k, v in first.device.items()} if on_cpu else {})}
+        raise RunTooLargeError(
+            f"this run needs {gib(host)} of RAM ({first.describe(parts)}) but {gib(host_free)} is available; "
+            "shorten the video, lower the width and height, or use per-shot noise")
+    smallest = {kv: (n.working_bytes + n.weights_min if can_offload else n.device_bytes) for kv, n in needs.items()}
+    options = "; ".join(f"kv_storage {kv}: {gib(n.device_bytes)}" + (
+        f" ({gib(smallest[kv])} with weights streamed)" if can_offload else "") for kv, n in needs.items())
+    fitting = [kv for kv in needs if kv not in allowed and total is not None and smallest[kv] <= total]
+    advice = (f"choose kv_storage {fitting[0]} (or auto) in Echo Memory Config" if fitting else
+              "lower the width and height" + ("" if len(needs) > 1 else ", use an echo-forcing preset with "
+                                              "kv_storage auto") + " or use a GPU with more memory")
+    raise RunTooLargeError(
+        f"this run needs {gib(first.device_bytes)} on {device} ({first.describe(first.device)}) but "
+        f"{gib(total or 0)} can be used there ({options}); {advice}")
+
+
 def check_memory(need: MemoryNeed, device: torch.device | str, *, device_memory: int | None = None,
                  host_memory: int | None = None) -> None:
-    """Refuse a run whose need exceeds the device's memory or the available RAM (the figures and the parts
-    in the message). ``device_memory``/``host_memory`` override what this machine reports."""
-    device = torch.device(device)
-    host_free = host_memory if host_memory is not None else available_memory()
-    on_cpu = device.type == "cpu"
-    if not on_cpu:
-        total = device_memory if device_memory is not None else device_total(device)
-        if total is not None and need.device_bytes > total:
-            raise RunTooLargeError(
-                f"this run needs {gib(need.device_bytes)} on {device} ({need.describe(need.device)}) but the device "
-                f"has {gib(total)}; lower the width and height or choose a preset with a smaller cache")
-    if host_free is not None:
-        host = need.host_bytes + (need.device_bytes if on_cpu else 0)
-        if host > host_free:
-            parts = {**need.host, **({f"{k} (compute)": v for k, v in need.device.items()} if on_cpu else {})}
-            raise RunTooLargeError(
-                f"this run needs {gib(host)} of RAM ({need.describe(parts)}) but {gib(host_free)} is available; "
-                "shorten the video, lower the width and height, or use per-shot noise")
+    """Refuse one fixed setting whose need exceeds the device's memory or the available RAM (the figures and
+    the parts in the message)."""
+    plan_memory(lambda kv: need, [need.kv_storage], device, device_memory=device_memory, host_memory=host_memory)

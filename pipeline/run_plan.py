@@ -16,12 +16,13 @@ import torch
 
 from ..memory import PoolSignature, PresetChoice, ScenePool, memory_footprint
 from ..memory.config import MatchMethod, MatchScope
+from ..memory.kv_storage import AUTO, COMPUTE, KV_STORAGES
 from ..memory.state import SceneInfo
 from ..models.block_forward import CausalWan
 from ..models.config import WanConfig
 from ..models.schedule import evenly_spaced_steps
 from .digests import digest, tensor_digest
-from .memory_need import MemoryNeed, check_memory, memory_need
+from .memory_need import MemoryNeed, MemoryPlan, memory_need, plan_memory
 from .noise import OFFICIAL, PER_SHOT, shot_seeds
 from .prefix_cache import PrefixCache
 from .rollout import (
@@ -72,6 +73,8 @@ class RunPlan:
     """Some shot is entered by a recall or 'auto' (the memory then matches prompts)."""
     story: Story | None = None
     """The story the shots continue (its boundary is where the run starts)."""
+    memory: MemoryPlan | None = None
+    """The memory plan: the KV storage chosen, whether weights are streamed, every option's need."""
 
     def __repr__(self) -> str:
         return (f"RunPlan({len(self.shots)} shots, {self.settings.num_blocks} blocks, {self.choice.preset}, "
@@ -96,12 +99,15 @@ class RunPlan:
         return memory_footprint(self.policy, self.model.num_layers, self.model.num_heads, self.model.head_dim,
                                 self.dtype, self.grid, len(self.shots))
 
-    def memory_need(self, weights_on_device: bool = False) -> MemoryNeed:
-        """What the run needs on the device and in RAM, by part (``pipeline.memory_need``)."""
+    def memory_need(self) -> MemoryNeed:
+        """What the run needs on the device and in RAM, by part, with the KV storage it runs with
+        (``pipeline.memory_need``)."""
+        if self.memory is not None:
+            return self.memory.need
         s = self.settings
         return memory_need(self.model, self.dtype, self.policy, self.grid, frames=s.num_frames,
                            frames_per_block=s.frames_per_block, latent_size=s.latent_size, batch=s.batch_size,
-                           noise=s.noise, shots=len(self.shots), weights_on_device=weights_on_device)
+                           noise=s.noise, shots=len(self.shots))
 
     def story_of(self, result: RolloutResult) -> Story | None:
         """The video a run made, as a story to save or continue (None when no end state was kept)."""
@@ -137,6 +143,7 @@ class RunPlan:
         pool = "" if self.pool is None else pool_digest(self.pool)
         base = {"version": KEY_VERSION, "model": model_key, "dtype": str(self.dtype), "preset": self.choice.preset,
                 "policy": repr(getattr(self.policy, "config", self.policy)), "size": [s.width, s.height],
+                "kv_storage": getattr(self.policy, "kv_storage", COMPUTE),
                 "steps": list(s.steps), "shift": s.shift, "warp": s.warp, "block": s.frames_per_block,
                 "batch": s.batch_size, "noise": s.noise, "pool": pool, "text_len": self.text_len}
         if s.noise == OFFICIAL:
@@ -182,15 +189,17 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
              fps: float = 16.0, steps: int = 4, shift: float = 5.0, choice: PresetChoice | None = None,
              pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
              encode_text=None, stop_after_shot: int = 0, device: torch.device | str = "cpu",
-             device_memory: int | None = None, host_memory: int | None = None,
-             weights_on_device: bool = False) -> RunPlan:
+             device_memory: int | None = None, host_memory: int | None = None, weights: int = 0,
+             weights_dtype: torch.dtype | None = None, can_offload: bool = False) -> RunPlan:
     """Check a run and decide everything before any model is loaded (see the module docstring).
 
     ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
     ``encode_text`` the text encoder for 'Similar' recall matching (a ``memory.routing.TextEncoder``).
-    The run's memory need (``pipeline.memory_need``) on ``device`` is checked against ``device_memory`` (default:
-    the device's total) and ``host_memory`` (default: the RAM available now); ``weights_on_device`` counts the
-    DiT's weights too (when the caller, not ComfyUI, places them).
+    The memory plan (``pipeline.memory_need.plan_memory``) picks the KV storage (the choice's, or with ``auto``
+    the first that fits) against ``device_memory`` (default: the device's total) and ``host_memory`` (default:
+    the RAM available now), or refuses the run with the figures. ``weights`` is the bytes of the DiT's
+    parameters on the device (stored as ``weights_dtype``, default ``dtype``); ``can_offload`` says the host
+    (ComfyUI) can stream the weights that do not fit.
     """
     _check_request(shots, model, fps, stop_after_shot)
     choice = choice if choice is not None else PresetChoice()
@@ -214,17 +223,35 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
         notes.append(f"prompts longer than {model.text_len} tokens were cut to {model.text_len} (as Wan2.1 does)")
     seeds = shot_seeds(seed, [s.seed for s in shots.shots])
     routes = choice.is_echo and any(s.scene.entry in ROUTING_ENTRIES for s in shots.shots[1:])
+    allowed = choice.kv_options()
     if story is not None:
-        story.check(story_header(model, dtype, grid, settings, fps, choice.preset, policy))
+        if choice.kv_storage == AUTO:  # a story goes on in the format its memory is kept in
+            allowed = (story.header.get("kv_storage", COMPUTE),) if choice.is_echo else allowed
+        story.check(story_header(model, dtype, grid, settings, fps, choice.preset, _with_kv(policy, allowed[0])))
         if len(shots) > len(story.shots):
             story.check_extension()
-    need = memory_need(model, dtype, policy, grid, frames=settings.num_frames,
-                       frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
-                       batch=settings.batch_size, noise=settings.noise, shots=len(shots),
-                       weights_on_device=weights_on_device)
-    check_memory(need, device, device_memory=device_memory, host_memory=host_memory)
+
+    def need_of(kv: str) -> MemoryNeed:
+        return memory_need(model, dtype, _with_kv(policy, kv), grid, frames=settings.num_frames,
+                           frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
+                           batch=settings.batch_size, noise=settings.noise, shots=len(shots), weights=weights,
+                           weights_dtype=weights_dtype)
+
+    others = [kv for kv in KV_STORAGES if kv not in allowed] if choice.is_echo else []
+    memory = plan_memory(need_of, allowed, device, device_memory=device_memory, host_memory=host_memory,
+                         can_offload=can_offload, other_options=others)
+    policy = _with_kv(policy, memory.kv_storage)
+    if memory.note():
+        notes.append(memory.note())
     return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
-                   stop_after_shot, tuple(notes), model.text_len, routes, story)
+                   stop_after_shot, tuple(notes), model.text_len, routes, story, memory)
+
+
+def _with_kv(policy, kv_storage: str):
+    """``policy`` keeping its keys and values as ``kv_storage`` (a policy without the option keeps its own)."""
+    if getattr(policy, "kv_storage", kv_storage) == kv_storage:
+        return policy
+    return replace(policy, kv_storage=kv_storage)
 
 
 def _check_request(shots: SceneList, model: WanConfig, fps: float, stop_after_shot: int) -> None:

@@ -71,9 +71,11 @@ class Story:
         """Refuse to continue this story with a run whose ``header`` differs (named, with what to change)."""
         names = {"model": "model architecture", "dtype": "compute dtype (weight_dtype)", "width": "width",
                  "height": "height", "grid": "token grid", "steps": "steps", "shift": "shift", "warp": "timestep warp",
-                 "fps": "fps", "noise": "noise mode", "preset": "memory preset", "policy": "memory options"}
+                 "fps": "fps", "noise": "noise mode", "preset": "memory preset", "policy": "memory options",
+                 "kv_storage": "kv_storage"}
+        defaults = {"kv_storage": "compute"}  # stories saved before the option existed kept the compute dtype
         for key, name in names.items():
-            mine, theirs = self.header.get(key), header.get(key)
+            mine, theirs = self.header.get(key, defaults.get(key)), header.get(key, defaults.get(key))
             if mine != theirs:
                 if key in ("model", "policy"):
                     raise StoryError(f"the story was made with another {name} than this run; continue it with the "
@@ -165,4 +167,4 @@ def story_header(model, dtype: torch.dtype, grid: Sequence[int], settings, fps: 
             "dtype": str(dtype).replace("torch.", ""), "grid": list(grid), "width": settings.width,
             "height": settings.height, "steps": list(settings.steps), "shift": settings.shift, "warp": settings.warp,
             "fps": fps, "noise": settings.noise, "preset": preset,
-            "policy": repr(getattr(policy, "config", policy))}
+            "policy": repr(getattr(policy, "config", policy)), "kv_storage": getattr(policy, "kv_storage", "compute")}

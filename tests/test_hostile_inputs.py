@@ -319,7 +319,7 @@ def test_files_get_the_users_umask(made, tmp_path, umask):
     ({"width": 16384, "height": 16384}, RolloutInputError, "over the limit of 4096"),
     ({"width": 4096, "height": 4096, "host_memory": 2**30}, RunTooLargeError, r"needs .* of RAM .* available"),
     ({"width": 4096, "height": 2048, "device": "cuda", "device_memory": 2**30, "host_memory": 2**40},
-     RunTooLargeError, r"on cuda \(cache .*\) but the device has 1.00 GiB"),
+     RunTooLargeError, r"on cuda \(.*cache .*\) but 1.00 GiB can be used there \(kv_storage compute: .*; kv_storage fp8_e4m3"),
     ({"width": 500}, RolloutInputError, "multiple of 16"),
     ({"fps": 1e308}, RolloutInputError, "fps must be a number"),
     ({"fps": float("nan")}, RolloutInputError, "fps must be a number"),
