@@ -364,3 +364,23 @@ def model_key(model, dtype: torch.dtype) -> str:
 def interrupt() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel (checked before every block)."""
     mm.throw_exception_if_processing_interrupted()
+
+
+def device_memory_available(device: torch.device) -> int | None:
+    """The device bytes a run may plan with: free now, plus what ComfyUI's model management can unload (every
+    model it holds on that device, this run's own included, whose weights the plan counts itself), less the
+    memory ComfyUI keeps in reserve. None for the CPU (the plan then checks the RAM)."""
+    if device.type == "cpu":
+        return None
+    loaded = sum(m.model_loaded_memory() for m in getattr(mm, "current_loaded_models", [])
+                 if getattr(m, "device", None) == device)
+    reserved = mm.extra_reserved_memory() if hasattr(mm, "extra_reserved_memory") else 0
+    return max(0, int(mm.get_free_memory(device)) + int(loaded) - int(reserved))
+
+
+def weights_on_device(tree: torch.nn.Module) -> tuple[int, torch.dtype]:
+    """The bytes of a DiT's parameters as they are stored (fp8 weights stay one byte each on the device:
+    ComfyUI casts them layer by layer as they run) and the storage dtype of its transformer blocks."""
+    total = sum(p.numel() * p.element_size() for p in tree.parameters())
+    first = next(iter(tree.blocks[0].parameters()), None) if hasattr(tree, "blocks") else None
+    return total, first.dtype if first is not None else torch.bfloat16

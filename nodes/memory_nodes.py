@@ -6,6 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..memory import PRESET_DEFAULT, PRESETS, PresetChoice, ScenePool, ScenePoolError, pool_file, pool_names
+from ..memory.kv_storage import AUTO, KV_STORAGE_CHOICES
 from ..memory.presets import UNIFIED_ROPE_PRESETS
 from . import host
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType
@@ -63,6 +64,13 @@ class EchoMemoryConfigNode(CombosChecked, io.ComfyNode):
                                        "whole video (the preset default, as the official code): every prompt of "
                                        "the video, so editing any prompt regenerates from the first recall. "
                                        "Echo-Forcing presets only."),
+                io.Combo.Input("kv_storage", options=list(KV_STORAGE_CHOICES), default=AUTO, optional=True,
+                               tooltip="How the memory keeps its keys and values. auto: as the model computes "
+                                       "them (bf16) when that fits the GPU, else fp8, else the run is refused "
+                                       "before it starts, with the figures. compute: always bf16 (exact). "
+                                       "fp8_e4m3: about half the memory (a 6 GB cache becomes 3.1 GB at "
+                                       "832x480) for a small, measured error (docs/HARDWARE.md). fp8 is for "
+                                       "the echo-forcing presets."),
             ],
             outputs=[MemoryConfig.Output(display_name="config",
                                          tooltip="Connect to the Autoregressive Sampler's config input.")],
@@ -71,9 +79,9 @@ class EchoMemoryConfigNode(CombosChecked, io.ComfyNode):
     @classmethod
     def execute(cls, preset: str, recall_matching: str, phase_compression: str, memory_decay: str,
                 scene_pool_size: int, rope_positions: str = PRESET_DEFAULT,
-                recall_scope: str = "shots so far") -> io.NodeOutput:
+                recall_scope: str = "shots so far", kv_storage: str = AUTO) -> io.NodeOutput:
         return io.NodeOutput(PresetChoice(preset, recall_matching, phase_compression, memory_decay, scene_pool_size,
-                                          rope_positions, recall_scope))
+                                          rope_positions, recall_scope, kv_storage))
 
 
 class SceneRecallPool(CombosChecked, io.ComfyNode):

@@ -168,10 +168,14 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
         tree, cfg = _wan_tree(model)
         dtype, device = _compute_dtype(model), mm.get_torch_device()
         encoder = scenes.encoder() if isinstance(scenes, SceneList) else None
+        # The memory plan: on a GPU against what ComfyUI can make free there, weights included (it streams the
+        # weights that do not fit); on the CPU against the RAM left (the weights are already in it).
+        weights, weights_dtype = host.weights_on_device(tree) if device.type != "cpu" else (0, None)
         plan = plan_run(scenes, cfg, seed=seed, width=width, height=height, fps=fps, steps=steps, shift=shift,
                         choice=config, pool=pool, dtype=dtype, noise=noise, stop_after_shot=stop_after_shot,
                         encode_text=host.text_encoder(encoder) if encoder is not None else None, device=device,
-                        device_memory=mm.get_total_memory(device) if device.type != "cpu" else None)
+                        device_memory=host.device_memory_available(device), weights=weights,
+                        weights_dtype=weights_dtype, can_offload=True)
         cache = None
         if reuse_shots:
             SHOT_CACHE.resize(budget_bytes(shot_cache_gb))
@@ -180,8 +184,8 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
             cache = SHOT_CACHE
 
         # ---- load the model with room for the cache, then generate what is not cached ----------------------
-        def load() -> CausalWan:
-            mm.load_models_gpu([model], memory_required=plan.memory_need().device_bytes)
+        def load() -> CausalWan:  # ComfyUI leaves the run's working memory free and streams what does not fit
+            mm.load_models_gpu([model], memory_required=plan.memory_need().working_bytes)
             return CausalWan(tree, dtype=dtype, device=device)
 
         node_id = cls.hidden.unique_id if cls.hidden else None

@@ -7,7 +7,8 @@ Device (the compute device: the GPU, or the CPU's RAM on a CPU run):
 * ``cache``: the memory state's persistent buffers on the device (``memory.footprint``, built on the meta
   device from the shapes the memory allocates, in its KV storage);
 * ``activations``: the peak working memory of one layer of one block forward (``activation_bytes``);
-* ``text``: one shot's cross-attention keys and values (shots are encoded when they start).
+* ``text``: one shot's cross-attention keys and values (shots are encoded when they start);
+* ``rope tables``: the per-token rotations ``models.rope`` keeps for the last position lists it was asked for.
 
 Host (CPU RAM): the output latents (float32, kept on the CPU block by block) and the copy a run returns, the
 initial noise (the official order draws the whole video's at once; per-shot noise one block), the memory's
@@ -33,6 +34,7 @@ import torch
 from ..memory import memory_footprint
 from ..memory.kv_storage import COMPUTE, KVFormat
 from ..models.config import WanConfig
+from ..models.rope import ROTATIONS_KEPT
 from ..safe_files import available_memory
 from .latents import LATENT_CHANNELS
 from .noise import OFFICIAL
@@ -92,14 +94,15 @@ def activation_bytes(model: WanConfig, dtype: torch.dtype, kv: KVFormat, block_t
     """Peak working memory of one layer's forward on ``block_tokens`` query tokens over ``window_tokens`` keys.
 
     The larger of two phases (``models.block_forward``): self-attention (the layer's input and output, q, k,
-    v and the modulated input, their float32 norm temporaries; the window's keys rotated in float32 and
-    complex64 into a new compute-dtype tensor; the window's values weighted by the decay; an fp8 window
-    decoded to the compute dtype first) and the FFN (its two ``ffn_dim``-wide hidden tensors).
+    v and the modulated input, their float32 norm temporaries; at its peak the window's keys rotated through
+    a float32 and a complex64 copy into a new compute-dtype tensor, after an fp8 window's keys and values were
+    decoded to the compute dtype; the decay's weighted values come after the rotation's temporaries are
+    freed) and the FFN (its two ``ffn_dim``-wide hidden tensors).
     """
     item, c = dtype.itemsize, model.dim
     lc, sc = block_tokens * c, window_tokens * c
     decoded = 2 * sc * item if kv.packed else 0
-    attention = 6 * lc * item + 3 * lc * FLOAT32 + sc * (2 * FLOAT32 + item) + sc * item + decoded
+    attention = 6 * lc * item + 3 * lc * FLOAT32 + sc * (2 * FLOAT32 + item) + decoded
     ffn = 2 * block_tokens * model.ffn_dim * item + 4 * lc * item + lc * FLOAT32
     return max(attention, ffn)
 
@@ -115,10 +118,14 @@ def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, i
     item = dtype.itemsize
     kv = KVFormat(getattr(policy, "kv_storage", COMPUTE), dtype)
     footprint = memory_footprint(policy, model.num_layers, model.num_heads, model.head_dim, dtype, grid, shots)
-    block_tokens = frames_per_block * grid[0] * grid[1] * batch
+    recache = getattr(getattr(policy, "config", policy), "recache_frames", 0) if shots > 1 else 0
+    call_frames = max(frames_per_block, recache)  # LongLive re-encodes its latest frames in one call at a switch
+    block_tokens = call_frames * grid[0] * grid[1] * batch
+    window = footprint.window_tokens
     device = {"cache": footprint.device_bytes,
-              "activations": activation_bytes(model, dtype, kv, block_tokens, footprint.window_tokens * batch),
+              "activations": activation_bytes(model, dtype, kv, block_tokens, window * batch),
               "text": 2 * model.num_layers * model.text_len * model.dim * item * batch,
+              "rope tables": ROTATIONS_KEPT * window * model.head_dim // 2 * 2 * FLOAT32,
               "weights": weights}
     frame = batch * LATENT_CHANNELS * latent_size[0] * latent_size[1] * FLOAT32  # float32 on the CPU
     host = {"latents": 2 * frames * frame,
