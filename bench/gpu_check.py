@@ -5,10 +5,11 @@ Wan2.1-1.3B shapes, all within a time budget.
     python bench/gpu_check.py --markdown docs/BENCHMARKS.md --json gpu_check.json
     python bench/gpu_check.py --device cpu --quick                   # smoke run of every part on the CPU
 
-Three parts, each in a fresh process (a crash or a hung compile ends that part only; its partial figures are
-kept); every step in a part is timed and guarded (a failure is reported, the next step still runs). A global
-budget (``--budget``, 450 s) is shared out: a step the remaining time cannot hold is skipped or cut short after
-fewer blocks, and the output says which and why.
+Four processes in turn: (a), the core runs of (b), the compiled run, the other presets of (b). A crash or a hung
+compile ends that process only, and what it measured before is kept; inside, every step is timed and guarded
+(a failure is reported, the next step still runs). A global budget (``--budget``, 450 s) is shared out: a step
+the remaining time cannot hold is skipped or cut short after fewer blocks, and the output says which and why.
+Exit status 1 when a check fails or a step errs.
 
 (a) correctness on the device, float32 (TF32 off): the parity scenarios of tests/test_parity_self_forcing.py
     (global 21-frame cache; rolling cache with a sink), tests/test_parity_echo_compression.py (phase-compression
@@ -18,15 +19,16 @@ fewer blocks, and the output says which and why.
     asynchronously: the check asserts they are pinned. Then a six-shot script at a small size in float32, in
     bf16 and in bf16 with fp8_e4m3 keys and values: outputs finite, the distance to float32 reported.
 (b) full 1.3B shapes (random bf16 weights, 480x832, 4 steps; the six-shot scripts of bench/rollout.py):
-    echo-forcing on the 60 s script, self-forcing, echo-forcing with fp8_e4m3 KV storage and with fp8
-    weights, echo-forcing on a 13 s script and on the same script with every shot twice as long (memory flat
-    in length), then the other presets if time is left. Per run: first and steady (full-cache) block time,
-    video FPS (12 frames per block), peak GPU memory (``torch.cuda.max_memory_allocated``, weights included)
-    and the memory planner's figure (``pipeline.memory_need.memory_need(...).device_bytes`` with the weights
-    counted) with the measured/planned ratio. One process holds the model for all runs; the peak statistics
-    are reset before each run.
-(c) echo-forcing with ``torch.compile`` (``CausalWan(compile=True)``) on the 13 s script, against the eager
-    run of (b): steady block time and the latents' distance.
+    echo-forcing on the 60 s script, self-forcing, echo-forcing with fp8_e4m3 KV storage, echo-forcing on a
+    13 s script and on the same script with every shot twice as long (memory flat in length), echo-forcing
+    with fp8 weights; then echo-forcing with ``torch.compile`` (``CausalWan(compile=True)``) on the 13 s script
+    (steady block time against the eager run, and the latents' distance to it); then the other presets if time
+    is left. Per run: first and steady (full-cache) block time, video FPS (12 frames per block), peak GPU
+    memory (``torch.cuda.max_memory_allocated``, weights included) and the memory planner's figure
+    (``pipeline.memory_need.memory_need(...).device_bytes`` with the weights counted) with the measured/planned
+    ratio. One process holds the model for its runs; the peak statistics are reset before each run.
+(c) output: progress lines as it goes, then a summary (tables and comparisons); ``--markdown FILE`` writes it as
+    the section "## GPU check (bench/gpu_check.py)" of FILE, ``--json FILE`` dumps every figure.
 
 fp8 weights: ``nn.Linear`` cannot multiply float8 weights, so every Linear of the transformer blocks is
 swapped for one that keeps its weight as ``float8_e4m3fn`` with a scale per output row and dequantises it
@@ -46,6 +48,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -639,9 +642,10 @@ def bench_run(row: Row, models: Models, ctx: dict, until: float, rec: Recorder) 
         if state is not None:
             extra["cache_mib"] = state.device_bytes / MIB
             extra["storage_mib"] = state.storage_bytes / MIB
-        say(f"    {row.label} block {block['block'] + 1:2d}/{settings.num_blocks} (shot {block['scene'] + 1}): "
-            f"{block['seconds'] * 1000:8.1f} ms, {extra['memory_kind'].split(' (')[0]} "
-            f"{block['memory_mib'] or 0:9.1f} MiB, cache {block['slots']} frames")
+        if block["block"] < 3 or (block["block"] + 1) % 10 == 0:  # a progress line, not all 80 at the GPU's pace
+            say(f"    {row.label} block {block['block'] + 1:2d}/{settings.num_blocks} (shot {block['scene'] + 1}): "
+                f"{block['seconds'] * 1000:8.1f} ms, {extra['memory_kind'].split(' (')[0]} "
+                f"{block['memory_mib'] or 0:9.1f} MiB, cache {block['slots']} frames")
         partial = _summary(row, list(done), settings.num_blocks, "in progress", time.perf_counter() - started, extra)
         rec.write({"kind": "run", "final": False, **partial})
 
@@ -670,10 +674,9 @@ def part_bench(cfg: dict, rec: Recorder) -> None:
     model_cfg = bench_rollout.TINY if quick else WAN21_T2V_1_3B
     models = Models(model_cfg, torch.bfloat16, device)
     ctx = {"device": device, "quick": quick, "scratch": cfg["scratch"]}
-    rows = bench_rows(quick)
-    if cfg.get("presets") == "core":
-        rows = [r for r in rows if r.role != "extra"]
-    estimate: float | None = None  # seconds per steady block of the runs so far
+    extras = cfg.get("rows") == "extra"
+    rows = [r for r in bench_rows(quick) if (r.role == "extra") == extras]
+    estimate: float | None = cfg.get("estimate")  # seconds per steady block of the runs so far
     for i, row in enumerate(rows):
         left = until - time.time()
         core_left = sum(r.share for r in rows[i:])
@@ -743,11 +746,13 @@ def guarded(rec: Recorder, kind: str, label: str, fn: Callable[[], dict], extra:
     return record
 
 
-PARTS = {"correctness": part_correctness, "bench": part_bench, "compile": part_compile}
+PARTS = {"correctness": part_correctness, "bench": part_bench, "compile": part_compile, "presets": part_bench}
 
 
 def worker(part: str, config: dict, out: Path) -> int:
     rec = Recorder(out)
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
     started = time.perf_counter()
     try:
         PARTS[part](config, rec)
@@ -768,12 +773,22 @@ def spawn(part: str, config: dict, kill_at: float, scratch: Path) -> tuple[list[
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", part, "--worker-config", json.dumps(config),
            "--worker-out", str(out)]
     problem = None
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own group: compile workers die with it
     try:
-        done = subprocess.run(cmd, env=env, timeout=max(kill_at - time.time(), 1.0), check=False)
-        if done.returncode:
-            problem = f"process exited with code {done.returncode}"
+        code = proc.wait(timeout=max(kill_at - time.time(), 1.0))
+        if code:
+            problem = f"process exited with code {code}"
     except subprocess.TimeoutExpired:
         problem = "killed at the time budget"
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        try:  # the worker, or what it left behind (compile workers)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     records = []
     if out.exists():
         for line in out.read_text(encoding="utf-8").splitlines():
@@ -824,8 +839,9 @@ def run_table(runs: list[dict], cuda: bool) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.get("status") in ("skipped", "error") and not r.get("blocks_done"):
-            lines.append(f"| {r['label']} | - | - | - | - | - | - | - | - | - | "
-                         f"{r.get('status')}: {(r.get('error') or r.get('note') or '').replace('|', '/')} |")
+            why = r.get("error") or r.get("note") or ""
+            why = why if why.startswith(r.get("status", "")) else f"{r.get('status')}: {why}"
+            lines.append(f"| {r['label']} | - | - | - | - | - | - | - | - | - | {why.replace('|', '/')} |")
             continue
         which = ", ".join(str(b + 1) for b in r.get("steady_blocks", []))
         notes = []
@@ -969,16 +985,25 @@ def main(argv: list[str] | None = None) -> int:
     say(f"GPU check on {meta['hardware']}, torch {meta['torch']}, commit {meta['commit']}, budget {args.budget:.0f} s"
         + (" (quick)" if args.quick else ""))
     results: dict = {"meta": meta, "checks": [], "runs": [], "parts": {}, "notes": []}
+    # CPU runs: half the cores, so a busy machine does not leave torch's threads spinning at their barriers (with
+    # every core taken, another process's load makes each parallel region wait: blocks were 80x slower)
+    threads = max(1, (os.cpu_count() or 2) // 2) if device.type == "cpu" else None
+    if threads:
+        meta["hardware"] = f"{platform.processor() or platform.machine()}, {threads} torch threads"
     compile_share = 0.0 if args.skip_compile else 0.25
     a_share = 0.35 if args.quick else 0.2
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         scratch = Path(tmp)
+        # (a), the core runs of (b), the compiled run (it may use what the core runs left), the other presets
         plan = [("correctness", lambda: started + a_share * args.budget),
                 ("bench", lambda: final - REPORT_RESERVE - compile_share * args.budget),
-                ("compile", lambda: final - REPORT_RESERVE)]
+                ("compile", lambda: final - REPORT_RESERVE),
+                ("presets", lambda: final - REPORT_RESERVE)]
         if args.skip_compile:
-            plan = plan[:2]
+            plan.pop(2)
             results["notes"].append("torch.compile run skipped (--skip-compile)")
+        if args.presets == "core":
+            plan.pop()
         for part, until_of in plan:
             until = until_of()
             if until - time.time() < 15:
@@ -986,8 +1011,11 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"== part {part}: skipped (time budget)")
                 continue
             say(f"== part {part}: until +{until - started:.0f} s")
+            steady = [r["steady_block_s"] for r in results["runs"] if r.get("steady_block_s") and r.get("role")
+                      not in ("compile", "fp8-weights")]
             config = {"device": args.device, "quick": args.quick, "until": until, "scratch": str(scratch),
-                      "presets": args.presets}
+                      "rows": "extra" if part == "presets" else "core", "estimate": max(steady, default=None),
+                      "threads": threads}
             part_started = time.time()
             records, problem = spawn(part, config, min(until + KILL_GRACE, final), scratch)
             results["parts"][part] = {"seconds": time.time() - part_started, "problem": problem}

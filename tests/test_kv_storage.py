@@ -37,11 +37,11 @@ FP8_ERROR_BUDGET = 0.5
 storage may reach, as a multiple of bf16 compute's own max |delta| on the same video.
 
 Measured (docs/HARDWARE.md, "Quality cost of the storage dtypes"; ``python bench/kv_storage.py``): 0.24x on this
-scenario, 0.17x..0.24x over six weight and noise seeds. 0.5 leaves a 2x margin and still fails a storage that
-keeps fewer bits: the same keys and values rounded to one mantissa bit cost 0.68x..0.84x, to powers of two
-(no mantissa bit) 1.09x..1.48x (``test_the_gate_fails_a_coarser_storage``). A budget of 2 or 3 would pass even
-that: on this model bf16 compute's own error (weights and every activation rounded) outweighs any rounding of
-the cache alone."""
+scenario, 0.17x..0.24x over six weight and noise seeds (0.10x on the mid-size model, 0.06x on the parity
+model). 0.5 leaves a 2x margin and still fails a storage that keeps fewer bits: the same keys and values
+rounded to one mantissa bit cost 0.68x..0.84x, to powers of two (no mantissa bit) 1.09x..1.48x
+(``test_the_gate_fails_a_coarser_storage``). A budget of 2 or 3 would pass even that: on this model bf16
+compute's own error (weights and every activation rounded) outweighs any rounding of the cache alone."""
 
 E4M3_HALF_STEP = 2.0**-4
 """Half a unit in the last place of 3 mantissa bits, relative to the value (normal e4m3)."""
