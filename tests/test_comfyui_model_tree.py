@@ -38,7 +38,12 @@ settings = RolloutSettings(num_frames=6, height=64, width=96, seed=5)
 a = rollout(ours, ours.encode_text(context), settings, SelfForcingCacheConfig()).latents
 b = rollout(theirs, theirs.encode_text(context), settings, SelfForcingCacheConfig()).latents
 q = tree.blocks[0].self_attn.q
+from echo_forcing.pipeline.memory_need import weight_bytes
+stored_bytes = sum(p.numel() * p.element_size() for p in tree.parameters())  # what the sampler's plan counts
 print(json.dumps({
+    "weights_after_run": sorted({str(p.dtype) for n, p in tree.named_parameters() if n.startswith("blocks.")
+                                 and n.endswith("weight") and p.dim() == 2}),
+    "stored_fraction_of_float32": stored_bytes / weight_bytes(cfg, torch.float32),
     "model_class": type(patcher.model).__name__,
     "tree_class": type(tree).__name__,
     "linear_class": type(q).__module__ + "." + type(q).__qualname__,
@@ -62,4 +67,9 @@ def test_block_forward_on_comfyui_wan_model_matches_the_pack_module(comfy_host, 
     assert result["linear_class"].startswith("comfy.ops.")  # ComfyUI's cast-on-call layers, not nn.Linear
     assert result["modulation_dtype"] == f"torch.{weight_dtype}"
     assert result["config_matches"]
+    # the weights stay as stored through a run (fp8 stays one byte each on the device) and the memory plan
+    # counts them so: a quarter of float32 for fp8
+    assert result["weights_after_run"] == [f"torch.{weight_dtype}"]
+    expected = {"float32": 1.0, "float8_e4m3fn": 0.25}[weight_dtype]
+    assert abs(result["stored_fraction_of_float32"] - expected) < 0.02, result
     assert result["max_abs_diff"] <= 1e-4 * max(1.0, result["scale"]), result
