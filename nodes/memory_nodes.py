@@ -68,9 +68,9 @@ class EchoMemoryConfigNode(CombosChecked, io.ComfyNode):
                                tooltip="How the memory keeps its keys and values. auto: as the model computes "
                                        "them (bf16) when that fits the GPU, else fp8, else the run is refused "
                                        "before it starts, with the figures. compute: always bf16 (exact). "
-                                       "fp8_e4m3: about half the memory (a 6 GB cache becomes 3.1 GB at "
-                                       "832x480) for a small, measured error (docs/HARDWARE.md). fp8 is for "
-                                       "the echo-forcing presets."),
+                                       "fp8_e4m3: about half the memory (the 1.3B cache at 832x480 drops from "
+                                       "6.2 to 3.3 GB) for a small, measured error (docs/HARDWARE.md). fp8 is "
+                                       "for the echo-forcing presets."),
             ],
             outputs=[MemoryConfig.Output(display_name="config",
                                          tooltip="Connect to the Autoregressive Sampler's config input.")],
