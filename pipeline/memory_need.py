@@ -97,13 +97,14 @@ def activation_bytes(model: WanConfig, dtype: torch.dtype, kv: KVFormat, block_t
     v and the modulated input, their float32 norm temporaries; at its peak the window's keys rotated through
     a float32 and a complex64 copy into a new compute-dtype tensor, after an fp8 window's keys and values were
     decoded to the compute dtype; the decay's weighted values come after the rotation's temporaries are
-    freed) and the FFN (its two ``ffn_dim``-wide hidden tensors).
+    freed) and the FFN (its two ``ffn_dim``-wide hidden tensors next to the residual stream, the attention
+    outputs and the modulated input: the larger phase for a call as long as LongLive's 12-frame re-cache).
     """
     item, c = dtype.itemsize, model.dim
     lc, sc = block_tokens * c, window_tokens * c
     decoded = 2 * sc * item if kv.packed else 0
     attention = 6 * lc * item + 3 * lc * FLOAT32 + sc * (2 * FLOAT32 + item) + decoded
-    ffn = 2 * block_tokens * model.ffn_dim * item + 4 * lc * item + lc * FLOAT32
+    ffn = 2 * block_tokens * model.ffn_dim * item + 7 * lc * item + lc * FLOAT32
     return max(attention, ffn)
 
 

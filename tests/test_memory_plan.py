@@ -188,7 +188,8 @@ def test_the_prediction_holds_for_an_fp8_run_on_the_cpu():
 @pytest.mark.slow
 @pytest.mark.parametrize(("preset", "kv", "dtype"), [("echo-forcing", "compute", "bfloat16"),
                                                      ("echo-forcing", "compute", "float32"),
-                                                     ("self-forcing", "compute", "bfloat16")])
+                                                     ("self-forcing", "compute", "bfloat16"),
+                                                     ("longlive", "compute", "bfloat16")])
 def test_the_prediction_holds_on_the_cpu(preset, kv, dtype):
     got = measure(preset, kv, dtype, 240, 416, ROLLING_SCRIPT)
     ratio = got["predicted"] / got["measured"]
