@@ -623,7 +623,7 @@ def bench_run(row: Row, models: Models, ctx: dict, until: float, rec: Recorder) 
     wdtype = torch.float8_e4m3fn if row.weights == "fp8" else dtype
     need = memory_need(cfg, dtype, policy, token_grid(cfg.patch_size, settings), frames=frames,
                        frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
-                       shots=len(scenes), weights=weight_bytes(cfg, wdtype), weights_dtype=wdtype)
+                       shots=len(scenes), weights=weight_bytes(cfg, wdtype))
     _free(device)
     if _cuda(device):
         torch.cuda.reset_peak_memory_stats(device)

@@ -53,7 +53,7 @@ def need(model, height: int, width: int, weights_dtype: torch.dtype, kv: str, se
     grid = (height // 16, width // 16)
     return memory_need(model, BF16, make_policy("echo-forcing", kv_storage=kv), grid, frames=frames,
                        frames_per_block=3, latent_size=(height // 8, width // 8), noise="per-shot", shots=6,
-                       weights=weight_bytes(model, weights_dtype), weights_dtype=weights_dtype)
+                       weights=weight_bytes(model, weights_dtype))
 
 
 def gb(n: float) -> str:
@@ -79,7 +79,7 @@ def planner_table() -> str:
             streamed = [label for label, n in needs if n.working_bytes + n.weights_min <= usable]
             row.append(fits[0] if fits else f"{streamed[0]}, weights streamed" if streamed else "does not fit")
         choice.append(f"| {name}, {w}x{h} | " + " | ".join(row) + " |")
-    layer = largest_layer_bytes(WAN21_T2V_14B, BF16)
+    layer = largest_layer_bytes(WAN21_T2V_14B, weight_bytes(WAN21_T2V_14B, BF16))
     return "\n".join([
         f"Planner figures in GiB (`bench/memory_plan.py`, meta tensors, commit {commit()}, "
         f"{datetime.date.today().isoformat()}): a 60 s six-shot video, per-shot noise, echo-forcing, bf16 compute. "

@@ -228,16 +228,14 @@ class PresetChoice:
             return (self.kv_storage,)
         return KV_STORAGES if self.is_echo else (COMPUTE,)
 
-    def build(self, encode_text=None, pool=None, storage=None, kv_storage: str | None = None):
+    def build(self, encode_text=None, pool=None, storage=None):
         """The cache policy (Echo-Forcing also gets the text encoder, the scene pool, the storage device and
-        the KV storage: ``kv_storage``, else this choice's own when it is not ``auto``, else the reference)."""
-        kv_storage = kv_storage or self.kv_options()[0]
-        if kv_storage not in self.kv_options():
-            raise ConfigError(f"kv_storage {kv_storage} was not chosen ({self.kv_storage}) for {self.preset}")
+        the first KV storage this choice allows; the run plan swaps in the one that fits)."""
         if not self.is_echo:
             unified = self.rope != PRESET_DEFAULT and self.preset in UNIFIED_ROPE_PRESETS
             return make_policy(self.preset, **({"rope": self.rope} if unified else {}))
-        policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage, kv_storage=kv_storage)
+        policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage,
+                             kv_storage=self.kv_options()[0])
         cfg = policy.config
         changes = {}
         if self.recall_matching != PRESET_DEFAULT:

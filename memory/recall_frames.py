@@ -56,7 +56,6 @@ class SceneRecorder:
     def __init__(self, config: EchoMemoryConfig, heads: int, head_dim: int, kv: KVFormat,
                  device: torch.device, storage: torch.device):
         self.config, self.kv, self.device, self.storage = config, kv, device, storage
-        self.dtype = kv.dtype
         self.active = False
         """Recording the current call (the clean pass, while some transition carries a recall frame)."""
         self.q_sum = torch.zeros(heads, head_dim, dtype=torch.float32, device=device)
@@ -103,7 +102,8 @@ class SceneRecorder:
         made = recall_frame(candidates, self.q_sum, self.q_count, cfg.recall_fusion, cfg.recall_base_frame_weight)
         if made is None:
             return None
-        return to_storage(made[0].to(self.dtype), POOL_DEVICE), to_storage(made[1].to(self.dtype), POOL_DEVICE)
+        dtype = self.kv.dtype
+        return to_storage(made[0].to(dtype), POOL_DEVICE), to_storage(made[1].to(dtype), POOL_DEVICE)
 
     @property
     def device_bytes(self) -> int:

@@ -378,9 +378,7 @@ def device_memory_available(device: torch.device) -> int | None:
     return max(0, int(mm.get_free_memory(device)) + int(loaded) - int(reserved))
 
 
-def weights_on_device(tree: torch.nn.Module) -> tuple[int, torch.dtype]:
+def weights_on_device(tree: torch.nn.Module) -> int:
     """The bytes of a DiT's parameters as they are stored (fp8 weights stay one byte each on the device:
-    ComfyUI casts them layer by layer as they run) and the storage dtype of its transformer blocks."""
-    total = sum(p.numel() * p.element_size() for p in tree.parameters())
-    first = next(iter(tree.blocks[0].parameters()), None) if hasattr(tree, "blocks") else None
-    return total, first.dtype if first is not None else torch.bfloat16
+    ComfyUI casts them layer by layer as they run)."""
+    return sum(p.numel() * p.element_size() for p in tree.parameters())

@@ -170,12 +170,11 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
         encoder = scenes.encoder() if isinstance(scenes, SceneList) else None
         # The memory plan: on a GPU against what ComfyUI can make free there, weights included (it streams the
         # weights that do not fit); on the CPU against the RAM left (the weights are already in it).
-        weights, weights_dtype = host.weights_on_device(tree) if device.type != "cpu" else (0, None)
+        weights = host.weights_on_device(tree) if device.type != "cpu" else 0
         plan = plan_run(scenes, cfg, seed=seed, width=width, height=height, fps=fps, steps=steps, shift=shift,
                         choice=config, pool=pool, dtype=dtype, noise=noise, stop_after_shot=stop_after_shot,
                         encode_text=host.text_encoder(encoder) if encoder is not None else None, device=device,
-                        device_memory=host.device_memory_available(device), weights=weights,
-                        weights_dtype=weights_dtype, can_offload=True)
+                        device_memory=host.device_memory_available(device), weights=weights, can_offload=True)
         cache = None
         if reuse_shots:
             SHOT_CACHE.resize(budget_bytes(shot_cache_gb))

@@ -83,10 +83,12 @@ def weight_bytes(model: WanConfig, dtype: torch.dtype) -> int:
     return sum(math.prod(shape) for shape in model.expected_shapes().values()) * dtype.itemsize
 
 
-def largest_layer_bytes(model: WanConfig, dtype: torch.dtype) -> int:
-    """One transformer block's parameters in ``dtype`` (what a streamed model holds on the device at a time)."""
-    return sum(math.prod(shape) for name, shape in model.expected_shapes().items()
-               if name.startswith("blocks.0.")) * dtype.itemsize
+def largest_layer_bytes(model: WanConfig, weights: int) -> int:
+    """One transformer block's share of ``weights`` bytes of parameters (what a streamed model holds on the
+    device at a time), whatever dtype they are stored in."""
+    shapes = model.expected_shapes()
+    block = sum(math.prod(shape) for name, shape in shapes.items() if name.startswith("blocks.0."))
+    return weights * block // sum(math.prod(shape) for shape in shapes.values())
 
 
 def activation_bytes(model: WanConfig, dtype: torch.dtype, kv: KVFormat, block_tokens: int,
@@ -110,11 +112,10 @@ def activation_bytes(model: WanConfig, dtype: torch.dtype, kv: KVFormat, block_t
 
 def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, int], *, frames: int,
                 frames_per_block: int, latent_size: tuple[int, int], batch: int = 1, noise: str = OFFICIAL,
-                shots: int = 1, weights: int = 0, weights_dtype: torch.dtype | None = None) -> MemoryNeed:
+                shots: int = 1, weights: int = 0) -> MemoryNeed:
     """The memory a run of ``frames`` latent frames needs with ``policy`` (see the module docstring).
 
-    ``weights`` is the bytes of the DiT's parameters the device holds (0 when someone else places them);
-    ``weights_dtype`` their storage dtype (default ``dtype``), for the largest layer a streamed model keeps.
+    ``weights`` is the bytes of the DiT's parameters as stored on the device (0 when someone else places them).
     """
     item = dtype.itemsize
     kv = KVFormat(getattr(policy, "kv_storage", COMPUTE), dtype)
@@ -133,8 +134,7 @@ def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, i
             "noise": (frames if noise == OFFICIAL else frames_per_block) * frame,
             "memory storage": footprint.storage_bytes,
             "shot boundary": footprint.boundary_bytes + frames * frame}
-    smallest = min(weights, largest_layer_bytes(model, weights_dtype or dtype)) if weights else 0
-    return MemoryNeed(device, host, kv.name, smallest)
+    return MemoryNeed(device, host, kv.name, largest_layer_bytes(model, weights))
 
 
 def device_total(device: torch.device | str) -> int | None:
@@ -202,7 +202,7 @@ def plan_memory(need_of: Callable[[str], MemoryNeed], kv_options: Sequence[str],
     for offload in (False, True) if can_offload and not on_cpu else (False,):
         for kv in kv_options:
             if device_fits(needs[kv], offload) and host_fits(needs[kv]):
-                return MemoryPlan(needs[kv], offload and not device_fits(needs[kv], False), total, needs)
+                return MemoryPlan(needs[kv], offload, total, needs)  # the first pass took what fits whole
     _refuse(needs, list(kv_options), device, total, host_free, on_cpu, can_offload)
     raise AssertionError("unreachable")
 

@@ -190,7 +190,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
              pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
              encode_text=None, stop_after_shot: int = 0, device: torch.device | str = "cpu",
              device_memory: int | None = None, host_memory: int | None = None, weights: int = 0,
-             weights_dtype: torch.dtype | None = None, can_offload: bool = False) -> RunPlan:
+             can_offload: bool = False) -> RunPlan:
     """Check a run and decide everything before any model is loaded (see the module docstring).
 
     ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
@@ -198,7 +198,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     The memory plan (``pipeline.memory_need.plan_memory``) picks the KV storage (the choice's, or with ``auto``
     the first that fits) against ``device_memory`` (default: the device's total) and ``host_memory`` (default:
     the RAM available now), or refuses the run with the figures. ``weights`` is the bytes of the DiT's
-    parameters on the device (stored as ``weights_dtype``, default ``dtype``); ``can_offload`` says the host
+    parameters on the device, as stored (fp8 weights one byte each); ``can_offload`` says the host
     (ComfyUI) can stream the weights that do not fit.
     """
     _check_request(shots, model, fps, stop_after_shot)
@@ -234,8 +234,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     def need_of(kv: str) -> MemoryNeed:
         return memory_need(model, dtype, _with_kv(policy, kv), grid, frames=settings.num_frames,
                            frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
-                           batch=settings.batch_size, noise=settings.noise, shots=len(shots), weights=weights,
-                           weights_dtype=weights_dtype)
+                           batch=settings.batch_size, noise=settings.noise, shots=len(shots), weights=weights)
 
     others = [kv for kv in KV_STORAGES if kv not in allowed] if choice.is_echo else []
     memory = plan_memory(need_of, allowed, device, device_memory=device_memory, host_memory=host_memory,

@@ -46,8 +46,7 @@ def need(kv: str, weights_dtype=torch.bfloat16, seconds: float = 60.0, preset: s
     frames = int(seconds * 16 / 12) * 3
     policy = make_policy(preset, **({"kv_storage": kv} if preset.startswith("echo") else {}))
     return memory_need(FULL, torch.bfloat16, policy, (30, 52), frames=frames, frames_per_block=3,
-                       latent_size=(60, 104), noise="per-shot", shots=6, weights=weight_bytes(FULL, weights_dtype),
-                       weights_dtype=weights_dtype)
+                       latent_size=(60, 104), noise="per-shot", shots=6, weights=weight_bytes(FULL, weights_dtype))
 
 
 # ---- the figures at the full 1.3B shape --------------------------------------------------------------------
