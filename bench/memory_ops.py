@@ -128,7 +128,7 @@ def filled_layer(inputs: Inputs) -> EchoLayerMemory:
         layer.recorder.stop()
     cfg = layer.config
     if not (layer.local_end == cfg.budget_frames and layer.calibration.ready
-            and layer.history.size == cfg.budget_frames and len(layer.recorder.frames) == 3):
+            and layer.history.size == cfg.budget_frames and len(layer.recorder.candidates) == 3):
         raise RuntimeError("the warm-up did not bring the layer into its steady state")
     return layer
 
@@ -149,7 +149,7 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
     frame = [layer.global_end]
 
     def append() -> None:  # the context pass's history append, at ever newer frames (ages stay consistent)
-        history.append(k_clean, v_clean, frame[0], calibration, cfg.amplitude_compensation)
+        history.append(k_clean, v_clean, frame[0], calibration, cfg.amplitude_compensation, (k_clean, v_clean))
         frame[0] += BLOCK_FRAMES
 
     unsummarized = history.slots()[:cfg.budget_frames - BLOCK_FRAMES]
@@ -157,11 +157,11 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
     def summarize_all() -> None:  # the scene's calibration is finished: the 18 frames stored before it
         for slot in unsummarized:  # (the harness marks them unsummarised again, to time the same work each run)
             history.summarized[slot] = False
-        history.summarize_all(calibration, cfg.amplitude_compensation)
+        history.summarize_all(calibration, cfg.amplitude_compensation, (k_clean, v_clean))
 
     def compress() -> None:
         history.counts.zero_()  # keep the candidates the same from run to run
-        layer._compress(q, p)
+        layer._compress(q, p, layer.local_end, frame[0])  # the newest history frames: the cache's last block
 
     gate = drift_gate(q, calibration, cfg.drift_gate_lambda)
     scores = history.scores(gate, layer.omega, layer.offsets, cfg.recent_frames)
@@ -211,13 +211,13 @@ def operations(layer: EchoLayerMemory, inputs: Inputs) -> list[Op]:
            lambda: select_tokens(scores, history.chosen_counts(), cfg.compressed_frames * p, cfg.reuse_cap),
            part_of_above=True),
         Op(comp, "gather", f"`CandidateHistory.take`, {chosen.numel():,} tokens", "every block", 1,
-           True, lambda: history.take(chosen), part_of_above=True),
+           True, lambda: history.take(chosen, (k_clean, v_clean)), part_of_above=True),
         Op("recall frames", "scene statistics", f"`SceneRecorder.record`, {n_queries:,} clean queries",
            "every block (context pass) of a multi-shot video", 1, True,
            lambda: layer.recorder.record(q_clean, k_clean, v_clean, p)),
         Op("recall frames", "fusion",
-           f"`SceneRecorder.recall_frame`, {len(layer.recorder.frames)} candidate frames, on the device, cast",
-           "once per scene (last block)", 1, False, layer.recorder.recall_frame),
+           f"`SceneRecorder.recall_frame`, {len(layer.recorder.candidates)} candidate frames from the anchor pool, "
+           "on the device, cast", "once per scene (last block)", 1, False, layer.recall_frame),
     ]
 
 

@@ -303,6 +303,16 @@ class EchoMemoryConfig:
         """Most old-memory slots any mode puts in front of a new scene (1 recall frame + recent frames)."""
         return max(1 + m.old_recent_frames for m in self.modes.values())
 
+    @property
+    def recall_candidates_in_anchor_pool(self) -> bool:
+        """Whether the Scene Recall Frame's candidate frames are always in the anchor pool (the official and the
+        paper layouts): the pool keeps them whatever old memory a switch put in front, so they are not stored
+        twice."""
+        fpb = self.frames_per_block
+        written = -(-self.recall_source_frames // fpb) * fpb  # the pool mirrors whole blocks of the scene
+        return (self.recall_source_frames <= self.anchor_pool_frames
+                and self.old_memory_frames_max + written <= self.budget_frames)
+
     def mode(self, mode: Transition | str) -> ModeConfig:
         return self.modes[Transition(mode)]
 

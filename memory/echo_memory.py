@@ -189,7 +189,7 @@ class EchoMemoryState(MemoryState):
     def _register_recall(self, scene: int) -> None:
         frames = []
         for layer in self.layers:
-            made = layer.recorder.recall_frame()
+            made = layer.recall_frame()
             if made is None:
                 raise SceneMemoryError(f"scene {scene + 1} recorded nothing to build its recall frame from")
             frames.append(made)

@@ -29,9 +29,10 @@ the anchor pool, the candidate history and the query calibration (``memory.rolli
 ``memory.phase_compression``).
 
 What is kept, against the official code (docs/MEMORY.md): the 21-frame working cache on the compute device;
-the anchor pool (``pool + 3`` frames, not 21) and the candidate history (21 frames) on the storage device
-(pinned CPU memory under a GPU) with only 46 floats per history token on the device for scoring; no
-``k_raw``, no 12-frame recall-candidate buffer (only the 3 sampled frames, on the storage device), no
+the anchor pool (``pool + 3`` frames, not 21) and the candidate history's 18 selectable frames (its 3 newest
+are read from the recent region) on the storage device (pinned CPU memory under a GPU) with only 46 floats
+per history token on the device for scoring; no
+``k_raw``, no 12-frame recall-candidate buffer (the 3 sampled frames are read from the anchor pool), no
 old-memory or select staging buffers on the device.
 """
 
@@ -99,7 +100,7 @@ class EchoLayerMemory:
         self.decay = OldMemoryDecay(slots, k.device)
         args = (frame_tokens, heads, head_dim, self.kv, k.device, self.storage)
         self.pool = AnchorPool(cfg.anchor_pool_frames + cfg.old_memory_frames_max, *args)
-        self.history = CandidateHistory(cfg.budget_frames, *args)
+        self.history = CandidateHistory(cfg.budget_frames, cfg.recent_frames, *args)
         self.calibration = PhaseCalibration(heads, head_dim, k.device)
         self.omega = temporal_omega(head_dim, k.device)
         self.offsets = geometric_offsets(cfg.budget_frames)
@@ -124,16 +125,17 @@ class EchoLayerMemory:
         if self.recorder.active:
             self.recorder.record(q, k, v, p)
         if call.context_pass and cfg.compression:
+            recent = self._history_recent(self.local_end, self.global_end)
             if not self.calibration.ready and slot_end <= cfg.budget_frames:
                 self.calibration.add(q)
                 if slot_end >= cfg.budget_frames:
                     self.calibration.finish()
-                    self.history.summarize_all(self.calibration, cfg.amplitude_compensation)
-            self.history.append(k, v, call.start_frame, self.calibration, cfg.amplitude_compensation)
+                    self.history.summarize_all(self.calibration, cfg.amplitude_compensation, recent)
+            self.history.append(k, v, call.start_frame, self.calibration, cfg.amplitude_compensation, recent)
 
         new_frames = call.end_frame - self.global_end
         if new_frames > 0 and self.local_end + f > cfg.budget_frames:
-            end = self._roll(q, k, v, new_frames, slot_time, p, f)
+            end = self._roll(q, k, v, new_frames, slot_time, p, f, call.end_frame)
         else:
             end = self.local_end + new_frames
             self._write(end - f, k, v)
@@ -169,7 +171,16 @@ class EchoLayerMemory:
             t[:, dst] = t[:, src].clone()
         self.decay.move(src, dst)
 
-    def _roll(self, q, k, v, new_frames: int, slot_time: int, p: int, f: int) -> int:
+    def _history_recent(self, end: int, global_end: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The candidate history's newest frames (not stored by it) from the working cache, whose frames
+        ``[..., end)`` are the absolute frames ``[..., global_end)``: the recent region holds them."""
+        frames = self.history.pending_frames()
+        if not frames:
+            return None
+        span = self._slots(end - global_end + frames.start, len(frames))
+        return self.k[:, span], self.v[:, span]
+
+    def _roll(self, q, k, v, new_frames: int, slot_time: int, p: int, f: int, global_end: int) -> int:
         """The first call of a block that does not fit (the official roll)."""
         cfg = self.config
         evicted = f + self.local_end - cfg.budget_frames
@@ -185,10 +196,10 @@ class EchoLayerMemory:
         self._move(tail + f, tail, cfg.recent_frames)
         self._write(end - f, k, v)
         if cfg.compressed_frames and cfg.compression and self.calibration.ready and self.history.size:
-            self._compress(q, p)
+            self._compress(q, p, end, global_end)
         return end
 
-    def _compress(self, q: torch.Tensor, p: int) -> None:
+    def _compress(self, q: torch.Tensor, p: int, end: int, global_end: int) -> None:
         """Fill the compressed region with the best-scoring history tokens, in time order
         (``memory.phase_compression``)."""
         cfg = self.config
@@ -199,7 +210,7 @@ class EchoLayerMemory:
         counts = self.history.chosen_counts() if cfg.reuse_cap > 0 else None
         chosen = select_tokens(scores, counts, cfg.compressed_frames * p, cfg.reuse_cap)
         if chosen.numel():
-            k, v = self.history.take(chosen)
+            k, v = self.history.take(chosen, self._history_recent(end, global_end))
             self._write(cfg.anchor_frames, k, v)
 
     def drop_slots(self, first: int, count: int) -> int:
@@ -238,8 +249,7 @@ class EchoLayerMemory:
         self.local_end = self.old_slots = kept
         self.history.clear()
         self.calibration = PhaseCalibration(self.heads, self.head_dim, self.device)
-        self.pool.clear()
-        self.pool.write(0, self.k[:, :kept * p], self.v[:, :kept * p])
+        self.pool.start_scene(self.k[:, :kept * p], self.v[:, :kept * p])
         self.scene_start, self.timing_offset, self.jump = scene_start, kept, jump
         self.decay.reset()
         self.recorder.clear()
@@ -283,6 +293,10 @@ class EchoLayerMemory:
         first = self.local_end - self.config.frames_per_block + index
         span = self._slots(first, 1)
         return self.kv.decode(self.k[0, span]), self.kv.decode(self.v[0, span])
+
+    def recall_frame(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This layer's Scene Recall Frame of the running scene (``memory.recall_frames``), or None."""
+        return self.recorder.recall_frame(self.pool)
 
     def sink_frame(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of slot 0's keys/values ``[P, H, d]``, in the storage format (what a re-sinking transition

@@ -169,15 +169,26 @@ class CandidateHistory:
 
     Keys and values live on the storage device (pinned CPU memory when the model runs on a GPU); what
     scoring needs stays on the compute device: the packed ``TokenSummary`` of every token (once the
-    calibration is ready) and how often each token was chosen. A ring of frame slots, oldest first.
+    calibration is ready) and how often each token was chosen. Frame metadata is a ring of ``capacity``
+    slots, oldest first.
+
+    The newest ``deferred`` frames are excluded from the selection (the recent region) and are still in the
+    layer's working cache, so the storage holds only the ``capacity - deferred`` older frames: a frame's keys
+    and values are stored when newer frames push it out of the deferred span. Until then they are read from
+    the cache: ``append``, ``summarize_all`` and ``take`` get them as ``recent`` (the ``pending_frames()``,
+    ``[1, n*P, H, d]`` in the storage format). Storage slot of absolute frame ``a``: ``a mod stored_capacity``
+    (a scene's frames are consecutive).
     """
 
-    def __init__(self, capacity: int, frame_tokens: int, heads: int, head_dim: int, kv: KVFormat,
+    def __init__(self, capacity: int, deferred: int, frame_tokens: int, heads: int, head_dim: int, kv: KVFormat,
                  device: torch.device, storage: torch.device):
-        self.capacity, self.frame_tokens, self.kv = capacity, frame_tokens, kv
+        if not 0 <= deferred < capacity:
+            raise ValueError(f"a history of {capacity} frames cannot defer {deferred}")
+        self.capacity, self.deferred, self.frame_tokens, self.kv = capacity, deferred, frame_tokens, kv
         self.device, self.storage = device, storage
+        self.stored_capacity = capacity - deferred
         pin = storage.type == "cpu" and device.type == "cuda"
-        shape = (capacity, frame_tokens, heads, head_dim)
+        shape = (self.stored_capacity, frame_tokens, heads, head_dim)
         self.k = kv.zeros(shape, storage, pin)
         self.v = kv.zeros(shape, storage, pin)
         self.summary = torch.zeros(capacity, frame_tokens, TokenSummary.width(head_dim), device=device)
@@ -186,9 +197,10 @@ class CandidateHistory:
         self.frames = [-1] * capacity  # absolute latent frame held by each slot
         self.start = 0
         self.size = 0
+        self.pending = 0  # newest frames whose keys and values are not stored (still in the working cache)
 
     def clear(self) -> None:
-        self.start, self.size = 0, 0
+        self.start, self.size, self.pending = 0, 0, 0
         self.summarized = [False] * self.capacity
         self.frames = [-1] * self.capacity
 
@@ -196,32 +208,55 @@ class CandidateHistory:
         """Physical frame slots in time order, oldest first."""
         return [(self.start + i) % self.capacity for i in range(self.size)]
 
+    def pending_frames(self) -> range:
+        """Absolute frames whose keys and values the caller passes as ``recent`` (the newest ``pending``)."""
+        newest = self.frames[(self.start + self.size - 1) % self.capacity] if self.size else 0
+        return range(newest + 1 - self.pending, newest + 1)
+
+    def _frame(self, slot: int, recent: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Stored-format keys ``[P, H, d]`` of the frame in metadata ``slot`` (storage device or ``recent``)."""
+        frame, pending = self.frames[slot], self.pending_frames()
+        if frame in pending:
+            p = self.frame_tokens
+            i = frame - pending.start
+            return recent[0][0, i * p:(i + 1) * p]
+        return self.k[frame % self.stored_capacity]
+
     def append(self, k: torch.Tensor, v: torch.Tensor, first_frame: int, calibration: PhaseCalibration,
-               amplitude_compensation: bool) -> None:
-        """Add one block's clean frames (``[1, F*P, H, d]``, in the storage format), dropping the oldest beyond
-        the capacity. Summaries are taken from the stored keys, the ones a chosen token brings back."""
+               amplitude_compensation: bool, recent: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Add one block's clean frames (``[1, F*P, H, d]``, in the storage format, following the newest frame),
+        dropping the oldest beyond the capacity; ``recent`` holds the ``pending_frames()``. Summaries are taken
+        from the stored-format keys, the ones a chosen token brings back."""
         p = self.frame_tokens
+        arriving = [(f, (recent[0][:, i * p:(i + 1) * p], recent[1][:, i * p:(i + 1) * p]))
+                    for i, f in enumerate(self.pending_frames())] if self.pending else []
         for i in range(k.shape[1] // p):
+            frame_k = k[0, i * p:(i + 1) * p]
             if self.size < self.capacity:
                 slot = (self.start + self.size) % self.capacity
                 self.size += 1
             else:
                 slot = self.start
                 self.start = (self.start + 1) % self.capacity
-            frame_k = k[0, i * p:(i + 1) * p]
-            self.k[slot].copy_(frame_k, non_blocking=True)
-            self.v[slot].copy_(v[0, i * p:(i + 1) * p], non_blocking=True)
             self.frames[slot] = first_frame + i
             self.counts[slot].zero_()
             self.summarized[slot] = calibration.ready
             if calibration.ready:
                 self.summary[slot] = summarize(self.kv.decode(frame_k), calibration, amplitude_compensation)
+            arriving.append((first_frame + i, (k[:, i * p:(i + 1) * p], v[:, i * p:(i + 1) * p])))
+        self.pending = min(self.deferred, self.size)
+        keep = len(arriving) - self.pending  # the older ones leave the deferred span: stored now
+        for frame, (frame_k, frame_v) in arriving[:max(0, keep)]:
+            self.k[frame % self.stored_capacity].copy_(frame_k[0], non_blocking=True)
+            self.v[frame % self.stored_capacity].copy_(frame_v[0], non_blocking=True)
 
-    def summarize_all(self, calibration: PhaseCalibration, amplitude_compensation: bool) -> None:
-        """Summaries of the frames stored before the calibration was ready (keys streamed frame by frame)."""
+    def summarize_all(self, calibration: PhaseCalibration, amplitude_compensation: bool,
+                      recent: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Summaries of the frames stored before the calibration was ready (keys streamed frame by frame);
+        ``recent`` holds the ``pending_frames()``."""
         for slot in self.slots():
             if not self.summarized[slot]:
-                keys = self.kv.decode(to_device(self.k[slot], self.device))
+                keys = self.kv.decode(to_device(self._frame(slot, recent), self.device))
                 self.summary[slot] = summarize(keys, calibration, amplitude_compensation)
                 self.summarized[slot] = True
 
@@ -240,16 +275,25 @@ class CandidateHistory:
             scores[scores.numel() - recent:] = -float("inf")
         return scores
 
-    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, indices: torch.Tensor, recent: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[1, n, H, d]`` (storage format) of time-ordered token indices, counted as chosen once
-        more."""
+        more; ``recent`` holds the ``pending_frames()`` (chosen only when the older tokens run out)."""
         p = self.frame_tokens
-        slots = torch.tensor(self.slots(), device=indices.device)
-        physical = slots[indices // p] * p + indices % p
-        self.counts.view(-1)[physical] += 1
-        k = gather_to_device(self.k.view(-1, *self.k.shape[2:]), physical, self.device)
-        v = gather_to_device(self.v.view(-1, *self.v.shape[2:]), physical, self.device)
-        return k.unsqueeze(0), v.unsqueeze(0)
+        slots = self.slots()
+        self.counts.view(-1)[torch.tensor(slots, device=indices.device)[indices // p] * p + indices % p] += 1
+        stored = (self.size - self.pending) * p
+        older, newer = indices[indices < stored], indices[indices >= stored] - stored
+        frames = torch.tensor([self.frames[s] % self.stored_capacity for s in slots[:self.size - self.pending]],
+                              dtype=torch.long, device=older.device)
+        physical = frames[older // p] * p + older % p
+        parts = []
+        for source, tail in ((self.k, 0), (self.v, 1)):
+            part = gather_to_device(source.view(-1, *source.shape[2:]), physical, self.device)
+            if newer.numel():
+                part = torch.cat([part, recent[tail][0].index_select(0, newer.to(recent[tail].device))])
+            parts.append(part.unsqueeze(0))
+        return parts[0], parts[1]
 
     def chosen_counts(self) -> torch.Tensor:
         """How often each token (time order) was chosen, ``[size * P]``."""

@@ -23,6 +23,7 @@ import torch
 from .config import EchoMemoryConfig, RecallFusion
 from .devices import to_device, to_storage
 from .kv_storage import KVFormat
+from .rolling_anchors import AnchorPool
 from .scene_pool import POOL_DEVICE
 
 
@@ -50,17 +51,22 @@ def recall_frame(candidates: list[tuple[torch.Tensor, torch.Tensor]], q_sum: tor
 
 class SceneRecorder:
     """What the running scene records in one layer for its Scene Recall Frame: the sum and count of its clean
-    queries per head and channel (compute device) and the sampled candidate frames (storage device, in the
-    layer's storage format)."""
+    queries per head and channel (compute device) and which of its frames are candidates. The candidates are
+    read from the layer's anchor pool, which holds the scene's first frames anyway
+    (``EchoMemoryConfig.recall_candidates_in_anchor_pool``); with a layout whose candidates can fall outside
+    it, the recorder keeps copies (storage device, in the layer's storage format)."""
 
     def __init__(self, config: EchoMemoryConfig, heads: int, head_dim: int, kv: KVFormat,
                  device: torch.device, storage: torch.device):
         self.config, self.kv, self.device, self.storage = config, kv, device, storage
+        self.copies = not config.recall_candidates_in_anchor_pool
+        """Whether the candidates are copied here (else read from the anchor pool)."""
         self.active = False
         """Recording the current call (the clean pass, while some transition carries a recall frame)."""
         self.q_sum = torch.zeros(heads, head_dim, dtype=torch.float32, device=device)
         self.q_count = 0.0
-        self.frames: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.frames: list[tuple[torch.Tensor, torch.Tensor]] = []  # copied candidates (``copies``)
+        self.candidates: list[int] = []  # the scene frames that are candidates, in order
         self.recorded = 0  # frames of the scene seen so far (up to recall_storage_frames)
 
     def start(self) -> None:
@@ -71,7 +77,7 @@ class SceneRecorder:
 
     def record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int) -> None:
         """Add one clean pass: its queries to the statistics, its frames that are candidates to the list (keys
-        and values in the storage format)."""
+        and values in the storage format, copied only when the anchor pool may not hold them)."""
         cfg, p = self.config, frame_tokens
         self.q_sum += q.detach().to(torch.float32).sum(dim=(0, 1))
         self.q_count += float(q.shape[0] * q.shape[1])
@@ -80,8 +86,10 @@ class SceneRecorder:
             if index >= cfg.recall_storage_frames:
                 break
             if index < cfg.recall_source_frames and index % cfg.recall_stride == 0:
-                frame = slice(i * p, (i + 1) * p)
-                self.frames.append((to_storage(k[0, frame], self.storage), to_storage(v[0, frame], self.storage)))
+                self.candidates.append(index)
+                if self.copies:
+                    frame = slice(i * p, (i + 1) * p)
+                    self.frames.append((to_storage(k[0, frame], self.storage), to_storage(v[0, frame], self.storage)))
             self.recorded += 1
 
     def clear(self) -> None:
@@ -89,16 +97,18 @@ class SceneRecorder:
         self.q_sum.zero_()
         self.q_count = 0.0
         self.frames = []
+        self.candidates = []
         self.recorded = 0
         self.active = False
 
-    def recall_frame(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def recall_frame(self, pool: AnchorPool) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This layer's Scene Recall Frame of the running scene: fused on the compute device from the recorded
-        candidates, returned in the cache dtype on the CPU (where the scene pool keeps its frames); None when
-        nothing was recorded."""
+        candidates (read from the layer's anchor ``pool`` unless copied), returned in the cache dtype on the CPU
+        (where the scene pool keeps its frames); None when nothing was recorded."""
         cfg = self.config
+        stored = self.frames if self.copies else [pool.scene_frame(i) for i in self.candidates]
         candidates = [(self.kv.decode(to_device(k, self.device)), self.kv.decode(to_device(v, self.device)))
-                      for k, v in self.frames]
+                      for k, v in stored]
         made = recall_frame(candidates, self.q_sum, self.q_count, cfg.recall_fusion, cfg.recall_base_frame_weight)
         if made is None:
             return None

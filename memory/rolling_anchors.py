@@ -63,7 +63,8 @@ class AnchorPool:
     The official code mirrors all 21 slots; only the first ``pool_frames`` are ever read, and slots move at
     most by the number of old-memory frames dropped after a switch, so ``pool_frames + old_frames_max``
     slots are enough. Frames are kept in the layer's storage format (``memory.kv_storage``), as the cache holds
-    them.
+    them. ``lead`` counts the old-memory frames in front of the scene's first frame, so ``scene_frame`` finds
+    a frame of the scene wherever drops have moved it (the Scene Recall Frame's candidates are read there).
     """
 
     def __init__(self, capacity: int, frame_tokens: int, heads: int, head_dim: int, kv: KVFormat,
@@ -73,10 +74,18 @@ class AnchorPool:
         shape = (capacity, frame_tokens, heads, head_dim)
         self.k = kv.zeros(shape, storage, pin)
         self.v = kv.zeros(shape, storage, pin)
+        self.lead = 0
 
     def clear(self) -> None:
         self.k.zero_()
         self.v.zero_()
+        self.lead = 0
+
+    def start_scene(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """A new scene: the pool holds only the old-memory frames ``[1, n*P, H, d]`` put in front of it."""
+        self.clear()
+        self.write(0, k, v)
+        self.lead = k.shape[1] // self.frame_tokens
 
     def write(self, first_slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Mirror cache frames ``[1, n*P, H, d]`` written at slot ``first_slot`` (slots beyond capacity dropped)."""
@@ -96,6 +105,13 @@ class AnchorPool:
             self.v[first_slot:first_slot + keep] = self.v[first_slot + count:first_slot + count + keep].clone()
         self.k[first_slot + keep:end].zero_()
         self.v[first_slot + keep:end].zero_()
+        self.lead -= max(0, min(first_slot + count, self.lead) - first_slot)
+
+    def scene_frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[P, H, d]`` (storage format, storage device) of the scene's frame ``index``."""
+        if not 0 <= index < self.capacity - self.lead:
+            raise IndexError(f"frame {index} of the scene is not in an anchor pool of {self.capacity} slots")
+        return self.k[self.lead + index], self.v[self.lead + index]
 
     def group(self, group: AnchorGroup) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[1, 3*P, H, d]`` of a group, frames in insertion order, on the compute device."""

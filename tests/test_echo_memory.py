@@ -4,6 +4,7 @@ frames, footprint. Expected values come from tables verified on the official cod
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from echo_forcing.memory.echo_memory import EchoMemory
 from echo_forcing.memory.footprint import memory_footprint
 from echo_forcing.memory.hierarchical_memory import EchoLayerMemory
 from echo_forcing.memory.phase_compression import (
+    CandidateHistory,
     PhaseCalibration,
     drift_gate,
     geometric_offsets,
@@ -134,6 +136,49 @@ def test_compressed_region_holds_history_tokens_in_time_order():
     assert layer.history.size == 21
 
 
+class _StoringEverything(EchoLayerMemory):
+    """The layer with a candidate history that stores all of its frames (none read from the recent region)."""
+
+    def allocate(self, k, grid):
+        super().allocate(k, grid)
+        h = self.history
+        self.history = CandidateHistory(h.capacity, 0, h.frame_tokens, self.heads, self.head_dim, self.kv,
+                                        self.device, self.storage)
+
+
+@pytest.mark.parametrize("layout", [{}, {"anchor_frames": 6, "anchor_pool_frames": 6, "compressed_frames": 9},
+                                    {"anchor_frames": 6, "anchor_pool_frames": 6, "compressed_frames": 11,
+                                     "recent_frames": 1},
+                                    {"anchor_frames": 3, "anchor_pool_frames": 3, "compressed_frames": 9,
+                                     "recent_frames": 6}])
+@pytest.mark.parametrize("kv_storage", ["compute", "fp8_e4m3"])
+def test_history_reading_its_newest_frames_from_the_cache_changes_nothing(layout, kv_storage, monkeypatch):
+    """The history stores only its selectable frames; windows are bit-identical to storing all 21, also when
+    the reuse cap runs the older tokens out and the newest (recent) ones are chosen."""
+    cfg = EchoMemoryConfig(reuse_cap=1, **layout)
+    layers = [cls(cfg, kv_storage=kv_storage) for cls in (EchoLayerMemory, _StoringEverything)]
+    recent_chosen = []
+    take = CandidateHistory.take
+
+    def counting_take(self, indices, recent=None):
+        recent_chosen.append(int((indices >= (self.size - self.pending) * P).sum()))
+        return take(self, indices, recent)
+
+    monkeypatch.setattr(CandidateHistory, "take", counting_take)
+    torch.manual_seed(3)
+    for block in range(20):
+        start = 3 * block
+        for t in (1000.0, 625.0, 0.0):
+            q, k, v = (torch.randn(1, 3 * P, 2, 8) for _ in range(3))
+            windows = [layer.update(q, k, v, BlockCall(start, 3, t, t == 0.0, GRID)) for layer in layers]
+            assert torch.equal(windows[0].k, windows[1].k) and torch.equal(windows[0].v, windows[1].v)
+    deferring = layers[0].history
+    assert deferring.stored_capacity == 21 - cfg.recent_frames and deferring.pending == cfg.recent_frames
+    assert layers[0].history.storage_bytes * 21 == layers[1].history.storage_bytes * deferring.stored_capacity
+    if cfg.compressed_frames > 3:  # more chosen per block than arrive: the older tokens run out
+        assert any(recent_chosen), "the reuse cap never made the history choose its newest tokens"
+
+
 # --- positions at switches (verified examples) ---------------------------------------------------------------
 
 def _layer_after(blocks: int) -> EchoLayerMemory:
@@ -217,6 +262,56 @@ def test_a_snapshot_stored_with_the_previous_layer_layout_is_refused():
     with pytest.raises(SnapshotFormatError, match="EchoMemoryState has snapshot layout 1, but this version of the "
                                                   "pack reads layout 2"):
         snapshot_from_record(record, tensors)
+
+
+def _story_pool(scenes, rnd: bool):
+    state = EchoMemory(EchoMemoryConfig(compression=False, match_method=MatchMethod.IDF)).create(2, scenes)
+    block = 0
+    torch.manual_seed(5)
+    for index, scene in enumerate(scenes):
+        if index:
+            state.start_scene(index, 3 * block)
+        for b in range(scene.num_blocks):
+            if rnd:  # keys that differ per frame and layer
+                state.begin_block(False)
+                for t in (1000.0, 0.0):
+                    if t == 0.0:
+                        state.before_context_pass()
+                    for layer in state.layers:
+                        k = torch.randn(1, 3 * P, 1, 2) + block
+                        layer.update(k, k, -k, BlockCall(3 * block, 3, t, t == 0.0, GRID))
+            else:
+                _state_block(state, block)
+            state.end_block(index, b == 0, b == scene.num_blocks - 1)
+            block += 1
+    assert state.carried.needs_recall_frames
+    return state.result_pool()
+
+
+@pytest.mark.parametrize("rnd", [False, True])
+def test_recall_candidates_read_from_the_anchor_pool_equal_their_copies(rnd, monkeypatch):
+    """Recall frames built from the anchor pool (where old memory in front and its later drop move the scene's
+    frames) equal the ones built from copies taken while recording."""
+    scenes = [SceneInfo("a", 6), SceneInfo("b", 7, Transition.SMOOTH), SceneInfo("c", 2, Transition.SMOOTH),
+              SceneInfo("d", 5, Transition.HARD_CUT)]
+    assert EchoMemoryConfig().recall_candidates_in_anchor_pool
+    pooled = _story_pool(scenes, rnd)
+    monkeypatch.setattr(EchoMemoryConfig, "recall_candidates_in_anchor_pool", property(lambda self: False))
+    copied = _story_pool(scenes, rnd)
+    assert len(pooled.entries) == len(copied.entries) == 4
+    for a, b in zip(pooled.entries, copied.entries, strict=True):
+        assert a.recall is not None
+        for (ka, va), (kb, vb) in zip(a.recall, b.recall, strict=True):
+            assert torch.equal(ka, kb) and torch.equal(va, vb)
+
+
+def test_recall_candidates_are_copied_when_the_layout_can_leave_them_outside_the_pool():
+    assert not EchoMemoryConfig(recall_source_frames=15, recall_storage_frames=15).recall_candidates_in_anchor_pool
+    smooth = EchoMemoryConfig().with_mode("smooth", old_recent_frames=6)
+    assert not replace(smooth, recall_source_frames=15, recall_storage_frames=15).recall_candidates_in_anchor_pool
+    layer = EchoLayerMemory(EchoMemoryConfig(recall_source_frames=15, recall_storage_frames=15))
+    layer.allocate(torch.zeros(1, P, 1, 2), GRID)
+    assert layer.recorder.copies
 
 
 # --- decay (memory/decay.py) ----------------------------------------------------------------------------------

@@ -105,11 +105,11 @@ def story(trace):
 
     original_take = CandidateHistory.take
 
-    def recording_take(self, indices):
+    def recording_take(self, indices, recent=None):
         slots = self.slots()
         frames = torch.tensor([self.frames[s] for s in slots])[indices // P]
         record["chosen"][max(self.frames) + 1] = (frames, indices % P)
-        return original_take(self, indices)
+        return original_take(self, indices, recent)
 
     object.__setattr__(policy, "create", create)
     CandidateHistory.take = recording_take
