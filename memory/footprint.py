@@ -52,9 +52,9 @@ def memory_footprint(policy, num_layers: int, heads: int, head_dim: int, dtype: 
         cfg = layer.config
         candidates = len(range(0, cfg.recall_source_frames, cfg.recall_stride)) if layer.recorder.copies else 0
         stored_frame = layer.kv.nbytes(frame_tokens, heads, head_dim)
-        # recall candidates of the running scene when not read from the anchor pool (storage format) + one
-        # recall frame per finished scene (the scene pool keeps them in the compute dtype), keys and values
-        storage += 2 * num_layers * (stored_frame * candidates + frame_bytes * scenes)
+        # recall candidates of the running scene when not read from the anchor pool + one recall frame per
+        # finished scene (the scene pool), both in the storage format, keys and values
+        storage += 2 * num_layers * stored_frame * (candidates + scenes)
     working = 2 * 21 * frame_bytes * num_layers
     if echo:  # a boundary comes after a shot: count the frames a full cache keeps
         for layer in state.layers:

@@ -102,11 +102,16 @@ class KVFormat:
         return data.to(self.dtype).mul_(scale.to(self.dtype))
 
     def stored(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in this format: stored rows pass as they are, compute-dtype rows (a scene pool's frames) are
-        encoded."""
-        if self.packed and x.dtype == torch.uint8:
-            return x
+        """``x`` (a scene pool's frame) in this format: rows already in it pass as they are; compute-dtype rows
+        are encoded; packed fp8 rows (uint8, from a run that stored fp8) are decoded for a compute format."""
+        if x.dtype == torch.uint8:
+            return x if self.packed else KVFormat(FP8_E4M3, self.dtype).decode(x)
         return self.encode(x)
+
+    @staticmethod
+    def unpacked(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x`` in ``dtype``: packed fp8 rows (uint8) decoded, anything else cast (what a pool file holds)."""
+        return KVFormat(FP8_E4M3, dtype).decode(x) if x.dtype == torch.uint8 else x.to(dtype)
 
     def nbytes(self, tokens: int, heads: int, head_dim: int) -> int:
         """Bytes of ``tokens`` tokens of keys (or of values) of ``heads x head_dim``."""

@@ -103,8 +103,9 @@ class SceneRecorder:
 
     def recall_frame(self, pool: AnchorPool) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This layer's Scene Recall Frame of the running scene: fused on the compute device from the recorded
-        candidates (read from the layer's anchor ``pool`` unless copied), returned in the cache dtype on the CPU
-        (where the scene pool keeps its frames); None when nothing was recorded."""
+        candidates (read from the layer's anchor ``pool`` unless copied), returned in the layer's storage format
+        on the CPU (where the scene pool keeps its frames; the bytes a recall puts back into the cache); None when
+        nothing was recorded."""
         cfg = self.config
         stored = self.frames if self.copies else [pool.scene_frame(i) for i in self.candidates]
         candidates = [(self.kv.decode(to_device(k, self.device)), self.kv.decode(to_device(v, self.device)))
@@ -112,8 +113,9 @@ class SceneRecorder:
         made = recall_frame(candidates, self.q_sum, self.q_count, cfg.recall_fusion, cfg.recall_base_frame_weight)
         if made is None:
             return None
-        dtype = self.kv.dtype
-        return to_storage(made[0].to(dtype), POOL_DEVICE), to_storage(made[1].to(dtype), POOL_DEVICE)
+        kv = self.kv
+        return (to_storage(kv.encode(made[0].to(kv.dtype)), POOL_DEVICE),
+                to_storage(kv.encode(made[1].to(kv.dtype)), POOL_DEVICE))
 
     @property
     def device_bytes(self) -> int:

@@ -1,9 +1,12 @@
 """The scene pool: what survives of a finished scene, so a later scene (or a later job) can recall it.
 
 Per scene: its prompt and label, its routing feature, and per layer its Scene Recall Frame (and, only when
-a mode needs it, its first latent frame, "select"). Kept on the CPU in the cache dtype (the official code
-keeps the recall frame in float32 and casts it when it is loaded into the cache; storing the cast values
-gives the same cache contents at half the memory). At most ``max_size`` scenes (64), oldest dropped.
+a mode needs it, its first latent frame, "select"). Kept on the CPU as the run's cache will hold them: a
+recall frame in the run's KV storage (``memory.kv_storage``: the cache dtype, or packed fp8 rows at 0.52x),
+a select frame in the cache dtype. The official code keeps the recall frame in float32 and converts it when
+it is loaded into the cache; storing the converted values gives the same cache contents at a fraction of the
+memory. A pool file always holds the cache dtype (fp8 rows are decoded when saved), and a run reads either
+(``KVFormat.stored``). At most ``max_size`` scenes (64), oldest dropped.
 
 A pool is immutable: a rollout returns a new pool. ``save``/``load`` use safetensors with a versioned
 header that names the model signature (layers, heads, head dim, dtype, token grid); loading checks it and
@@ -28,6 +31,7 @@ import torch
 from ..safe_files import WriteOutcome
 from .config import EchoMemoryConfig, SceneMemoryError, Transition
 from .files import HeaderFields, file_names, named_file, read_state_file, save_atomically
+from .kv_storage import KVFormat
 from .routing import Candidate, best, rank
 
 if TYPE_CHECKING:
@@ -165,14 +169,15 @@ class ScenePool:
             raise ScenePoolError("this pool has no model signature (it holds no scene yet); nothing to save")
         path = Path(path)
         tensors, entries = {}, []
+        dtype = getattr(torch, self.signature.dtype)
         for i, entry in enumerate(self.entries):
             record = {"label": entry.label, "prompt": entry.prompt, "scene": entry.scene}
             for name in ("recall", "select"):
                 frames = getattr(entry, name)
                 record[name] = frames is not None
                 if frames is not None:
-                    tensors[f"{i}.{name}.k"] = torch.stack([k for k, _ in frames]).contiguous()
-                    tensors[f"{i}.{name}.v"] = torch.stack([v for _, v in frames]).contiguous()
+                    tensors[f"{i}.{name}.k"] = torch.stack([KVFormat.unpacked(k, dtype) for k, _ in frames])
+                    tensors[f"{i}.{name}.v"] = torch.stack([KVFormat.unpacked(v, dtype) for _, v in frames])
             entries.append(record)
         sig = self.signature
         metadata = {"format": FORMAT, "version": str(VERSION), "max_size": str(self.max_size),

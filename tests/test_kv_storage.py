@@ -19,6 +19,7 @@ compute's own max |delta| from the float32 reference.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from echo_forcing.memory.config import ConfigError
 from echo_forcing.memory.echo_memory import EchoMemory
 from echo_forcing.memory.kv_storage import COMPUTE, FP8_E4M3, FP8_MAX, KVFormat, KVStorageError
 from echo_forcing.memory.presets import PresetChoice
+from echo_forcing.memory.scene_pool import ScenePool
 from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
 from echo_forcing.pipeline import RolloutSettings, parse_scene_script, rollout, scenes_for_script
 
@@ -167,6 +169,10 @@ def weights() -> dict[str, torch.Tensor]:
 
 def _rollout(weights, dtype: torch.dtype, **memory) -> torch.Tensor:
     """The parity story on the tiny model in ``dtype`` (weights cast to it): the output latents in float32."""
+    return _story(weights, dtype, **memory).latents.float()
+
+
+def _story(weights, dtype: torch.dtype, **memory):
     model = CausalWan(WanDiT.from_state_dict(weights).to(dtype), dtype=dtype, device="cpu")
     scenes = parse_scene_script(json.loads(STORY.read_text(encoding="utf-8"))["meta"]["prompt"])
     embeddings = stand_in_text_embedding([s.prompt for s in scenes], TINY.text_dim)
@@ -176,7 +182,7 @@ def _rollout(weights, dtype: torch.dtype, **memory) -> torch.Tensor:
     policy = EchoMemory(encode_text=lambda prompts: stand_in_text_embedding(prompts, TINY.text_dim), **memory)
     settings = RolloutSettings(num_frames=frames, height=SIZE, width=SIZE, seed=NOISE_SEED)
     with torch.inference_mode():
-        return rollout(model, plan, settings, policy).latents.float()
+        return rollout(model, plan, settings, policy)
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +224,29 @@ def test_the_gate_fails_a_coarser_storage(weights, reference, bf16_error, monkey
 def test_compute_storage_is_the_default_bit_for_bit(weights, reference):
     assert EchoMemory().kv_storage == COMPUTE
     assert torch.equal(_rollout(weights, torch.float32), reference)
+
+
+def test_an_fp8_run_keeps_its_scene_pool_in_fp8_and_saves_it_in_the_compute_dtype(weights, tmp_path):
+    """Recall frames stay in the run's storage format (0.52x); a saved pool holds them decoded, and a compute run
+    recalls from the in-memory fp8 pool exactly as from its file."""
+    fp8, compute = (_story(weights, torch.float32, kv_storage=kv).pool for kv in (FP8_E4M3, COMPUTE))
+    assert len(fp8.entries) == len(compute.entries) == 5
+    decode = KVFormat(FP8_E4M3, torch.float32).decode
+    for packed, plain in zip(fp8.entries, compute.entries, strict=True):
+        for (k, v), (k_plain, _) in zip(packed.recall, plain.recall, strict=True):
+            assert k.dtype == v.dtype == torch.uint8 and k.shape[-1] == k_plain.shape[-1] + 4
+            assert (decode(k) - k_plain).abs().max() < 0.1 * k_plain.abs().max()  # the same scene, near
+    path = tmp_path / "fp8.safetensors"
+    fp8.save(path)
+    loaded = ScenePool.load(path)
+    for packed, read in zip(fp8.entries, loaded.entries, strict=True):
+        for (k, v), (k_read, v_read) in zip(packed.recall, read.recall, strict=True):
+            assert k_read.dtype == torch.float32
+            assert torch.equal(decode(k), k_read) and torch.equal(decode(v), v_read)
+    packed = replace(loaded, entries=tuple(replace(read, recall=entry.recall)
+                                           for read, entry in zip(loaded.entries, fp8.entries, strict=True)))
+    assert packed.entries[0].recall[0][0].dtype == torch.uint8
+    assert torch.equal(_rollout(weights, torch.float32, pool=packed), _rollout(weights, torch.float32, pool=loaded))
 
 
 # ---- bad choices -----------------------------------------------------------------------------------------------
