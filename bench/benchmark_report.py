@@ -37,7 +37,7 @@ def write_section(path: Path, title: str, body: str) -> None:
         before, rest = text.split(head, 1)
         following = rest.find("\n## ")
         after = rest[following + 1:] if following >= 0 else ""
-        text = before + head + "\n" + body + ("\n" + after if after else "")
+        text = before + head + "\n" + body.rstrip("\n") + "\n" + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + head + "\n" + body
     path.write_text(text, encoding="utf-8")

@@ -1,6 +1,6 @@
 """Copies between the compute device and the storage device (page-locked CPU memory under a GPU).
 
-Under a GPU the anchor pool, the candidate history, the recall candidates and the scene pool's frames live
+Under a GPU the anchor pool, the candidate history and the scene pool's frames live
 in page-locked ("pinned") CPU memory, and every copy between them and the GPU is asynchronous on the current
 CUDA stream, so it is ordered with the kernels around it and never stalls the CPU. A gather from pinned
 memory goes through a pinned staging tensor (an index on a pinned tensor returns pageable memory, which

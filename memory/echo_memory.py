@@ -3,7 +3,8 @@ pipeline (official ``CausalInferencePipeline.inference`` closures).
 
 Per block (``pipeline.rollout`` calls the hooks): at a scene boundary, choose the carried old frame and the
 RoPE jump and switch every layer (``memory.transitions``); during the clean pass of every block, record the
-scene's query statistics and recall candidates (only when some transition carries a recall frame); after
+scene's query statistics and which frames are its recall candidates (only when some transition carries a
+recall frame); after
 it: at the scene's first block estimate the decay rates and keep its first frame ("select"), at its last
 block build its Scene Recall Frame into the scene pool; then decay and evict old memory.
 

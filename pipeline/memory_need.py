@@ -12,8 +12,8 @@ Device (the compute device: the GPU, or the CPU's RAM on a CPU run):
 
 Host (CPU RAM): the output latents (float32, kept on the CPU block by block) and the copy a run returns, the
 initial noise (the official order draws the whole video's at once; per-shot noise one block), the memory's
-CPU storage (anchor pools, candidate histories and recall candidates in the KV storage, the scene pool's
-frames in the compute dtype) and one shot boundary (its memory snapshot and the latents so far). Kept shot
+CPU storage (anchor pools, candidate histories and the scene pool's recall frames, in the KV storage; recall
+candidates only in layouts that copy them) and one shot boundary (its memory snapshot and the latents so far). Kept shot
 boundaries are bounded separately by the shot cache's budget. The VAE is not included.
 
 ``plan_memory`` tries the KV storages a run allows, in order (``compute`` first: it is the reference), first
