@@ -131,7 +131,7 @@ class EchoMemoryState(MemoryState):
     def before_context_pass(self) -> None:
         if self.carried.needs_recall_frames:
             for layer in self.layers:
-                layer.recorder.start()
+                layer.record_clean_passes(True)
 
     def end_block(self, scene: int, first_in_scene: bool, last_in_scene: bool) -> BlockReport:
         if first_in_scene:
@@ -140,7 +140,7 @@ class EchoMemoryState(MemoryState):
             self._register_recall(scene)
         weights = self.layers[0].decay.old_weight_range()
         for layer in self.layers:
-            layer.recorder.stop()
+            layer.record_clean_passes(False)
             layer.decay.apply()
         dropped = max(layer.evict_old() for layer in self.layers)
         notes = {"old_weights": weights} if weights else {}

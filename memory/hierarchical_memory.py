@@ -22,7 +22,8 @@ Per forward call (official ``CausalWanSelfAttention.forward``), given the block'
 
 Who changes what: the layer's cache slots, fill pointers and scene timing change only through its own
 methods: ``update`` (every call), ``restart_scene`` (``memory.transitions.enter_scene`` at a switch),
-``end_jump`` / ``evict_old`` / ``estimate_decay`` (``memory.echo_memory`` around blocks). It owns its
+``end_jump`` / ``evict_old`` / ``estimate_decay`` / ``record_clean_passes`` (``memory.echo_memory`` around
+blocks). It owns its
 helpers, each changed only by its own methods: the decay state (``memory.decay.OldMemoryDecay``, kept with
 its tokens by every slot write, move and drop), the scene recorder (``memory.recall_frames.SceneRecorder``),
 the anchor pool, the candidate history and the query calibration (``memory.rolling_anchors``,
@@ -79,6 +80,7 @@ class EchoLayerMemory:
         # owned helpers, made by allocate
         self.decay: OldMemoryDecay | None = None
         self.recorder: SceneRecorder | None = None
+        self.recording = False  # the clean passes are recorded for the Scene Recall Frame (record_clean_passes)
 
     # ---- allocation ------------------------------------------------------------------------------------------
 
@@ -105,6 +107,8 @@ class EchoLayerMemory:
         self.omega = temporal_omega(head_dim, k.device)
         self.offsets = geometric_offsets(cfg.budget_frames)
         self.recorder = SceneRecorder(cfg, heads, head_dim, self.kv, k.device, self.storage)
+        if self.recording:  # the video's first call was a clean pass (a start latent)
+            self.recorder.start()
         self.allocated = True
 
     # ---- the per-call update -------------------------------------------------------------------------------
@@ -293,6 +297,16 @@ class EchoLayerMemory:
         first = self.local_end - self.config.frames_per_block + index
         span = self._slots(first, 1)
         return self.kv.decode(self.k[0, span]), self.kv.decode(self.v[0, span])
+
+    def record_clean_passes(self, on: bool) -> None:
+        """Start (or stop) recording the coming clean passes for the scene's recall frame; a layer not allocated
+        yet starts its recorder when it is (``memory.echo_memory`` around every clean pass)."""
+        self.recording = on
+        if self.recorder is not None:
+            if on:
+                self.recorder.start()
+            else:
+                self.recorder.stop()
 
     def recall_frame(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This layer's Scene Recall Frame of the running scene (``memory.recall_frames``), or None."""

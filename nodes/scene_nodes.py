@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..pipeline import SceneList, SceneListError, SceneScriptError, parse_scene_script
 from ..pipeline.noise import MAX_SEED
-from ..pipeline.scene_list import conditioning_tensor, parse_recall_target
+from ..pipeline.scene_list import conditioning_tensor, parse_recall_target, start_from_comfy_latent
 from ..pipeline.scene_script import Transition
 from . import host
 from .sockets import CATEGORY, Scenes
@@ -67,6 +67,12 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
                              tooltip="This shot's own noise seed, to re-roll it alone (with the sampler's per-shot "
                                      "noise; the shots before it are reused). -1: derived from the sampler's seed "
                                      "and the shot's number."),
+                io.Latent.Input("start_latent", optional=True,
+                                tooltip="Optional: start this shot from an image or from the end of a clip. Connect "
+                                        "VAE Encode (Wan2.1 VAE) of an image resized to the video's size, or of a "
+                                        "clip's last frames (9 frames make 3 latent frames, one block). They become "
+                                        "the shot's first frames, kept as they are, and the memory's first frames "
+                                        "of the scene; the rest of the shot continues from them."),
             ],
             outputs=[Scenes.Output(display_name="scenes",
                                    tooltip="The shots so far; connect to the next Scene Prompt or to the sampler.")],
@@ -92,9 +98,10 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
     @classmethod
     def execute(cls, text: str, duration: float, transition: str, recall_target: str, label: str,
                 previous: SceneList | None = None, clip=None, conditioning=None,
-                shot_seed: int = DERIVED_SEED) -> io.NodeOutput:
+                shot_seed: int = DERIVED_SEED, start_latent=None) -> io.NodeOutput:
         previous = previous if previous is not None else SceneList()
         number = len(previous) + 1
+        start = None if start_latent is None else start_from_comfy_latent(start_latent, number)
         if conditioning is not None:
             embeddings = conditioning_tensor(conditioning, number)
         elif clip is not None:
@@ -104,7 +111,7 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
         else:
             raise SceneListError(f"shot {number}: connect a CLIP to encode the text, or a conditioning")
         return io.NodeOutput(previous.then(text, embeddings, duration, transition, recall_target, label, clip,
-                                           None if shot_seed == DERIVED_SEED else shot_seed))
+                                           None if shot_seed == DERIVED_SEED else shot_seed, start))
 
 
 class SceneScript(CombosChecked, io.ComfyNode):

@@ -26,7 +26,7 @@ from ..memory.state import BlockReport, MemoryState, SceneInfo
 from ..models.block_forward import CausalWan, TextContext
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
-from .latents import LATENT_CHANNELS, VAE_STRIDE
+from .latents import LATENT_CHANNELS, VAE_STRIDE, video_frames
 from .memory_need import check_memory, memory_need
 from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
 from .scene_script import Scene, Transition, scene_block_counts, validate_scenes
@@ -75,10 +75,15 @@ class RolloutScene:
     label: str | None = None
     seed: int | None = None
     """The shot's own seed for per-shot noise (None: derived from the video's seed and the shot's index)."""
+    start: torch.Tensor | None = None
+    """Latent frames the shot starts from (an encoded image, or the last frames of a clip): normalised
+    ``[1 or B, n, C, h, w]``, ``n`` at most the shot's frames. They are the shot's first ``n`` frames, in the
+    output and in the memory as clean context (``_BlockLoop._denoise``)."""
 
     def __repr__(self) -> str:
         entry = self.entry and self.entry.label
-        return f"RolloutScene({self.label or self.prompt[:24]!r}, {self.num_blocks} blocks, entry={entry})"
+        start = f", start {self.start.shape[1]} frames" if self.start is not None else ""
+        return f"RolloutScene({self.label or self.prompt[:24]!r}, {self.num_blocks} blocks, entry={entry}{start})"
 
     def info(self) -> SceneInfo:
         return SceneInfo(self.prompt, self.num_blocks, self.entry, self.recall_target, self.label)
@@ -216,6 +221,33 @@ def finished_result(boundary: ShotBoundary, settings: RolloutSettings) -> Rollou
                          shots_done=boundary.shot, end=boundary)
 
 
+def check_start_latent(start: object, shot: int, frames: int, batch: int, channels: int,
+                       latent_size: tuple[int, int]) -> None:
+    """Refuse a start latent that cannot open shot ``shot`` (1-based) of ``frames`` latent frames: it must be
+    normalised latents ``[1 or batch, n, channels, h, w]`` at this size, ``1 <= n <= frames``, finite."""
+    where = f"shot {shot}'s start latent"
+    h, w = latent_size
+    if not isinstance(start, torch.Tensor) or start.dim() != 5 or not start.is_floating_point():
+        got = list(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+        raise RolloutInputError(f"{where} must be video latents [batch, frames, {channels}, {h}, {w}], got {got}")
+    b, n, c, lh, lw = start.shape
+    if c != channels:
+        raise RolloutInputError(f"{where} has {c} channels but the model reads {channels}: encode the image or "
+                                f"clip with the model's VAE (Wan2.1 VAE: {channels} channels)")
+    if (lh, lw) != (h, w):
+        raise RolloutInputError(f"{where} is {lw * VAE_STRIDE[2]}x{lh * VAE_STRIDE[1]} pixels ({lh}x{lw} latents) "
+                                f"but the video is {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} ({h}x{w}); resize the "
+                                "image or clip to the video's size before encoding it")
+    if b not in (1, batch):
+        raise RolloutInputError(f"{where} holds {b} videos; give one (or one per video of the batch of {batch})")
+    if not 1 <= n <= frames:
+        raise RolloutInputError(f"{where} has {n} latent frames but the shot has {frames} ({frames // 3} blocks); "
+                                f"use at most {frames} frames (the last {video_frames(frames)} video frames) or "
+                                "make the shot longer")
+    if not bool(torch.isfinite(start).all()):
+        raise RolloutInputError(f"{where} holds NaN or infinite values")
+
+
 def token_grid(patch_size: tuple[int, int, int], settings: RolloutSettings) -> tuple[int, int]:
     """Tokens per latent frame ``(h, w)`` for a model's ``(t, h, w)`` patch (30x52 at 480x832)."""
     _, ph, pw = patch_size
@@ -242,6 +274,13 @@ def _scenes(text: TextContext | Sequence[RolloutScene], settings: RolloutSetting
             raise RolloutInputError(f"{where}text context has batch {_batch_of(scene.text)}, "
                                     f"settings ask for {settings.batch_size}")
     return scenes
+
+
+def _check_starts(scenes: list[RolloutScene], settings: RolloutSettings, channels: int) -> None:
+    for i, scene in enumerate(scenes):
+        if scene.start is not None:
+            check_start_latent(scene.start, i + 1, scene.num_blocks * settings.frames_per_block,
+                               settings.batch_size, channels, settings.latent_size)
 
 
 def _check_resume(boundary: ShotBoundary, scenes: list[RolloutScene], settings: RolloutSettings,
@@ -292,6 +331,7 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     ``on_boundary`` (to save the video as a story).
     """
     scenes = _scenes(text, settings)
+    _check_starts(scenes, settings, model.config.in_dim)
     grid = _check_request(model, settings, cache, scenes)
     shape = settings.noise_shape(model.config.in_dim)
     if resume_from is not None:
@@ -420,7 +460,7 @@ class _BlockLoop:
         started = time.perf_counter()
         start = self.index * f
         state.begin_block(block_in_scene == 0)
-        x0 = self._denoise(start, scene_index, block_in_scene, text)
+        x0 = self._denoise(start, scene_index, block_in_scene, text, self._start_frames(scene, block_in_scene))
         self.output[:, start:start + f] = x0.float().cpu()
         self._check_finite(start, scene_index)
         state.before_context_pass()
@@ -436,17 +476,48 @@ class _BlockLoop:
                                            switch if block_in_scene == 0 else None))
         self.index += 1
 
-    def _denoise(self, start: int, scene_index: int, block_in_scene: int, text: TextContext) -> torch.Tensor:
-        """The denoising calls of the block at frame ``start``, re-noised between them; the last x0."""
+    def _start_frames(self, scene: RolloutScene, block_in_scene: int) -> torch.Tensor | None:
+        """The frames of the shot's start latent that fall in its block ``block_in_scene`` ``[B, k, C, h, w]``
+        on the compute device (k <= F), or None."""
+        if scene.start is None:
+            return None
+        first = block_in_scene * self.f
+        frames = scene.start[:, first:first + self.f]
+        if frames.shape[1] == 0:
+            return None
+        return frames.expand(self.b, *frames.shape[1:]).to(device=self.model.device, dtype=self.model.dtype)
+
+    def _denoise(self, start: int, scene_index: int, block_in_scene: int, text: TextContext,
+                 fixed: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoising calls of the block at frame ``start``, re-noised between them; the last x0.
+
+        ``fixed``: the block's first ``k`` frames are given (a start latent). A block given whole is not
+        denoised: it enters the memory through the clean context pass alone, as the official ``initial_latent``
+        path and ComfyUI's autoregressive image-to-video do. A block given in part is denoised with its given
+        frames held clean at timestep 0 in every call (as LongLive's image-to-video holds its image frame), so
+        blocks stay aligned. Either way the block draws its usual noise, so the noise of every later block is
+        the one a run without a start latent gives it."""
         model, schedule, timesteps, noise, b, f = self.model, self.schedule, self.timesteps, self.noise, self.b, self.f
+        k = 0 if fixed is None else fixed.shape[1]
         x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
+        if k == f:
+            for _ in timesteps[1:]:
+                noise.step(f)
+            return fixed.clone()
+        if k:
+            x[:, :k] = fixed
         for i, t in enumerate(timesteps):
             t_block = torch.full((b, f), float(t), dtype=torch.float32)
+            t_block[:, :k] = 0.0
             flow = model(x, t_block, text, self.memories, BlockCall(start, f, float(t), False, self.grid))
             x0 = schedule.x0_from_flow(flow, x, t_block)
+            if k:
+                x0[:, :k] = fixed
             if i + 1 < len(timesteps):
                 eps = noise.step(f).to(device=model.device, dtype=model.dtype)
                 x = schedule.add_noise(x0, eps, timesteps[i + 1])
+                if k:
+                    x[:, :k] = fixed
         return x0
 
     def _check_finite(self, start: int, scene_index: int) -> None:

@@ -32,6 +32,7 @@ from .rollout import (
     RolloutResult,
     RolloutScene,
     RolloutSettings,
+    check_start_latent,
     finished_result,
     rollout,
     token_grid,
@@ -87,8 +88,7 @@ class RunPlan:
     def rollout_scenes(self, texts: Sequence) -> list[RolloutScene]:
         """The rollout's scenes for the shots' encoded texts (``CausalWan.encode_text`` of ``text_inputs``)."""
         scenes = self.shots.rollout_scenes(texts, self.blocks)
-        return [RolloutScene(s.text, s.num_blocks, s.prompt, s.entry, s.recall_target, s.label, seed)
-                for s, seed in zip(scenes, self.seeds, strict=True)]
+        return [replace(s, seed=seed) for s, seed in zip(scenes, self.seeds, strict=True)]
 
     def text_inputs(self) -> list[torch.Tensor]:
         """Every shot's prompt embeddings ``[1, L, D]``, cut to the model's text length."""
@@ -135,7 +135,7 @@ class RunPlan:
         used for 'Similar' recall matching. Global parts: model, dtype, preset and every memory option,
         size, steps, shift, noise mode, the starting scene pool; with the official noise order also the seed
         and the video's total length (every block's noise depends on them). Per shot: its conditioning,
-        prompt, blocks, transition, recall target, label and seed. With whole-video recall matching, a
+        prompt, blocks, transition, recall target, label, seed and start latent. With whole-video recall matching, a
         boundary after a recall or 'auto' shot also depends on every prompt of the video (the matching
         statistics are computed over all of them).
         """
@@ -156,7 +156,8 @@ class RunPlan:
             parts.append({"text": tensor_digest(text), "prompt": scene.prompt, "blocks": n,
                           "entry": None if scene.entry is None else scene.entry.value,
                           "target": scene.recall_target, "label": scene.label,
-                          "seed": seed if s.noise == PER_SHOT else None})
+                          "seed": seed if s.noise == PER_SHOT else None,
+                          "start": None if shot.start is None else tensor_digest(shot.start)})
         every_prompt = [shot.scene.prompt for shot in self.shots.shots]
         keys, routed = [], False
         for k in range(1, len(parts) + 1):
@@ -212,6 +213,10 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
                                steps=evenly_spaced_steps(steps), shift=shift, frames_per_block=FRAMES_PER_BLOCK,
                                noise=noise)
     _check_text_width(shots, model)
+    for i, (shot, n) in enumerate(zip(shots.shots, blocks, strict=True)):
+        if shot.start is not None:
+            check_start_latent(shot.start, i + 1, n * FRAMES_PER_BLOCK, settings.batch_size, model.in_dim,
+                               settings.latent_size)
     notes = [f"scene script: {note}" for note in shots.notes]
     if choice.ignored:
         notes.append(f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored")

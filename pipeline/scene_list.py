@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .latents import LATENT_CHANNELS, from_comfy_latent
 from .noise import MAX_SEED
 from .rollout import RolloutScene
 from .scene_script import Scene, SceneScriptError, Transition
@@ -79,6 +80,40 @@ def _check_seed(seed: int | None, number: int) -> None:
         raise SceneListError(f"shot {number}: seed must be an integer in 0..2^64-1, got {seed!r}")
 
 
+def start_from_comfy_latent(latent: object, shot: int) -> torch.Tensor:
+    """Shot ``shot``'s start latent from a core LATENT (VAE Encode of an image or of a clip's last frames with the
+    Wan VAE: raw ``[1, 16, T, H/8, W/8]``), normalised as the pipeline holds latents ``[1, T, 16, h, w]``."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise SceneListError(f"shot {shot}: the start latent is not a LATENT (connect VAE Encode)")
+    if samples.dim() != 5 or samples.shape[1] != LATENT_CHANNELS:
+        raise SceneListError(f"shot {shot}: the start latent is {list(samples.shape)}; expected a Wan video latent "
+                             f"[1, {LATENT_CHANNELS}, frames, height/8, width/8]: encode the image or clip with the "
+                             "Wan2.1 VAE (wan_2.1_vae) through VAE Encode")
+    if samples.shape[0] != 1:
+        raise SceneListError(f"shot {shot}: the start latent holds {samples.shape[0]} videos; encode one image or "
+                             "one clip (its frames as one image batch)")
+    if not samples.is_floating_point():
+        raise SceneListError(f"shot {shot}: the start latent must hold floating-point latents, got {samples.dtype}")
+    return from_comfy_latent(samples)
+
+
+def _checked_start(start: object, number: int) -> torch.Tensor | None:
+    """Shot ``number``'s start latent as float32 on the CPU, after the checks that need no model (the run checks
+    channels, size and length)."""
+    if start is None:
+        return None
+    if not isinstance(start, torch.Tensor) or start.dim() != 5 or start.shape[0] != 1 or start.shape[1] < 1 \
+            or not start.is_floating_point():
+        got = list(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+        raise SceneListError(f"shot {number}: the start latent must be one video's latents [1, frames, channels, "
+                             f"height/8, width/8], got {got}")
+    start = start.detach().to(device="cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(start).all()):
+        raise SceneListError(f"shot {number}: the start latent holds NaN or infinite values")
+    return start
+
+
 def _shot_prompt(prompt: str | None, label: str | None, encoder: object | None, number: int) -> str:
     """The shot's prompt text; an external conditioning with no text is named by its label for reports."""
     prompt = (prompt or "").strip()
@@ -100,10 +135,15 @@ class Shot:
     """The text encoder (a ComfyUI CLIP) that encoded ``text``; None when a conditioning was connected."""
     seed: int | None = None
     """The shot's own noise seed (per-shot noise); None: derived from the sampler's seed and the shot's number."""
+    start: torch.Tensor | None = None
+    """Latent frames the shot starts from (an encoded image or the last frames of a clip): normalised
+    ``[1, n, C, h, w]`` float32 on the CPU (``pipeline.latents.from_comfy_latent``); the run checks them against
+    the model, the size and the shot's length (``pipeline.rollout.check_start_latent``)."""
 
     def __repr__(self) -> str:
-        return f"Shot({self.scene!r}, text {list(self.text.shape)}" + (f", seed {self.seed})" if self.seed is not None
-                                                                      else ")")
+        extra = (f", seed {self.seed}" if self.seed is not None else "") + (
+            f", start {self.start.shape[1]} frames" if self.start is not None else "")
+        return f"Shot({self.scene!r}, text {list(self.text.shape)}{extra})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -139,10 +179,12 @@ class SceneList:
 
     def then(self, prompt: str, text: torch.Tensor, duration: float, transition: str | Transition,
              recall_target: str | None = None, label: str | None = None, encoder: object | None = None,
-             seed: int | None = None) -> SceneList:
-        """This list with one more shot. The first shot's transition is ignored (nothing comes before it)."""
+             seed: int | None = None, start: torch.Tensor | None = None) -> SceneList:
+        """This list with one more shot. The first shot's transition is ignored (nothing comes before it).
+        ``start``: normalised latents ``[1, n, C, h, w]`` the shot starts from."""
         number = len(self.shots) + 1
         _check_seed(seed, number)
+        start = _checked_start(start, number)
         label = (label or "").strip() or None
         prompt = _shot_prompt(prompt, label, encoder, number)
         self._check_text(text, number)
@@ -154,7 +196,8 @@ class SceneList:
             scene = Scene(prompt, float(duration), entry, target, label)
         except SceneScriptError as err:
             raise SceneListError(f"shot {number}: {err}") from None
-        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed)), self.story, self.notes)
+        return SceneList((*self.shots, Shot(scene, text.detach().to("cpu"), encoder, seed, start)), self.story,
+                         self.notes)
 
     def _check_text(self, text, number: int) -> None:
         """Shot ``number``'s embeddings are ``[1, tokens, width]`` of the first shot's width."""
@@ -199,7 +242,8 @@ class SceneList:
     def rollout_scenes(self, texts: Sequence, blocks: Sequence[int]) -> list[RolloutScene]:
         """The rollout's scenes: each shot with its encoded text (``CausalWan.encode_text``) and block count,
         titled as reports name it (its label, else "shot N")."""
-        return [RolloutScene(text, n, s.scene.prompt, s.scene.entry, s.scene.recall_target, self.title(i))
+        return [RolloutScene(text, n, s.scene.prompt, s.scene.entry, s.scene.recall_target, self.title(i), s.seed,
+                             s.start)
                 for i, (s, text, n) in enumerate(zip(self.shots, texts, blocks, strict=True))]
 
     def encoder(self) -> object | None:

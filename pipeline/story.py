@@ -104,6 +104,8 @@ class Story:
             shots.append({"prompt": s.prompt, "duration": s.duration, "target": s.recall_target, "label": s.label,
                           "entry": None if s.entry is None else s.entry.value, "seed": shot.seed, "blocks": n})
             tensors[f"text.{i}"] = shot.text.contiguous()
+            if shot.start is not None:
+                tensors[f"start.{i}"] = shot.start.contiguous()
         metadata = {"format": FORMAT, "version": str(VERSION), "header": json.dumps(self.header),
                     "shots": json.dumps(shots), "boundary": json.dumps(record)}
         metadata["checksum"] = file_checksum(metadata, tensors)
@@ -154,7 +156,11 @@ class Story:
             if text is None or text.dim() != 3 or text.shape[0] != 1 or not text.is_floating_point():
                 raise fields.fail(f"text.{i}", "a [1, tokens, width] float tensor",
                                   None if text is None else list(text.shape))
-            shots.append(Shot(scene, text, None, seed))
+            start = tensors.get(f"start.{i}")
+            if start is not None and (start.dim() != 5 or start.shape[0] != 1 or start.dtype != torch.float32
+                                      or not bool(torch.isfinite(start).all())):
+                raise fields.fail(f"start.{i}", "finite float32 latents [1, frames, channels, h, w]", list(start.shape))
+            shots.append(Shot(scene, text, None, seed, start))
             blocks.append(fields.int(s, "blocks", 1, 2**31, where))
         if boundary.shot != len(shots) or boundary.block != sum(blocks):
             raise StoryError("the story's shots and its state disagree")

@@ -382,6 +382,37 @@ def test_what_only_the_run_can_see_fails_with_a_message_that_says_what_to_change
         call(pack)
 
 
+_COND = [[torch.zeros(1, 4, 8), {}]]
+
+
+@pytest.mark.parametrize(("latent", "message"), [
+    ({"samples": torch.zeros(1, 4, 60, 104)}, r"shot 1: the start latent is \[1, 4, 60, 104\]; expected a Wan video"),
+    ({"samples": torch.zeros(1, 16, 1, 60, 104, dtype=torch.int64)}, "shot 1: the start latent must hold floating"),
+    ({"samples": torch.zeros(3, 16, 1, 60, 104)}, "shot 1: the start latent holds 3 videos"),
+    ({"samples": torch.full((1, 16, 1, 60, 104), math.inf)}, "shot 1: the start latent holds NaN or infinite"),
+    ({"noise_mask": torch.zeros(1)}, "shot 1: the start latent is not a LATENT"),
+    ("a string", "shot 1: the start latent is not a LATENT"),
+])
+def test_a_start_latent_that_cannot_open_a_shot_is_refused_with_what_to_connect(pack, latent, message):
+    with pytest.raises(Exception, match=message):
+        pack.scene_nodes.ScenePrompt.execute("a fox", 5.0, "smooth", "auto", "", conditioning=_COND,
+                                             start_latent=latent)
+
+
+def test_a_start_latent_opens_its_shot_normalised(pack):
+    raw = torch.randn(1, 16, 3, 60, 104)
+    shots = pack.scene_nodes.ScenePrompt.execute("a fox", 5.0, "smooth", "auto", "", conditioning=_COND,
+                                                 start_latent={"samples": raw}).result[0]
+    start = shots.shots[0].start
+    assert start.shape == (1, 3, 16, 60, 104) and start.dtype == torch.float32
+    assert torch.allclose(pack_latents().to_comfy_latent(start), raw, atol=1e-5)
+    assert "start 3 frames" in repr(shots.shots[0])
+
+
+def pack_latents():
+    return importlib.import_module("echo_forcing.pipeline.latents")
+
+
 # ---- the stop route's rule (nodes/host.py stop_target) ------------------------------------------------------
 
 RUNNING = [(1, "run-1", {}, {"client_id": "tab-a"}, [])]
