@@ -161,16 +161,17 @@ def demo_shots(script: str, text_dim: int, prompt: str | None = None, seconds: f
 
 
 def script_shots(shots: SceneList, scenes, text_dim: int, enter: str | Transition = Transition.SMOOTH,
-                 ) -> SceneList:
+                 start: torch.Tensor | None = None) -> SceneList:
     """``shots`` followed by parsed scene-script ``scenes``, each with its stand-in text embedding. The first
-    scene is entered by ``enter`` (it matters after a story's shots); a scene's recall target by index counts
-    from the first of ``scenes``."""
+    scene is entered by ``enter`` (it matters after a story's shots) and starts from ``start`` (normalised
+    latents, or None); a scene's recall target by index counts from the first of ``scenes``."""
     offset = len(shots)
-    for scene in scenes:
+    for i, scene in enumerate(scenes):
         target = scene.recall_target
         shots = shots.then(scene.prompt, stand_in_text_embedding([scene.prompt], text_dim), scene.duration,
                            enter if scene.entry is None else scene.entry,
-                           str(offset + target + 1) if isinstance(target, int) else target, scene.label)
+                           str(offset + target + 1) if isinstance(target, int) else target, scene.label,
+                           start=start if i == 0 else None)
     return shots
 
 

@@ -13,6 +13,10 @@ with an edited script generates only the shots from the first changed one; ``--s
 video with its state and ``--story FILE`` continues such a story with the script's shots (which are then the
 NEW shots). Writes ``latents.safetensors`` (ComfyUI's LATENT layout), ``report.json`` and ``report.txt`` to
 ``--out``, each atomically.
+
+Start from frames: ``--start FILE`` opens the script's first shot with latent frames: a render's
+``latents.safetensors`` or a core SaveLatent ``.latent`` file (``--start-frames N``: only its last N latent
+frames, e.g. 3 to continue a clip from its last block). They are the shot's first frames, kept as they are.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..pipeline import (
     PrefixCache,
     SceneList,
     build_report,
+    from_comfy_latent,
     generate,
     parse_scene_script,
     plan_run,
@@ -38,6 +43,7 @@ from ..pipeline import (
     to_comfy_latent,
 )
 from ..pipeline.digests import digest
+from ..pipeline.latents import read_latent_file
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, budget_bytes
 from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError, Transition
 from ..pipeline.story import Story
@@ -55,6 +61,17 @@ def read_script(text: str) -> str:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         return " ".join(line for line in lines if line and not line.startswith("#"))
     return text
+
+
+def start_latents(path: Path, frames: int = 0) -> torch.Tensor:
+    """The normalised start latents ``[1, n, 16, h, w]`` of ``--start``: a latent file's last ``frames`` latent
+    frames (all with 0)."""
+    raw = read_latent_file(path)
+    if raw.shape[0] != 1:
+        raise ValueError(f"{path.name} holds {raw.shape[0]} videos; --start takes one")
+    if frames < 0 or frames > raw.shape[2]:
+        raise ValueError(f"--start-frames is {frames} but {path.name} holds {raw.shape[2]} latent frames")
+    return from_comfy_latent(raw[:, :, raw.shape[2] - frames:] if frames else raw)
 
 
 def _model(args) -> tuple[CausalWan, str]:
@@ -79,7 +96,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if args.story is not None:
         story = Story.load(args.story)
         shots = SceneList(story.shots.shots, story, notes)
-    shots = script_shots(shots, scenes, model.config.text_dim, args.enter)  # indices count from the story's end
+    start = start_latents(args.start, args.start_frames) if args.start is not None else None
+    # recall targets by index count from the story's end
+    shots = script_shots(shots, scenes, model.config.text_dim, args.enter, start)
     choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
     plan = plan_run(shots, model.config, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
                     steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise,
@@ -143,5 +162,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="save the video with its state as a story, to continue later")
     p.add_argument("--enter", choices=Transition.labels(), default=Transition.SMOOTH.label,
                    help="with --story: how the script's first shot is entered (default smooth)")
+    p.add_argument("--start", type=Path, default=None, metavar="FILE",
+                   help="start the script's first shot from these latent frames (a render's latents.safetensors "
+                        "or a SaveLatent .latent file)")
+    p.add_argument("--start-frames", type=int, default=0, metavar="N",
+                   help="with --start: only its last N latent frames (default 0: all)")
     p.set_defaults(func=run)
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,6 +71,22 @@ def read_state_file(path: str | os.PathLike, fmt: str, version: int, what: str,
                     error: type[Exception] = ValueError) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The header and tensors of one of the pack's safetensors files of format ``fmt`` (``what`` names it in
     messages, ``error`` is raised); see the module docstring for what is refused."""
+
+    def check(meta: dict[str, str]) -> None:
+        if meta.get("format") != fmt:
+            raise error(f"{Path(path).name} is not an Echo-Forcing {what} (no '{fmt}' header)")
+        if meta.get("version") != str(version):
+            raise error(f"{Path(path).name} is a {what} of format version {str(meta.get('version'))[:20]}; this "
+                        f"pack reads version {version}")
+
+    return read_tensor_file(path, what, error, check)
+
+
+def read_tensor_file(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
+                     check_header: Callable[[dict[str, str]], None] | None = None
+                     ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The header and tensors of any safetensors file (a state file, a latent file), with the refusals of the
+    module docstring; ``check_header`` sees the metadata before any tensor is read."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -84,11 +101,8 @@ def read_state_file(path: str | os.PathLike, fmt: str, version: int, what: str,
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != fmt:
-                raise error(f"{path.name} is not an Echo-Forcing {what} (no '{fmt}' header)")
-            if meta.get("version") != str(version):
-                raise error(f"{path.name} is a {what} of format version {str(meta.get('version'))[:20]}; this "
-                            f"pack reads version {version}")
+            if check_header is not None:
+                check_header(meta)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as err:
         raise error(f"{path.name} is truncated or corrupt ({err}); save the {what} again") from None

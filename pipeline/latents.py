@@ -8,7 +8,11 @@ VAEDecode works on what the sampler returns.
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from ..memory.files import read_tensor_file
 
 WAN21_LATENT_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -50,3 +54,24 @@ def from_comfy_latent(samples: torch.Tensor) -> torch.Tensor:
 def video_frames(latent_frames: int) -> int:
     """Video frames the Wan VAE decodes from ``latent_frames`` latents (first latent -> 1 frame, others -> 4)."""
     return 0 if latent_frames <= 0 else VAE_STRIDE[0] * (latent_frames - 1) + 1
+
+
+LATENT_KEYS = ("samples", "latent_tensor")
+"""Where a latent file keeps its raw latents: the pack's ``latents.safetensors`` (render, demo) and core
+SaveLatent's ``.latent`` file."""
+
+
+def read_latent_file(path: str | os.PathLike) -> torch.Tensor:
+    """Raw Wan2.1 latents ``[B, 16, T, h, w]`` from a latent file (safetensors; nothing is unpickled): the pack's
+    own ``latents.safetensors`` or a core SaveLatent ``.latent`` file. ``ValueError`` says what is wrong."""
+    _, tensors = read_tensor_file(path, "latent", ValueError)
+    name = os.path.basename(os.fspath(path))
+    found = [tensors[k] for k in LATENT_KEYS if k in tensors]
+    if not found:
+        raise ValueError(f"{name} holds no latents (no {' or '.join(repr(k) for k in LATENT_KEYS)} tensor); give a "
+                         "render's latents.safetensors or a SaveLatent .latent file")
+    samples = found[0]
+    if samples.dim() != 5 or samples.shape[1] != LATENT_CHANNELS or not samples.is_floating_point():
+        raise ValueError(f"{name} holds latents {list(samples.shape)} {samples.dtype}; expected Wan2.1 video latents "
+                         f"[batch, {LATENT_CHANNELS}, frames, height/8, width/8]")
+    return samples.float()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from echo_forcing.__main__ import main
 
@@ -75,3 +75,34 @@ def test_bad_output_folders_are_refused_with_the_reason(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as stop:
         main(["render", SCRIPT, "--out", out, *SIZE])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_clip_is_continued_from_its_last_latent_frames(tmp_path, capsys):
+    """--start with a render's latents (or a SaveLatent .latent file) and --start-frames 3: the new video opens
+    with the clip's last block, unchanged; bad files and counts exit with 2 and the reason."""
+    assert main(["render", SCRIPT, "--out", str(tmp_path / "a"), *SIZE]) == 0
+    clip = latents(tmp_path / "a")
+    more = "the fox runs on through the snow [2s] | the fox at the fire [1s#]"
+    assert main(["render", more, "--out", str(tmp_path / "b"), "--start", str(tmp_path / "a" / "latents.safetensors"),
+                 "--start-frames", "3", *SIZE]) == 0
+    assert torch.allclose(latents(tmp_path / "b")[:, :, :3], clip[:, :, -3:], atol=1e-5)
+    saved = tmp_path / "clip.latent"  # core SaveLatent's layout
+    save_file({"latent_tensor": clip[:, :, -1:].contiguous(), "latent_format_version_0": torch.tensor([])},
+              str(saved))
+    assert main(["render", more, "--out", str(tmp_path / "c"), "--start", str(saved), *SIZE]) == 0
+    assert torch.allclose(latents(tmp_path / "c")[:, :, :1], clip[:, :, -1:], atol=1e-5)
+    capsys.readouterr()
+    assert main(["render", more, "--out", str(tmp_path / "d"), "--start", str(saved), "--start-frames", "2",
+                 *SIZE]) == 2
+    assert "--start-frames is 2 but clip.latent holds 1 latent frames" in capsys.readouterr().err
+    other = tmp_path / "other.safetensors"
+    save_file({"weights": torch.zeros(2, 2)}, str(other))
+    assert main(["render", more, "--out", str(tmp_path / "e"), "--start", str(other), *SIZE]) == 2
+    assert "holds no latents" in capsys.readouterr().err
+    pickled = tmp_path / "evil.latent"
+    torch.save({"latent_tensor": clip}, pickled)
+    assert main(["render", more, "--out", str(tmp_path / "f"), "--start", str(pickled), *SIZE]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert main(["render", more, "--out", str(tmp_path / "g"), "--start", str(tmp_path / "a" / "latents.safetensors"),
+                 "--width", "80", "--height", "48"]) == 2
+    assert "shot 1's start latent is 64x48 pixels" in capsys.readouterr().err
