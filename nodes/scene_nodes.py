@@ -12,6 +12,9 @@ from . import host
 from .sockets import CATEGORY, Scenes
 from .validation import CombosChecked, shown, text_problem
 
+MAX_START_FRAMES = 4096
+"""The most latent frames Scene Prompt's start_frames takes (the run refuses more than the shot holds)."""
+
 ANY_SHOT = 2**62
 """A shot number after every real one: recall targets are checked against it at submit time (syntax only)."""
 
@@ -73,6 +76,10 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
                                         "clip's last frames (9 frames make 3 latent frames, one block). They become "
                                         "the shot's first frames, kept as they are, and the memory's first frames "
                                         "of the scene; the rest of the shot continues from them."),
+                io.Int.Input("start_frames", default=0, min=0, max=MAX_START_FRAMES, optional=True,
+                             tooltip="With a start latent: use only its last N latent frames (3 = the last block of "
+                                     "an encoded clip: encode the whole clip, so those frames carry its motion). "
+                                     "0 uses every frame (an image is 1)."),
             ],
             outputs=[Scenes.Output(display_name="scenes",
                                    tooltip="The shots so far; connect to the next Scene Prompt or to the sampler.")],
@@ -98,10 +105,10 @@ class ScenePrompt(CombosChecked, io.ComfyNode):
     @classmethod
     def execute(cls, text: str, duration: float, transition: str, recall_target: str, label: str,
                 previous: SceneList | None = None, clip=None, conditioning=None,
-                shot_seed: int = DERIVED_SEED, start_latent=None) -> io.NodeOutput:
+                shot_seed: int = DERIVED_SEED, start_latent=None, start_frames: int = 0) -> io.NodeOutput:
         previous = previous if previous is not None else SceneList()
         number = len(previous) + 1
-        start = None if start_latent is None else start_from_comfy_latent(start_latent, number)
+        start = None if start_latent is None else start_from_comfy_latent(start_latent, number, start_frames)
         if conditioning is not None:
             embeddings = conditioning_tensor(conditioning, number)
         elif clip is not None:

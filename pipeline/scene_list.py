@@ -80,9 +80,10 @@ def _check_seed(seed: int | None, number: int) -> None:
         raise SceneListError(f"shot {number}: seed must be an integer in 0..2^64-1, got {seed!r}")
 
 
-def start_from_comfy_latent(latent: object, shot: int) -> torch.Tensor:
-    """Shot ``shot``'s start latent from a core LATENT (VAE Encode of an image or of a clip's last frames with the
-    Wan VAE: raw ``[1, 16, T, H/8, W/8]``), normalised as the pipeline holds latents ``[1, T, 16, h, w]``."""
+def start_from_comfy_latent(latent: object, shot: int, last: int = 0) -> torch.Tensor:
+    """Shot ``shot``'s start latent from a core LATENT (VAE Encode of an image or a clip with the Wan VAE: raw
+    ``[1, 16, T, H/8, W/8]``), normalised as the pipeline holds latents ``[1, T, 16, h, w]``; ``last`` > 0 keeps
+    only its last ``last`` latent frames (the end of an encoded clip)."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
         raise SceneListError(f"shot {shot}: the start latent is not a LATENT (connect VAE Encode)")
@@ -95,7 +96,12 @@ def start_from_comfy_latent(latent: object, shot: int) -> torch.Tensor:
                              "one clip (its frames as one image batch)")
     if not samples.is_floating_point():
         raise SceneListError(f"shot {shot}: the start latent must hold floating-point latents, got {samples.dtype}")
-    return from_comfy_latent(samples)
+    if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+        raise SceneListError(f"shot {shot}: start_frames must be 0 (every frame) or a number of frames, got {last!r}")
+    if last > samples.shape[2]:
+        raise SceneListError(f"shot {shot}: start_frames is {last} but the start latent holds {samples.shape[2]} "
+                             "latent frames; use at most that many, or 0 for all")
+    return from_comfy_latent(samples[:, :, samples.shape[2] - last:] if last else samples)
 
 
 def _checked_start(start: object, number: int) -> torch.Tensor | None:

@@ -409,6 +409,16 @@ def test_a_start_latent_opens_its_shot_normalised(pack):
     assert "start 3 frames" in repr(shots.shots[0])
 
 
+def test_start_frames_keeps_the_end_of_an_encoded_clip(pack):
+    raw = torch.randn(1, 16, 6, 60, 104)
+    shots = pack.scene_nodes.ScenePrompt.execute("a fox", 5.0, "smooth", "auto", "", conditioning=_COND,
+                                                 start_latent={"samples": raw}, start_frames=3).result[0]
+    assert torch.allclose(pack_latents().to_comfy_latent(shots.shots[0].start), raw[:, :, 3:], atol=1e-5)
+    with pytest.raises(Exception, match="shot 1: start_frames is 7 but the start latent holds 6 latent frames"):
+        pack.scene_nodes.ScenePrompt.execute("a fox", 5.0, "smooth", "auto", "", conditioning=_COND,
+                                             start_latent={"samples": raw}, start_frames=7)
+
+
 def pack_latents():
     return importlib.import_module("echo_forcing.pipeline.latents")
 
