@@ -37,12 +37,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return queue.main(argv[1:])
     from .batch import BatchUsageError
-    from .cli import demo, queue, render, tiny_models, workflows
+    from .cli import demo, models, queue, render, tiny_models, workflows
     from .pipeline import RolloutInputError
 
     parser = argparse.ArgumentParser(prog="python -m echo_forcing", description="Echo-Forcing for ComfyUI tools")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
+    models.add_parser(sub)
     queue.add_parser(sub)
     render.add_parser(sub)
     tiny_models.add_parser(sub)

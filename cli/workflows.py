@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models import registry
 from ..safe_files import write_text
 
 PACK_DIR = Path(__file__).resolve().parent.parent
@@ -80,16 +81,12 @@ DEFS: dict[str, NodeDef] = {
 
 # ---- model files (download hints) ------------------------------------------------------------------------
 
-MODELS = {
-    "dit": {"name": "self_forcing_dmd.pt", "directory": "diffusion_models",
-            "url": "https://huggingface.co/gdhe17/Self-Forcing/resolve/main/checkpoints/self_forcing_dmd.pt"},
-    "text": {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders",
-             "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
-                    "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"},
-    "vae": {"name": "wan_2.1_vae.safetensors", "directory": "vae",
-            "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/"
-                   "wan_2.1_vae.safetensors"},
-}
+MODELS = {key: registry.workflow_hint(registry.by_name(name))
+          for key, name in (("dit", registry.DEFAULT_DIT), ("text", "wan21-umt5-xxl-fp8"), ("vae", "wan21-vae"))}
+"""The loaders' files as ``python -m echo_forcing models download`` writes them (``models/registry.py``): name
+and folder, and the hub URL at the pinned commit where the written file is the hub file itself. A converted file
+(the Self-Forcing .pt as safetensors) has no URL, so it gets no hint (the frontend's schema requires one); Load
+Causal DiT's message names the download command instead."""
 
 
 @dataclass
@@ -338,8 +335,9 @@ def ui_format(flow: Workflow) -> dict:
                 if name == definition.seed_control:
                     widgets.append("fixed")
         properties = {"Node name for S&R": n.type}
-        if n.models:
-            properties["models"] = [MODELS[m] for m in n.models]
+        hints = [MODELS[m] for m in n.models if "url" in MODELS[m]]
+        if hints:
+            properties["models"] = hints
         node = {"id": ids[n.key], "type": n.type, "pos": [40 + 460 * n.column, y], "size": size, "flags": {},
                 "order": order, "mode": 0, "inputs": inputs, "outputs": outputs, "properties": properties,
                 "widgets_values": widgets}
@@ -356,7 +354,7 @@ def ui_format(flow: Workflow) -> dict:
         "groups": [],
         "config": {},
         "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}, "echo_forcing": {"description": flow.description}},
-        "models": [MODELS[m] for m in ("dit", "text", "vae")],
+        "models": [MODELS[m] for m in ("dit", "text", "vae") if "url" in MODELS[m]],
         "version": 0.4,
     }
 

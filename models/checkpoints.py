@@ -13,6 +13,10 @@ Layouts:
 - LongLive ``lora.pt``: a PEFT LoRA on every block linear, merged here as PEFT's ``merge_and_unload`` does.
 - ComfyUI repackaged safetensors (``model.diffusion_model.`` prefix), plain Wan safetensors, and ComfyUI's
   "scaled fp8" safetensors (``scaled_fp8`` marker, per-layer ``scale_weight``), dequantised on load.
+- A research checkpoint converted by ``python -m echo_forcing models download``: the chosen entry's tensors
+  under plain Wan names (a LoRA's under its own names) with the entry in the safetensors metadata
+  (:data:`CONVERTED_ENTRY_KEY`); it is read back as ``{entry: tensors}``, so it loads exactly like the pickle
+  (the same entry, the same ``weights`` choices).
 
 Pickles are only ever opened with ``torch.load(weights_only=True)``.
 """
@@ -26,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..safe_files import available_memory
@@ -49,6 +53,10 @@ _OTHER_ARCHS = {"input_blocks.": "a Stable Diffusion 1.x/2.x/XL UNet", "double_b
 STORED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, *_FP8)
 """Weight dtypes a checkpoint may store (fp8 is dequantised or upcast at load); int8 and others are refused."""
 _LIST = 10
+CONVERTED_ENTRY_KEY = "echo_forcing.source_entry"
+"""Safetensors metadata key naming the research entry (``generator_ema``, ``generator``, ``model`` or
+``generator_lora``) a converted file holds."""
+_CONVERTED_ENTRIES = (*RESEARCH_ENTRIES, "generator_lora")
 
 
 class CheckpointError(ValueError):
@@ -60,6 +68,8 @@ class ConvertedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     source: str
     notes: list[str] = field(default_factory=list)
+    entry: str | None = None
+    """The research entry used (``generator_ema``, ``generator``, ``model``), None for a bare state dict."""
 
 
 @dataclass
@@ -87,9 +97,11 @@ def read_tensors(path) -> dict:
     corrupt = f"{name} is truncated or corrupt (an interrupted download?); re-download it"
     if suffix == ".safetensors":
         try:
-            return load_file(path, device="cpu")
+            tensors = load_file(path, device="cpu")
+            entry = converted_entry(path)
         except SafetensorError as e:
             raise CheckpointError(f"{corrupt} ({e})") from None
+        return {entry: tensors} if entry else tensors
     try:
         with open(path, "rb") as f:
             is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip format can be memory-mapped
@@ -98,6 +110,13 @@ def read_tensors(path) -> dict:
         raise CheckpointError(f"{name} could not be opened: {e}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError) as e:
         raise _pickle_error(name, corrupt, e) from None
+
+
+def converted_entry(path) -> str | None:
+    """The research entry a safetensors file converted by ``models download`` holds, from its metadata."""
+    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+        entry = (f.metadata() or {}).get(CONVERTED_ENTRY_KEY)
+    return entry if entry in _CONVERTED_ENTRIES else None
 
 
 def _pickle_error(name: str, corrupt: str, e: Exception) -> CheckpointError:
@@ -184,7 +203,8 @@ def convert_to_wan(raw: Mapping, *, weights: str = "auto", dtype: torch.dtype | 
     prefix = next((p for p in _COMFY_PREFIXES if any(k.startswith(p) for k in tensors)), None)
     sd = _strip_comfy_prefix(tensors, prefix, notes) if prefix else _strip_research_names(tensors)
     scaled = _dequantise(sd, dtype or torch.float32, notes)
-    return ConvertedCheckpoint(state_dict=sd, source=_layout_name(tensors, scaled, entry, prefix), notes=notes)
+    return ConvertedCheckpoint(state_dict=sd, source=_layout_name(tensors, scaled, entry, prefix), notes=notes,
+                               entry=entry)
 
 
 def _strip_comfy_prefix(tensors: dict[str, torch.Tensor], prefix: str, notes: list[str]) -> dict:
@@ -249,6 +269,22 @@ def merge_lora(state_dict: dict, lora_raw: Mapping, alpha: float | None = None) 
     for module, p in sorted(parts.items()):
         out[module + ".weight"] = _merged_weight(module, p, state_dict, alpha)
     return out
+
+
+def lora_tensors(lora_raw: Mapping) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """A LoRA file's tensors as stored (LongLive's ``generator_lora`` entry, else the dict itself) and the entry's
+    name, checked as :func:`merge_lora` checks them (LoRA keys only, A and B per module, finite float values)."""
+    entry = "generator_lora" if isinstance(lora_raw, Mapping) and "generator_lora" in lora_raw else None
+    lora = lora_raw[entry] if entry else lora_raw
+    if not isinstance(lora, Mapping):
+        raise CheckpointError("the LoRA file holds no dict of tensors")
+    parts = _lora_parts(lora)
+    _check_lora_values(parts)
+    missing = sorted(m for m, p in parts.items() if "A" not in p or "B" not in p)
+    if missing:
+        raise CheckpointError(f"LoRA modules without both A and B matrices: {', '.join(missing[:_LIST])}; the LoRA "
+                              "file is incomplete")
+    return entry, {str(k): v for k, v in lora.items() if isinstance(v, torch.Tensor)}
 
 
 def _lora_parts(lora: Mapping) -> dict[str, dict[str, torch.Tensor]]:

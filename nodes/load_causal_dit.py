@@ -9,7 +9,7 @@ import comfy.sd
 import torch
 from comfy_api.latest import io
 
-from ..models import CheckpointError, load_wan_checkpoint
+from ..models import CheckpointError, load_wan_checkpoint, registry
 from . import host
 from .sockets import CATEGORY
 from .validation import CombosChecked, shown
@@ -26,6 +26,32 @@ WEIGHT_DTYPES = {
 """The same choices (and meaning) as core Load Diffusion Model's ``weight_dtype``."""
 
 WEIGHTS = ["auto", "ema", "generator"]
+KNOWN_DITS = registry.files_in("diffusion_models", kind="dit")
+"""The registry's checkpoints (``python -m echo_forcing models list``), named in the tooltip and the errors."""
+KNOWN_LORAS = registry.files_in("loras", kind="lora")
+
+
+def _models_dir() -> str:
+    """ComfyUI's models folder for a download command (a placeholder when unknown or too long to show)."""
+    folder = getattr(host.folder_paths, "models_dir", None)
+    return folder if isinstance(folder, str) and 0 < len(folder) <= 100 else "<ComfyUI>/models"
+
+
+def known_checkpoints() -> str:
+    """The registry's checkpoints and the command that downloads one, for the tooltip and the errors."""
+    names = ", ".join(f"{m.name} ({m.file})" for m in KNOWN_DITS)
+    return f"Known checkpoints, by NAME: {names}; get one with: {registry.download_command('NAME', _models_dir())}"
+
+
+def missing_checkpoint(ckpt_name: str) -> str:
+    """What to do about a checkpoint that is not in the model folders."""
+    known = registry.by_file("diffusion_models", ckpt_name)
+    if known is not None:
+        return (f"Load Causal DiT: ckpt_name {shown(ckpt_name)} is not in models/diffusion_models yet; download it "
+                f"with: {registry.download_command(known.name, _models_dir())}, then press R to refresh")
+    return (f"Load Causal DiT: ckpt_name {shown(ckpt_name)} was not found in models/causal_dit or "
+            "models/diffusion_models; put the checkpoint there and press R to refresh, or pick one from the list. "
+            + known_checkpoints())
 
 
 class LoadCausalDiT(CombosChecked, io.ComfyNode):
@@ -43,16 +69,18 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
                 "Model."),
             inputs=[
                 io.Combo.Input("ckpt_name", options=host.dit_files(),
-                               tooltip="The causal Wan2.1-T2V-1.3B checkpoint (e.g. self_forcing_dmd.pt, "
-                                       "longlive_base.pt). Put files in models/diffusion_models or "
-                                       "models/causal_dit, then press R to refresh the list."),
+                               tooltip="The causal Wan2.1-T2V-1.3B checkpoint (a research .pt or a safetensors "
+                                       "file). Put files in models/diffusion_models or models/causal_dit, then "
+                                       "press R to refresh the list. " + known_checkpoints() + "."),
                 io.Combo.Input("weights", options=WEIGHTS, default="auto",
                                tooltip="Which weights of a research checkpoint to use. auto: the EMA generator if "
                                        "the file has one (the published default), the plain generator when a "
                                        "LongLive LoRA is given. Ignored for plain model files."),
                 io.Combo.Input("lora_name", options=host.lora_files(), default=host.NO_LORA,
-                               tooltip="LongLive's LoRA file (models/loras), merged into the base once at load time. "
-                                       "For ordinary LoRAs you can also use core LoRA nodes after this one."),
+                               tooltip="LongLive's LoRA file (models/loras), merged into the base once at load time; "
+                                       + "; ".join(f"{registry.download_command(m.name, _models_dir())} writes {m.file}"
+                                                   for m in KNOWN_LORAS)
+                                       + ". For ordinary LoRAs you can also use core LoRA nodes after this one."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="How ComfyUI stores the weights: default picks the best for your GPU; fp8 "
                                        "halves the memory (slightly lower quality), as in core Load Diffusion "
@@ -73,9 +101,7 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
         try:
             host.dit_path(ckpt_name)
         except (FileNotFoundError, ValueError, TypeError, OSError):
-            return (f"Load Causal DiT: ckpt_name {shown(ckpt_name)} was not found in models/causal_dit or "
-                    "models/diffusion_models; put the checkpoint there and press R to refresh, or pick one from "
-                    "the list")
+            return missing_checkpoint(ckpt_name)
         return True
 
     @classmethod

@@ -253,11 +253,21 @@ def test_recall_target_zero_is_refused_with_shots_counted_from_one(pack, target)
 def test_model_file_names(pack):
     check = pack.load_causal_dit.LoadCausalDiT.validate_inputs
     assert check(ckpt_name="tiny_dit.safetensors") is True
+    models = pack.load_causal_dit._models_dir()  # ComfyUI's models folder (a placeholder if the path is long)
+    assert models in (str(pack.root / "models"), "<ComfyUI>/models")
     for name in ("nope.pt", "../loras/tiny_lora.pt", "/etc/passwd", "tiny_dit"):
         message = check(ckpt_name=name)
         assert message == (f"Load Causal DiT: ckpt_name {name!r} was not found in models/causal_dit or "
                            "models/diffusion_models; put the checkpoint there and press R to refresh, or pick one "
-                           "from the list")
+                           "from the list. Known checkpoints, by NAME: self-forcing-dmd (self_forcing_dmd.safetensors"
+                           "), causvid (causvid_autoregressive.safetensors), longlive-base (longlive_base.safetensors)"
+                           f"; get one with: python -m echo_forcing models download NAME --to {models}")
+    assert check(ckpt_name="self_forcing_dmd.safetensors") == (  # a registry file: the command that writes it
+        "Load Causal DiT: ckpt_name 'self_forcing_dmd.safetensors' is not in models/diffusion_models yet; download "
+        f"it with: python -m echo_forcing models download self-forcing-dmd --to {models}, then press R to refresh")
+    tooltips = {name: spec.options["tooltip"] for name, spec in _inputs(pack.load_causal_dit.LoadCausalDiT).items()}
+    assert "self-forcing-dmd (self_forcing_dmd.safetensors)" in tooltips["ckpt_name"]
+    assert "models download longlive-lora" in tooltips["lora_name"]
     assert "is not a file name" in check(ckpt_name="  ")
 
 

@@ -70,7 +70,8 @@ def test_no_absolute_imports_of_the_pack_inside_the_pack():
 HOST_PROVIDED = {"torch", "comfy", "comfy_api", "comfy_execution", "folder_paths", "server", "node_helpers",
                  "latent_preview", "execution", "nodes"}
 """What the pack imports but never installs: torch (ComfyUI or the user brings the right build) and ComfyUI."""
-DISTRIBUTIONS = {"av": "av", "safetensors": "safetensors", "aiohttp": "aiohttp>=3.9", "numpy": "numpy"}
+DISTRIBUTIONS = {"av": "av", "safetensors": "safetensors", "aiohttp": "aiohttp>=3.9", "numpy": "numpy",
+                 "huggingface_hub": "huggingface_hub>=0.25"}
 """Import name -> requirement line, for every third-party package the pack's code imports."""
 
 
