@@ -39,6 +39,8 @@ class NodeDef:
     outputs: tuple[tuple[str, str], ...] = ()
     seed_control: str | None = None
     """Name of the INT widget followed by a control_after_generate value."""
+    upload: bool = False
+    """The node has the frontend's upload button, saved as one more widget value ("image") after its file combo."""
 
 
 DEFS: dict[str, NodeDef] = {
@@ -46,6 +48,13 @@ DEFS: dict[str, NodeDef] = {
                           (("CLIP", "CLIP"),)),
     "VAELoader": NodeDef((("vae_name", "widget:COMBO"),), (("VAE", "VAE"),)),
     "VAEDecode": NodeDef((("samples", "LATENT"), ("vae", "VAE")), (("IMAGE", "IMAGE"),)),
+    "VAEEncode": NodeDef((("pixels", "IMAGE"), ("vae", "VAE")), (("LATENT", "LATENT"),)),
+    "LoadImage": NodeDef((("image", "widget:COMBO"),), (("IMAGE", "IMAGE"), ("MASK", "MASK")), upload=True),
+    "ImageScale": NodeDef((("image", "IMAGE"), ("upscale_method", "widget:COMBO"), ("width", "widget:INT"),
+                           ("height", "widget:INT"), ("crop", "widget:COMBO")), (("IMAGE", "IMAGE"),)),
+    "LoadVideo": NodeDef((("file", "widget:COMBO"),), (("VIDEO", "VIDEO"),), upload=True),
+    "GetVideoComponents": NodeDef((("video", "VIDEO"),), (("images", "IMAGE"), ("audio", "AUDIO"),
+                                                         ("fps", "FLOAT"))),
     "CreateVideo": NodeDef((("images", "IMAGE"), ("fps", "widget:FLOAT"), ("audio", "AUDIO")), (("VIDEO", "VIDEO"),)),
     "SaveVideo": NodeDef((("video", "VIDEO"), ("filename_prefix", "widget:STRING"), ("format", "widget:COMBO"),
                           ("codec", "widget:COMBO"))),
@@ -55,7 +64,8 @@ DEFS: dict[str, NodeDef] = {
     "EchoForcingScenePrompt": NodeDef((("text", "widget:STRING"), ("duration", "widget:FLOAT"),
                                        ("transition", "widget:COMBO"), ("recall_target", "widget:STRING"),
                                        ("label", "widget:STRING"), ("previous", "ECHO_SCENES"), ("clip", "CLIP"),
-                                       ("conditioning", "CONDITIONING"), ("shot_seed", "widget:INT")),
+                                       ("conditioning", "CONDITIONING"), ("shot_seed", "widget:INT"),
+                                       ("start_latent", "LATENT"), ("start_frames", "widget:INT")),
                                       (("scenes", "ECHO_SCENES"),)),
     "EchoForcingSceneScript": NodeDef((("clip", "CLIP"), ("script", "widget:STRING")), (("scenes", "ECHO_SCENES"),)),
     "EchoForcingMemoryConfig": NodeDef((("preset", "widget:COMBO"), ("recall_matching", "widget:COMBO"),
@@ -272,7 +282,74 @@ def _story_three_more() -> Workflow:
                     nodes + _finish({"scenes": ("shot9", 0)}, "story_2_three_more", 2026, extra=[save]))
 
 
-WORKFLOWS = (_six_shot_smooth, _six_shot_hard_cut, _recall_abcabc, _long_video, _story_six_shots, _story_three_more)
+START_IMAGE = "example.png"
+"""The image the image-to-video workflow opens with: the one every ComfyUI install has in its input folder (pick
+your own in Load Image)."""
+START_CLIP = "clip.mp4"
+"""The clip the continue-a-clip workflow loads from ComfyUI's input folder (upload yours in Load Video)."""
+SIZE = {"width": 832, "height": 480}
+
+IMAGE_SHOTS = [
+    ("Cinematic realism, slow push-in. The scene of the picture comes to life: soft daylight, gentle wind, the "
+     "main subject in the centre of the frame begins to move", 10.0, "smooth", "auto", "opening"),
+    ("Cinematic realism. The same scene, the camera drifts slowly to the left while the subject keeps moving, "
+     "light shifting across the surfaces", 10.0, "smooth", "auto", "drift"),
+    ("Cinematic realism. A close view of the same subject, fine details and textures, shallow depth of field", 10.0,
+     "smooth", "auto", "close"),
+    ("Cinematic realism. The same place at dusk, warm lamps switch on, the subject in the same spot", 10.0,
+     "hard cut", "auto", "dusk"),
+    ("Cinematic realism. Back in the daylight scene of the first shot, the subject as in the picture", 10.0,
+     "recall", "opening", "daylight again"),
+    ("Cinematic realism. The camera pulls slowly back from the same scene to a wide view", 10.0, "smooth", "auto",
+     "wide"),
+]
+
+CLIP_SHOTS = [
+    ("Cinematic realism. The action of the clip goes on, same place, same subject, same light, the camera keeps "
+     "its motion", 5.0, "smooth", "auto", "continued"),
+    ("Cinematic realism. The same subject in the same place, the movement slows down and the subject turns "
+     "towards the camera", 5.0, "smooth", "auto", "turn"),
+    ("Cinematic realism. The camera rises slowly above the same place for a wide final view", 5.0, "smooth", "auto",
+     "rise"),
+]
+
+
+def _encoded(source: tuple[str, int], column: int = 0) -> list[Node]:
+    """Resize the frames to the video's size (centre crop) and encode them with the Wan VAE."""
+    return [
+        Node("scale", "ImageScale", {"upscale_method": "lanczos", **SIZE, "crop": "center"}, {"image": source},
+             column=column),
+        Node("encode", "VAEEncode", {}, {"pixels": ("scale", 0), "vae": ("vae", 0)}, column=column),
+    ]
+
+
+def _image_to_six_shots() -> Workflow:
+    image = Node("image", "LoadImage", {"image": START_IMAGE}, column=0)
+    shots = _shots(IMAGE_SHOTS)
+    shots[0].links["start_latent"] = ("encode", 0)
+    shots[0].widgets["start_frames"] = 0
+    return Workflow("image_to_six_shots", "Image to video: the first of six shots opens on a picture (Load Image, "
+                    "resized and encoded with the Wan VAE into Scene Prompt's start_latent); a hard cut and a recall "
+                    "bring the picture's scene back.",
+                    [*_loaders(), image, *_encoded(("image", 0)), *shots,
+                     *_finish({"scenes": ("shot6", 0)}, "image_to_six_shots", 5)])
+
+
+def _continue_clip() -> Workflow:
+    clip = Node("clip_in", "LoadVideo", {"file": START_CLIP}, column=0)
+    frames = Node("frames", "GetVideoComponents", {}, {"video": ("clip_in", 0)}, column=0)
+    shots = _shots(CLIP_SHOTS)
+    shots[0].links["start_latent"] = ("encode", 0)
+    shots[0].widgets["start_frames"] = 3
+    return Workflow("continue_clip", "Continue a clip: Load Video, encode it with the Wan VAE, and open three more "
+                    "shots on its last block (Scene Prompt's start_frames 3); the new video starts with the clip's "
+                    "last 9 frames.",
+                    [*_loaders(), clip, frames, *_encoded(("frames", 0)), *shots,
+                     *_finish({"scenes": ("shot3", 0)}, "continue_clip", 8)])
+
+
+WORKFLOWS = (_six_shot_smooth, _six_shot_hard_cut, _recall_abcabc, _long_video, _story_six_shots, _story_three_more,
+             _image_to_six_shots, _continue_clip)
 
 # ---- writers ---------------------------------------------------------------------------------------------
 
@@ -334,6 +411,8 @@ def ui_format(flow: Workflow) -> dict:
                 widgets.append(n.widgets[name])
                 if name == definition.seed_control:
                     widgets.append("fixed")
+                if definition.upload:
+                    widgets.append("image")
         properties = {"Node name for S&R": n.type}
         hints = [MODELS[m] for m in n.models if "url" in MODELS[m]]
         if hints:

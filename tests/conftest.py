@@ -157,6 +157,21 @@ def tiny_models() -> dict[str, str]:
     return dict(TINY_MODELS)
 
 
+def _input_files(folder: Path) -> None:
+    """The files the image and clip workflows load from ComfyUI's input folder: ``example.png`` (every install has
+    one) and ``clip.mp4`` (17 frames: 5 latent frames)."""
+    from PIL import Image
+
+    from echo_forcing.cli.video_file import write_h264
+
+    folder.mkdir()
+    gradient = torch.linspace(0, 255, 48).to(torch.uint8)
+    grey = torch.full((40, 48), 90, dtype=torch.uint8)
+    picture = torch.stack([gradient.expand(40, 48), gradient.flip(0).expand(40, 48), grey], -1)
+    Image.fromarray(picture.numpy()).save(folder / "example.png")
+    write_h264(torch.stack([picture.roll(4 * i, dims=1) for i in range(17)]), folder / "clip.mp4")
+
+
 @pytest.fixture(scope="session")
 def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     """Start a real ComfyUI on 127.0.0.1 (a free port) with the pack loaded from this checkout through an
@@ -171,6 +186,7 @@ def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     made = subprocess.run([sys.executable, "-m", "echo_forcing", "tiny-models", str(models)], capture_output=True,
                           text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
+    _input_files(root / "input")
     packs = root / "custom_nodes"
     packs.mkdir()
     (root / "user").mkdir()
@@ -185,7 +201,8 @@ def comfy_server(comfy_host, tmp_path_factory) -> ComfyServer:
     env["PYTHONPATH"] = os.environ.get("COMFYUI_EXTRA_PYTHONPATH", "")
     cmd = [comfy_host.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--extra-model-paths-config", str(yaml), "--output-directory",
-           str(root / "output"), "--user-directory", str(root / "user"), "--database-url", "sqlite:///:memory:"]
+           str(root / "output"), "--input-directory", str(root / "input"), "--user-directory", str(root / "user"),
+           "--database-url", "sqlite:///:memory:"]
     if os.environ.get("COMFYUI_FRONTEND_ROOT"):  # another frontend than the one the ComfyUI pins (its static folder)
         cmd += ["--front-end-root", os.environ["COMFYUI_FRONTEND_ROOT"]]
     with open(log_path, "w", encoding="utf-8") as log:

@@ -49,7 +49,7 @@ def tiny_workflow(path: Path, models: dict[str, str], seconds: float | None = SH
             inputs["clip_name"], inputs["type"] = models["clip"], "sd3"
         elif kind == "VAELoader":
             inputs["vae_name"] = models["vae"]
-        elif kind == "EchoForcingSampler":
+        elif kind in ("EchoForcingSampler", "ImageScale"):  # the start image or clip at the video's size
             inputs["width"], inputs["height"] = WIDTH, HEIGHT
         elif kind == "EchoForcingScenePrompt" and seconds is not None:
             inputs["duration"] = seconds
@@ -346,6 +346,22 @@ def test_same_latents_from_core_unet_loader_and_load_causal_dit_and_research_che
     assert latents["core"].isfinite().all()
     assert (latents["core"] == latents["pack"]).all() and (latents["pack"] == latents["research"]).all()
     assert not (latents["lora"] == latents["research"]).all()  # the LoRA was merged
+
+
+@pytest.mark.parametrize(("name", "frames"), [("image_to_six_shots", 1), ("continue_clip", 3)])
+def test_a_shot_opens_on_the_encoded_image_or_the_clips_last_block(comfy_server, tiny_models, name, frames):
+    """Core Load Image / Load Video -> Image Scale -> VAE Encode -> Scene Prompt's start_latent: the sampler's
+    video begins with the encoded frames (the clip's last 3 of 5 latent frames), unchanged."""
+    prompt = _with_latent_output(tiny_workflow(API_WORKFLOWS[0].with_name(f"{name}.json"), tiny_models), name)
+    encode = node_of(prompt, "VAEEncode")
+    prompt["98"] = {"class_type": "SaveLatent", "inputs": {"samples": [encode, 0],
+                                                          "filename_prefix": f"echo_forcing/{name}_start"}}
+    status, body, events = run(comfy_server.url, prompt)
+    assert status == 200 and events[-1][0] == "execution_success", (body, events[-3:])
+    video, start = _latents(comfy_server, events, "99"), _latents(comfy_server, events, "98")
+    assert list(start.shape) == [1, 16, 1 if frames == 1 else 5, 4, 4]
+    assert (video[:, :, :frames] - start[:, :, -frames:]).abs().max() < 1e-4
+    assert video.isfinite().all() and not (video[:, :, frames:frames + 1] == video[:, :, frames - 1:frames]).all()
 
 
 def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models):

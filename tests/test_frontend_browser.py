@@ -390,13 +390,17 @@ def _assert_graph_to_prompt_gives_the_api_file(page: Page, workflow: Path, api: 
 
 def _drop_newer_optional_defaults(got: dict, want: dict, url: str) -> None:
     """Remove from ``got`` the optional inputs a newer ComfyUI added (v0.28.0: CreateVideo.bit_depth) that the
-    API file lacks, where they are at their defaults."""
+    API file lacks, where they are at their defaults, and the values of widgets the frontend adds that are no
+    input of the node (Load Video's "video-preview"; the server ignores them)."""
     with urllib.request.urlopen(url + "/object_info") as r:
         info = json.loads(r.read())
     for node_id, (class_type, inputs) in got.items():
-        optional = info[class_type]["input"].get("optional", {})
-        for name in [n for n in inputs if node_id in want and n not in want[node_id][1] and n in optional]:
-            if inputs[name] == optional[name][1].get("default"):
+        declared = info[class_type]["input"]
+        optional = declared.get("optional", {})
+        for name in [n for n in inputs if node_id in want and n not in want[node_id][1]]:
+            if name in optional and inputs[name] == optional[name][1].get("default"):
+                del inputs[name]
+            elif not any(name in declared.get(group, {}) for group in ("required", "optional", "hidden")):
                 del inputs[name]
 
 

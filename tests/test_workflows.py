@@ -12,8 +12,8 @@ import pytest
 from echo_forcing.cli import workflows as gen
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["long_video_60s", "recall_abcabc", "six_shot_hard_cut", "six_shot_smooth", "story_1_six_shots",
-         "story_2_three_more"]
+NAMES = ["continue_clip", "image_to_six_shots", "long_video_60s", "recall_abcabc", "six_shot_hard_cut",
+         "six_shot_smooth", "story_1_six_shots", "story_2_three_more"]
 
 
 EXAMPLES, API = ROOT / "example_workflows", ROOT / "workflows" / "api"
@@ -68,15 +68,18 @@ def assert_link_matches_api(link: list, nodes: dict, api: dict) -> None:
 
 def assert_node_matches_api(node: dict, api_node: dict) -> None:
     """A UI node has the API node's class, its widget values in the definition's order (a seed widget followed by
-    "fixed"), and every API input is either linked in the UI or a literal."""
+    "fixed", a file combo with an upload button by "image"; an optional widget the workflow leaves out is in
+    neither), and every API input is either linked in the UI or a literal."""
     definition = gen.DEFS[node["type"]]
     assert api_node["class_type"] == node["type"]
     values = iter(node["widgets_values"])
     for input_name, kind in definition.inputs:
-        if kind.startswith("widget:"):
+        if kind.startswith("widget:") and input_name in api_node["inputs"]:
             assert next(values) == api_node["inputs"][input_name], (node["type"], input_name)
             if input_name == definition.seed_control:
                 assert next(values) == "fixed"
+            if definition.upload:
+                assert next(values) == "image"
     assert next(values, None) is None
     linked = {i["name"] for i in node["inputs"] if i["link"] is not None}
     literal = {k for k, v in api_node["inputs"].items() if not isinstance(v, list)}
