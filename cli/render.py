@@ -14,9 +14,12 @@ video with its state and ``--story FILE`` continues such a story with the script
 NEW shots). Writes ``latents.safetensors`` (ComfyUI's LATENT layout), ``report.json`` and ``report.txt`` to
 ``--out``, each atomically.
 
-Start from frames: ``--start FILE`` opens the script's first shot with latent frames: a render's
-``latents.safetensors`` or a core SaveLatent ``.latent`` file (``--start-frames N``: only its last N latent
-frames, e.g. 3 to continue a clip from its last block). They are the shot's first frames, kept as they are.
+Start from frames (the script's first shot opens with them, kept as they are): ``--start FILE`` takes latent
+frames from a render's ``latents.safetensors`` or a core SaveLatent ``.latent`` file (``--start-frames N``: only
+its last N, e.g. 3 to continue a clip from its last block); ``--image FILE`` encodes a picture and ``--clip FILE``
+the end of a video (its last 1 + 4N frames, N = ``--start-frames`` or 3, keeping the last N latent frames, which
+carry the clip's motion) with the Wan2.1 VAE given by ``--vae`` (``wan_2.1_vae.safetensors``), both resized to
+the video's size with a centre crop as ComfyUI's Wan image-to-video nodes do.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
 from ..models import CausalWan, load_wan_model
+from ..models.wan_vae import encode_pixels, load_wan_vae_encoder, pixels_from_image, read_image
 from ..pipeline import (
     NOISE_MODES,
     PER_SHOT,
@@ -49,6 +53,7 @@ from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError, Transiti
 from ..pipeline.story import Story
 from ..safe_files import output_folder, write_text
 from .demo import block_progress, script_shots, tiny_model, write_json, write_latents
+from .video_file import read_last_frames
 
 
 def read_script(text: str) -> str:
@@ -63,15 +68,45 @@ def read_script(text: str) -> str:
     return text
 
 
-def start_latents(path: Path, frames: int = 0) -> torch.Tensor:
-    """The normalised start latents ``[1, n, 16, h, w]`` of ``--start``: a latent file's last ``frames`` latent
-    frames (all with 0)."""
-    raw = read_latent_file(path)
-    if raw.shape[0] != 1:
-        raise ValueError(f"{path.name} holds {raw.shape[0]} videos; --start takes one")
-    if frames < 0 or frames > raw.shape[2]:
-        raise ValueError(f"--start-frames is {frames} but {path.name} holds {raw.shape[2]} latent frames")
-    return from_comfy_latent(raw[:, :, raw.shape[2] - frames:] if frames else raw)
+CLIP_LATENT_FRAMES = 3
+"""Latent frames ``--clip`` keeps by default: one block."""
+
+
+def start_latents(args: argparse.Namespace) -> torch.Tensor | None:
+    """The normalised start latents ``[1, n, 16, h, w]`` of ``--start``, ``--image`` or ``--clip`` (None without
+    one); everything is checked and encoded before the DiT is loaded."""
+    frames = args.start_frames
+    if frames < 0:
+        raise ValueError(f"--start-frames must be 0 (all) or a number of latent frames, got {frames}")
+    if args.start is not None:
+        raw = read_latent_file(args.start)
+        if raw.shape[0] != 1:
+            raise ValueError(f"{args.start.name} holds {raw.shape[0]} videos; --start takes one")
+        if frames > raw.shape[2]:
+            raise ValueError(f"--start-frames is {frames} but {args.start.name} holds {raw.shape[2]} latent frames")
+        return from_comfy_latent(raw[:, :, raw.shape[2] - frames:] if frames else raw)
+    source = args.image if args.image is not None else args.clip
+    if source is None:
+        return None
+    if args.vae is None:
+        raise ValueError(f"--{'image' if args.image is not None else 'clip'} needs the Wan2.1 VAE to encode it: "
+                         "give --vae wan_2.1_vae.safetensors (python -m echo_forcing models download wan21-vae)")
+    if args.image is not None:
+        if frames > 1:
+            raise ValueError(f"--start-frames is {frames} but a picture is 1 latent frame")
+        pixels = pixels_from_image(read_image(args.image), args.width, args.height)
+        keep = 1
+    else:
+        keep = frames or CLIP_LATENT_FRAMES
+        video = read_last_frames(args.clip, 1 + 4 * keep)
+        if video.shape[0] < 1 + 4 * keep:
+            raise ValueError(f"{args.clip.name} has {video.shape[0]} frames; {keep} latent frames in context need "
+                             f"{1 + 4 * keep}: use a longer clip or a smaller --start-frames")
+        pixels = pixels_from_image(video, args.width, args.height)
+    cuda = str(args.device).startswith("cuda")
+    encoder = load_wan_vae_encoder(args.vae, args.device, torch.bfloat16 if cuda else torch.float32)
+    raw = encode_pixels(encoder, pixels).cpu()
+    return from_comfy_latent(raw[:, :, raw.shape[2] - keep:])
 
 
 def _model(args) -> tuple[CausalWan, str]:
@@ -90,13 +125,13 @@ def run(args: argparse.Namespace, log=print) -> dict:
     scenes = parse_scene_script(read_script(args.script), warnings)
     for warning in warnings:
         log(f"warning: {warning}")
+    start = start_latents(args)
     model, model_key = _model(args)
     notes = tuple(str(w) for w in warnings)
     shots = SceneList(notes=notes)
     if args.story is not None:
         story = Story.load(args.story)
         shots = SceneList(story.shots.shots, story, notes)
-    start = start_latents(args.start, args.start_frames) if args.start is not None else None
     # recall targets by index count from the story's end
     shots = script_shots(shots, scenes, model.config.text_dim, args.enter, start)
     choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
@@ -162,10 +197,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="save the video with its state as a story, to continue later")
     p.add_argument("--enter", choices=Transition.labels(), default=Transition.SMOOTH.label,
                    help="with --story: how the script's first shot is entered (default smooth)")
-    p.add_argument("--start", type=Path, default=None, metavar="FILE",
-                   help="start the script's first shot from these latent frames (a render's latents.safetensors "
-                        "or a SaveLatent .latent file)")
+    opening = p.add_mutually_exclusive_group()
+    opening.add_argument("--start", type=Path, default=None, metavar="FILE",
+                         help="open the script's first shot with these latent frames (a render's latents.safetensors "
+                              "or a SaveLatent .latent file)")
+    opening.add_argument("--image", type=Path, default=None, metavar="FILE",
+                         help="open the script's first shot with this picture (PNG, JPEG, ...), encoded with --vae")
+    opening.add_argument("--clip", type=Path, default=None, metavar="FILE",
+                         help="continue this video: its end, encoded with --vae, opens the script's first shot")
     p.add_argument("--start-frames", type=int, default=0, metavar="N",
-                   help="with --start: only its last N latent frames (default 0: all)")
+                   help="with --start: only its last N latent frames (default 0: all); with --clip: how many latent "
+                        f"frames of its end (default {CLIP_LATENT_FRAMES})")
+    p.add_argument("--vae", type=Path, default=None, metavar="FILE",
+                   help="the Wan2.1 VAE (wan_2.1_vae.safetensors) that encodes --image or --clip")
     p.set_defaults(func=run)
 

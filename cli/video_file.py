@@ -102,3 +102,37 @@ def write_h264(frames, path: str | os.PathLike, fps: float = 16, crf: int = 18) 
     av = _pyav()
     rate = Fraction(fps).limit_denominator(1001)
     return atomic_write(path, lambda tmp: _encode(av, array, tmp, rate, crf), keep_suffix=True)
+
+
+MAX_READ_PIXELS = 4096 * 4096
+"""The largest picture :func:`read_last_frames` decodes (a frame size, not a file size)."""
+
+
+def read_last_frames(path: str | os.PathLike, count: int) -> torch.Tensor:
+    """The last ``count`` frames (fewer when the video is shorter) of a video file as RGB uint8 ``[N, H, W, 3]``,
+    decoded with PyAV; only ``count`` frames are ever held. ``ValueError`` says what is wrong."""
+    import collections
+
+    try:
+        import av
+    except ImportError:
+        raise ValueError(f"reading a video needs PyAV: {INSTALL_HINT}") from None
+    name = os.path.basename(os.fspath(path))
+    if not os.path.isfile(path):
+        raise ValueError(f"video file not found: {name}")
+    kept: collections.deque = collections.deque(maxlen=max(1, count))
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{name} holds no video stream")
+            codec = container.streams.video[0].codec_context
+            if codec.width * codec.height > MAX_READ_PIXELS:
+                raise ValueError(f"{name} is {codec.width}x{codec.height}, over the {MAX_READ_PIXELS >> 20} Mpx "
+                                 "this reader decodes; downscale it first")
+            for frame in container.decode(video=0):
+                kept.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+    except av.FFmpegError as e:
+        raise ValueError(f"{name} could not be read as a video ({type(e).__name__}: {e})") from None
+    if not kept:
+        raise ValueError(f"{name} holds no frame")
+    return torch.stack(list(kept))

@@ -106,3 +106,64 @@ def test_a_clip_is_continued_from_its_last_latent_frames(tmp_path, capsys):
     assert main(["render", more, "--out", str(tmp_path / "g"), "--start", str(tmp_path / "a" / "latents.safetensors"),
                  "--width", "80", "--height", "48"]) == 2
     assert "shot 1's start latent is 64x48 pixels" in capsys.readouterr().err
+
+
+def _png(path, picture: torch.Tensor) -> None:
+    """An RGB uint8 picture [H, W, 3] as a PNG file, through PyAV (a pack dependency)."""
+    import av
+
+    with av.open(str(path), mode="w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.height, stream.width = picture.shape[:2]
+        stream.pix_fmt = "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(picture.numpy(), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_a_picture_or_the_end_of_a_video_opens_the_first_shot(tmp_path, capsys):
+    """--image / --clip with --vae: the video opens on exactly what the pack's Wan VAE encoder makes of the picture
+    (resized to the video's size) or of the clip's last 13 frames (its last 3 latent frames); without --vae, or
+    with a clip too short, the command exits with 2 and says why before any model is loaded."""
+    from echo_forcing.cli.video_file import read_last_frames, write_h264
+    from echo_forcing.models.wan_vae import (
+        encode_pixels,
+        load_wan_vae_encoder,
+        pixels_from_image,
+        random_wan_vae_state_dict,
+        read_image,
+    )
+    from echo_forcing.pipeline import to_comfy_latent
+    from echo_forcing.pipeline.latents import from_comfy_latent
+
+    vae = tmp_path / "wan_2.1_vae.safetensors"
+    save_file(random_wan_vae_state_dict(seed=1, dim=8), str(vae))
+    encoder = load_wan_vae_encoder(vae)
+    ramp = torch.linspace(0, 255, 80).to(torch.uint8)
+    picture = torch.stack([ramp.expand(60, 80), ramp.flip(0).expand(60, 80), torch.full((60, 80), 70,
+                                                                                         dtype=torch.uint8)], -1)
+    _png(tmp_path / "start.png", picture)
+    more = "the fox runs on through the snow [2s] | the fox at the fire [1s#]"
+    assert main(["render", more, "--out", str(tmp_path / "a"), "--image", str(tmp_path / "start.png"), "--vae",
+                 str(vae), *SIZE]) == 0
+    want = encode_pixels(encoder, pixels_from_image(read_image(tmp_path / "start.png"), 64, 48))
+    got = latents(tmp_path / "a")[:, :, :1]
+    assert torch.allclose(got, to_comfy_latent(from_comfy_latent(want)), atol=1e-5)
+
+    clip = tmp_path / "clip.mp4"
+    write_h264(torch.stack([picture.roll(3 * i, dims=1) for i in range(17)]), clip)
+    assert main(["render", more, "--out", str(tmp_path / "b"), "--clip", str(clip), "--vae", str(vae), *SIZE]) == 0
+    end = encode_pixels(encoder, pixels_from_image(read_last_frames(clip, 13), 64, 48))
+    assert end.shape[2] == 4
+    assert torch.allclose(latents(tmp_path / "b")[:, :, :3], end[:, :, 1:], atol=1e-4)
+
+    capsys.readouterr()
+    assert main(["render", more, "--out", str(tmp_path / "c"), "--image", str(tmp_path / "start.png"), *SIZE]) == 2
+    assert "--image needs the Wan2.1 VAE to encode it: give --vae" in capsys.readouterr().err
+    assert main(["render", more, "--out", str(tmp_path / "d"), "--clip", str(clip), "--vae", str(vae),
+                 "--start-frames", "5", *SIZE]) == 2
+    assert "clip.mp4 has 17 frames; 5 latent frames in context need 21" in capsys.readouterr().err
+    assert main(["render", more, "--out", str(tmp_path / "e"), "--image", str(tmp_path / "start.png"), "--vae",
+                 str(tmp_path / "start.png"), *SIZE]) == 2
+    assert "start.png" in capsys.readouterr().err

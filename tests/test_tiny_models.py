@@ -24,7 +24,6 @@ from echo_forcing.cli.tiny_files import (
     clip_l_shapes,
     parameter_count,
     tiny_lora_shapes,
-    wan21_vae_shapes,
 )
 from echo_forcing.cli.tiny_models import (
     CLIP_FILE,
@@ -38,6 +37,7 @@ from echo_forcing.cli.tiny_models import (
 )
 from echo_forcing.models import WanConfig, load_wan_checkpoint, load_wan_model
 from echo_forcing.models.checkpoints import read_tensors
+from echo_forcing.models.wan_vae import wan_vae_shapes
 
 DIT_FILES = (DIT_FILE, SELF_FORCING_FILE, LORA_FILE)
 
@@ -151,7 +151,7 @@ def test_clip_l_layout_matches_comfyui():
 
 
 def test_wan21_vae_layout_matches_comfyui():
-    shapes = wan21_vae_shapes()
+    shapes = wan_vae_shapes()
     assert len(shapes) == 194
     assert parameter_count(shapes) == 126_892_531
     assert shapes["decoder.middle.0.residual.0.gamma"] == (384, 1, 1, 1)  # ComfyUI's Wan VAE detection key
