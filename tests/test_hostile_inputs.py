@@ -200,6 +200,12 @@ def test_story_headers_are_type_checked_even_with_a_recomputed_checksum(made, tm
                   edit_tensors=lambda t: t["latents"].view(-1).__setitem__(0, float("nan")))
     with pytest.raises(StoryError, match="NaN or infinite"):
         Story.load(nan)
+    for start in (torch.zeros(1, 3, 16, 4), torch.zeros(2, 1, 16, 4, 6), torch.zeros(1, 1, 16, 4, 6).half(),
+                  torch.zeros(1, 1, 16, 4, 6, dtype=torch.int32)):  # a shot's start latent
+        bad = rewrite(made[1], tmp_path / "start.safetensors", checksum=True,
+                      edit_tensors=lambda t, s=start: t.__setitem__("start.0", s))
+        with pytest.raises(StoryError, match=r"start\.0 should be finite float32 latents"):
+            Story.load(bad)
 
 
 def test_no_repr_or_str_of_an_object_that_reaches_comfyui_raises(made):
