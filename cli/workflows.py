@@ -323,11 +323,17 @@ def _encoded(source: tuple[str, int], column: int = 0) -> list[Node]:
     ]
 
 
+def _opened(shots: list, start_frames: int) -> list[Node]:
+    """Scene Prompt nodes for ``shots``, the first opening on the encoded frames (its last ``start_frames``)."""
+    nodes = _shots(shots)
+    nodes[0].links["start_latent"] = ("encode", 0)
+    nodes[0].widgets["start_frames"] = start_frames
+    return nodes
+
+
 def _image_to_six_shots() -> Workflow:
     image = Node("image", "LoadImage", {"image": START_IMAGE}, column=0)
-    shots = _shots(IMAGE_SHOTS)
-    shots[0].links["start_latent"] = ("encode", 0)
-    shots[0].widgets["start_frames"] = 0
+    shots = _opened(IMAGE_SHOTS, 0)
     return Workflow("image_to_six_shots", "Image to video: the first of six shots opens on a picture (Load Image, "
                     "resized and encoded with the Wan VAE into Scene Prompt's start_latent); a hard cut and a recall "
                     "bring the picture's scene back.",
@@ -338,9 +344,7 @@ def _image_to_six_shots() -> Workflow:
 def _continue_clip() -> Workflow:
     clip = Node("clip_in", "LoadVideo", {"file": START_CLIP}, column=0)
     frames = Node("frames", "GetVideoComponents", {}, {"video": ("clip_in", 0)}, column=0)
-    shots = _shots(CLIP_SHOTS)
-    shots[0].links["start_latent"] = ("encode", 0)
-    shots[0].widgets["start_frames"] = 3
+    shots = _opened(CLIP_SHOTS, 3)
     return Workflow("continue_clip", "Continue a clip: Load Video, encode it with the Wan VAE, and open three more "
                     "shots on its last block (Scene Prompt's start_frames 3); the new video starts with the clip's "
                     "last 9 frames.",
