@@ -99,6 +99,9 @@ class RolloutSettings:
     width: int = 832
     seed: int = 0
     steps: tuple[int, ...] = DEFAULT_STEPS
+    first_block_steps: tuple[int, ...] | None = None
+    """The steps of the first block the video denoises, when they differ (Causal Forcing++: 4 there, 1 or 2 after,
+    as its students were trained); None: ``steps`` for every block."""
     warp: bool = True
     shift: float = DEFAULT_SHIFT
     frames_per_block: int = 3
@@ -137,6 +140,8 @@ class RolloutSettings:
             raise RolloutInputError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         try:
             FlowMatchSchedule(self.shift).denoising_timesteps(self.steps, self.warp)
+            if self.first_block_steps is not None:
+                FlowMatchSchedule(self.shift).denoising_timesteps(self.first_block_steps, self.warp)
         except ValueError as err:
             raise RolloutInputError(str(err)) from None
 
@@ -308,6 +313,19 @@ def _check_resume(boundary: ShotBoundary, scenes: list[RolloutScene], settings: 
             f"use per-shot noise to change lengths or add shots")
 
 
+def _first_denoised_block(scenes: list[RolloutScene], frames_per_block: int) -> int:
+    """Index of the first block of the video that is denoised (not wholly given by a start latent): the block
+    ``first_block_steps`` applies to, the same in a run from scratch and in one resumed at a shot boundary."""
+    index = 0
+    for scene in scenes:
+        given = 0 if scene.start is None else scene.start.shape[1]
+        whole = min(given // frames_per_block, scene.num_blocks)
+        if whole < scene.num_blocks:
+            return index + whole
+        index += scene.num_blocks
+    return index
+
+
 class NonFiniteError(RolloutInputError):
     """A block produced NaN or infinite latents (damaged weights or LoRA, an overflowing dtype)."""
 
@@ -382,6 +400,10 @@ class _BlockLoop:
             model, settings, scenes, state, grid, hooks)
         self.schedule = FlowMatchSchedule(settings.shift)
         self.timesteps = self.schedule.denoising_timesteps(settings.steps, settings.warp)
+        first = settings.first_block_steps
+        self.first_timesteps = self.timesteps if first is None else self.schedule.denoising_timesteps(first,
+                                                                                                       settings.warp)
+        self.first_denoised = _first_denoised_block(scenes, settings.frames_per_block)
         self.b, self.f = settings.batch_size, settings.frames_per_block
         self.noise = BlockNoise(settings.noise, settings.seed, shape,
                                 shot_seeds(settings.seed, [s.seed for s in scenes]))
@@ -497,7 +519,8 @@ class _BlockLoop:
         frames held clean at timestep 0 in every call (as LongLive's image-to-video holds its image frame), so
         blocks stay aligned. Either way the block draws its usual noise, so the noise of every later block is
         the one a run without a start latent gives it."""
-        model, schedule, timesteps, noise, b, f = self.model, self.schedule, self.timesteps, self.noise, self.b, self.f
+        model, schedule, noise, b, f = self.model, self.schedule, self.noise, self.b, self.f
+        timesteps = self.first_timesteps if self.index == self.first_denoised else self.timesteps
         k = 0 if fixed is None else fixed.shape[1]
         x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
         if k == f:

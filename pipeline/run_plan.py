@@ -145,6 +145,7 @@ class RunPlan:
                 "policy": repr(getattr(self.policy, "config", self.policy)), "size": [s.width, s.height],
                 "kv_storage": getattr(self.policy, "kv_storage", COMPUTE),
                 "steps": list(s.steps), "shift": s.shift, "warp": s.warp, "block": s.frames_per_block,
+                "first_steps": None if s.first_block_steps is None else list(s.first_block_steps),
                 "batch": s.batch_size, "noise": s.noise, "pool": pool, "text_len": self.text_len}
         if s.noise == OFFICIAL:
             base.update(seed=s.seed, frames=s.num_frames)

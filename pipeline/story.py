@@ -72,7 +72,7 @@ class Story:
         names = {"model": "model architecture", "dtype": "compute dtype (weight_dtype)", "width": "width",
                  "height": "height", "grid": "token grid", "steps": "steps", "shift": "shift", "warp": "timestep warp",
                  "fps": "fps", "noise": "noise mode", "preset": "memory preset", "policy": "memory options",
-                 "kv_storage": "kv_storage"}
+                 "kv_storage": "kv_storage", "first_steps": "first block's steps"}
         defaults = {"kv_storage": "compute"}  # stories saved before the option existed kept the compute dtype
         for key, name in names.items():
             mine, theirs = self.header.get(key, defaults.get(key)), header.get(key, defaults.get(key))
@@ -172,5 +172,6 @@ def story_header(model, dtype: torch.dtype, grid: Sequence[int], settings, fps: 
     return {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model).items()},
             "dtype": str(dtype).replace("torch.", ""), "grid": list(grid), "width": settings.width,
             "height": settings.height, "steps": list(settings.steps), "shift": settings.shift, "warp": settings.warp,
+            "first_steps": None if settings.first_block_steps is None else list(settings.first_block_steps),
             "fps": fps, "noise": settings.noise, "preset": preset,
             "policy": repr(getattr(policy, "config", policy)), "kv_storage": getattr(policy, "kv_storage", "compute")}

@@ -9,6 +9,7 @@ from echo_forcing.memory import CacheLengthError, SelfForcingCacheConfig
 from echo_forcing.models import CausalWan, FlowMatchSchedule
 from echo_forcing.pipeline import (
     RolloutInputError,
+    RolloutScene,
     RolloutSettings,
     from_comfy_latent,
     rollout,
@@ -150,3 +151,35 @@ def test_comfy_latent_round_trip_and_layout():
     with pytest.raises(ValueError):
         from_comfy_latent(torch.zeros(1, 5, 16, 3, 4))
     assert [video_frames(t) for t in (0, 1, 21, 240)] == [0, 1, 81, 957]
+
+
+def test_the_first_denoised_block_can_have_its_own_steps(tiny_dit):
+    """Causal Forcing++: four steps for the first block the video denoises, then fewer; the step noise follows
+    the calls (one draw between two calls). With a start latent the first denoised block is the one after it."""
+    model = _Recorder(tiny_dit)
+    settings = RolloutSettings(num_frames=9, height=32, width=48, seed=5, steps=(1000, 500),
+                               first_block_steps=(1000, 750, 500, 250))
+    rollout(model, _text(model), settings, SelfForcingCacheConfig())
+    per_block = [[c.timestep for c, _, _ in model.calls if c.start_frame == 3 * b] for b in range(3)]
+    assert per_block[0] == pytest.approx([1000.0, 937.5, 833.3333, 625.0, 0.0], abs=1e-3)
+    assert per_block[1] == per_block[2] == pytest.approx([1000.0, 833.3333, 0.0], abs=1e-3)
+
+    model.calls.clear()
+    start = torch.zeros(1, 3, 16, 4, 6)
+    scene = RolloutScene(_text(model), 3, start=start)
+    rollout(model, [scene], settings, SelfForcingCacheConfig())
+    per_block = [[c.timestep for c, _, _ in model.calls if c.start_frame == 3 * b] for b in range(3)]
+    assert per_block[0] == [0.0] and len(per_block[1]) == 5 and len(per_block[2]) == 3
+    with pytest.raises(RolloutInputError, match="strictly decreasing"):
+        RolloutSettings(num_frames=3, first_block_steps=(500, 1000))
+
+
+def test_frame_wise_blocks_run_with_the_self_forcing_cache(tiny_dit):
+    """Frame-wise students (Causal Forcing): one latent frame per block, each denoised then written by its clean
+    pass."""
+    model = _Recorder(tiny_dit)
+    result = rollout(model, _text(model), RolloutSettings(num_frames=4, height=32, width=48, frames_per_block=1),
+                     SelfForcingCacheConfig())
+    assert result.latents.shape[1] == 4 and len(model.calls) == 4 * 5
+    assert [c.start_frame for c, _, _ in model.calls[::5]] == [0, 1, 2, 3]
+    assert all(c.num_frames == 1 for c, _, _ in model.calls)
