@@ -23,6 +23,9 @@ reports for its LFS object and record the commit it resolved):
   (5,676,334,208 bytes, ``10a2aa8f…``) and ``models/lora.pt`` (2,800,056,690 bytes, ``c4e43b87…``), the LFS
   SHA-256 values from the hub API; the model card says ``cc-by-nc-sa-4.0`` (the code is Apache-2.0 since
   2025-11).
+* Causal Forcing and Causal Forcing++: ``zhuhz22/Causal-Forcing`` commit ``2f8eb8bb…`` (pinned by three
+  independent projects); sizes and SHA-256 of the four students as a third-party doctor script quotes the hub's
+  LFS records (the chunk-wise SHA-256 confirmed by a second source); the model card says Apache-2.0.
 * Wan2.1 umT5-XXL fp8 text encoder and VAE: ``Comfy-Org/Wan_2.1_ComfyUI_repackaged`` commit ``06e001fc…``,
   6,735,906,897 bytes ``c3355d30…`` and 253,815,318 bytes ``2fc39d31…``, the same values in many independent
   download manifests. The repackaged repository declares no licence; Wan2.1 and umT5 are Apache-2.0.
@@ -130,6 +133,8 @@ _SF = "Self-Forcing DMD: causal Wan2.1-T2V-1.3B, 4 steps, the pack's default mod
 _WAN21 = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
 _WAN21_REVISION = "06e001fc51048fb03433a6fb25334de7836704a5"
 _WAN_LICENCE = "Apache-2.0 (Wan2.1; the repackaged repository declares none)"
+_CF = "zhuhz22/Causal-Forcing"
+_CF_REVISION = "2f8eb8bb6eeb1238da9d13e5420d342a74d634a6"
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("self-forcing-dmd", "self-forcing", "dit", "gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt",
@@ -151,6 +156,22 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
                "c4e43b87d62d4b0614b496773639f1ab170a7ee486dc23407901e9d3a5ebc07a", 2_800_056_690,
                "CC-BY-NC-SA-4.0", "loras", "longlive_lora.safetensors",
                "LongLive's rank-256 LoRA, merged into longlive-base by Load Causal DiT"),
+    KnownModel("causal-forcing-chunkwise", "causal-forcing", "dit", _CF, "chunkwise/causal_forcing.pt", _CF_REVISION,
+               "cf75ee5cc6f4e2e336c59c973f5544655d8f0aa481761efe6de1b9cb2eb0cd9d", 5_676_282_643, "Apache-2.0",
+               "diffusion_models", "causal_forcing_chunkwise.safetensors",
+               "Causal Forcing chunk-wise student (its generator entry), 3-frame blocks, 4 steps", use_generator=True),
+    KnownModel("causal-forcing-framewise", "causal-forcing", "dit", _CF, "framewise/causal_forcing.pt", _CF_REVISION,
+               "70cae8c3b0b7191fa9840b4f6fe8655ba0cf5c6520c87ba85a46b861c3735cd3", 5_676_220_819, "Apache-2.0",
+               "diffusion_models", "causal_forcing_framewise.safetensors",
+               "Causal Forcing frame-wise student (generator_ema), 1-frame blocks, 4 steps, text and image start"),
+    KnownModel("causal-forcing-pp-2step", "causal-forcing++", "dit", _CF, "causal-forcing++/framewise-2step.pt",
+               _CF_REVISION, "8f899a016dffb9539788fac82c6200e43ef6e23b6e61ec6b885bb507a760ce42", 5_676_220_819,
+               "Apache-2.0", "diffusion_models", "causal_forcing_pp_2step.safetensors",
+               "Causal Forcing++ frame-wise, 2 steps (the first frame 4)"),
+    KnownModel("causal-forcing-pp-1step", "causal-forcing++", "dit", _CF, "causal-forcing++/framewise-1step.pt",
+               _CF_REVISION, "bdb1b475fc88d528f510158a0990cd457f02c661b527ceb11ca9e4728533e2d0", 5_676_220_819,
+               "Apache-2.0", "diffusion_models", "causal_forcing_pp_1step.safetensors",
+               "Causal Forcing++ frame-wise, 1 step (the first frame 4)"),
     KnownModel("wan21-umt5-xxl-fp8", "wan-text-encoder", "text_encoder", _WAN21,
                "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors", _WAN21_REVISION,
                "c3355d30191f1f066b26d93fba017ae9809dce6c627dda5f6a66eaa651204f68", 6_735_906_897, _WAN_LICENCE,

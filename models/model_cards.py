@@ -1,0 +1,178 @@
+"""Model cards: one small declarative record per causal student, with the settings it was trained for.
+
+A card says what a checkpoint is (architecture, latent channels) and how it must be sampled (frames per block,
+the denoising steps of every block and of the first one, shift, the cache length it was trained with) plus what
+the pack recommends with it (cache presets), its licence and the registry files that hold it
+(``models/registry.py``). The loader picks a card for the file it loads (:func:`card_for_file`) and checks it
+against the weights (:meth:`ModelCard.check_weights`); every field can be overridden (:meth:`ModelCard.override`),
+and an override the family was not trained for is refused with the values it was trained for.
+
+Keys and shapes cannot tell the released 1.3B students apart: Self-Forcing, CausVid, LongLive and Causal
+Forcing all store the plain Wan2.1-T2V-1.3B layout. A file is recognised by its registry name (what ``models
+download`` writes) or by its size where the size is unique; otherwise the loader uses the architecture's
+default card and says so.
+
+Pure data and lookups: no torch, no ComfyUI, no file reads beyond ``os.stat``. Adding a model is adding a card
+(and a registry entry); a strategy in ``models/`` or ``memory/`` is needed only where its numerics differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from . import registry
+
+WAN21_T2V_1_3B = "wan2.1-t2v-1.3b"
+WAN21_T2V_14B = "wan2.1-t2v-14b"
+ARCHITECTURES = {WAN21_T2V_1_3B: (1536, 30, 16), WAN21_T2V_14B: (5120, 40, 16)}
+"""Architecture -> (width, layers, latent channels) of the DiT."""
+
+SF_STEPS = (1000, 750, 500, 250)
+"""The 4-step list (warped with shift 5: timesteps 1000, 937.5, 833.3, 625) of Self-Forcing and its successors."""
+
+
+class ModelCardError(ValueError):
+    """A card that does not fit the weights, an unknown card, or an override its family cannot run."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    family: str
+    title: str
+    architecture: str
+    frames_per_block: int
+    block_sizes: tuple[int, ...]
+    """The block sizes the student was trained with (an override outside them is refused)."""
+    steps: tuple[int, ...] = SF_STEPS
+    first_block_steps: tuple[int, ...] | None = None
+    """Steps of the first block the video denoises when they differ from ``steps`` (Causal Forcing++)."""
+    shift: float = 5.0
+    warp: bool = True
+    trained_frames: int = 21
+    """Latent frames of the videos it was trained on (its KV cache: 21 frames = 81 video frames)."""
+    presets: tuple[str, ...] = ("echo-forcing", "self-forcing")
+    """Cache presets the pack recommends with it, best first."""
+    licence: str = ""
+    files: tuple[str, ...] = ()
+    """Registry names of the files that hold it."""
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ModelCardError(f"card {self.name!r}: unknown architecture {self.architecture!r}")
+        if self.frames_per_block not in self.block_sizes:
+            raise ModelCardError(f"card {self.name!r}: {self.frames_per_block} frames per block, but it was trained "
+                                 f"with {_listed(self.block_sizes)}")
+        for steps in (self.steps, self.first_block_steps or self.steps):
+            if not steps or any(not 0 < s <= 1000 for s in steps) or list(steps) != sorted(set(steps), reverse=True):
+                raise ModelCardError(f"card {self.name!r}: steps must be strictly decreasing in 1..1000, got "
+                                     f"{list(steps)}")
+        for file in self.files:
+            registry.by_name(file)
+
+    @property
+    def latent_channels(self) -> int:
+        return ARCHITECTURES[self.architecture][2]
+
+    def settings(self) -> dict:
+        """The sampling settings of the card, as ``pipeline.RolloutSettings`` keywords."""
+        return {"frames_per_block": self.frames_per_block, "steps": self.steps,
+                "first_block_steps": self.first_block_steps, "shift": self.shift, "warp": self.warp}
+
+    def override(self, **changes) -> ModelCard:
+        """This card with some fields replaced; a block size the student was not trained for is refused."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ModelCardError(f"model cards have no field {', '.join(sorted(unknown))}")
+        block = changes.get("frames_per_block", self.frames_per_block)
+        if block not in self.block_sizes:
+            raise ModelCardError(f"{self.title} was trained with {_listed(self.block_sizes)} latent frames per "
+                                 f"block; {block} would give frames it never learned to continue")
+        return dataclasses.replace(self, **changes)
+
+    def check_weights(self, dim: int, num_layers: int, in_dim: int) -> None:
+        """Refuse weights of another architecture than the card's (width, layers, latent channels)."""
+        want = ARCHITECTURES[self.architecture]
+        if (dim, num_layers, in_dim) != want:
+            raise ModelCardError(
+                f"the model card {self.name!r} is for {self.architecture} (width {want[0]}, {want[1]} layers, "
+                f"{want[2]} latent channels) but the weights have width {dim}, {num_layers} layers and {in_dim} "
+                "latent channels; choose the card of this model")
+
+
+def _listed(sizes: tuple[int, ...]) -> str:
+    return " or ".join(str(s) for s in sizes)
+
+
+_NC = "CC-BY-NC-SA-4.0"
+CARDS: tuple[ModelCard, ...] = (
+    ModelCard("self-forcing", "self-forcing", "Self-Forcing DMD", WAN21_T2V_1_3B, 3, (3,), licence=_NC,
+              files=("self-forcing-dmd",), notes="the pack's default model; Echo-Forcing was built on it"),
+    ModelCard("causvid", "causvid", "CausVid", WAN21_T2V_1_3B, 3, (3,), licence=_NC, files=("causvid",)),
+    ModelCard("longlive", "longlive", "LongLive 1.3B (base + LoRA)", WAN21_T2V_1_3B, 3, (3,),
+              presets=("longlive", "echo-forcing"), licence=_NC, files=("longlive-base", "longlive-lora"),
+              notes="trained with a 3-frame sink and a 12-frame local window; its preset re-caches at prompt switches"),
+    ModelCard("causal-forcing-chunkwise", "causal-forcing", "Causal Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
+              licence="Apache-2.0", files=("causal-forcing-chunkwise",)),
+    ModelCard("causal-forcing-framewise", "causal-forcing", "Causal Forcing (frame-wise)", WAN21_T2V_1_3B, 1, (1,),
+              presets=("self-forcing",), licence="Apache-2.0", files=("causal-forcing-framewise",),
+              notes="one latent frame per block; Echo-Forcing's memory works on 3-frame blocks, so its presets do "
+                    "not apply"),
+    ModelCard("causal-forcing++-2step", "causal-forcing++", "Causal Forcing++ (frame-wise, 2 steps)",
+              WAN21_T2V_1_3B, 1, (1,), steps=(1000, 500), first_block_steps=SF_STEPS, presets=("self-forcing",),
+              licence="Apache-2.0", files=("causal-forcing-pp-2step",),
+              notes="the first denoised frame takes 4 steps, every later one 2"),
+    ModelCard("causal-forcing++-1step", "causal-forcing++", "Causal Forcing++ (frame-wise, 1 step)",
+              WAN21_T2V_1_3B, 1, (1,), steps=(1000,), first_block_steps=SF_STEPS, presets=("self-forcing",),
+              licence="Apache-2.0", files=("causal-forcing-pp-1step",),
+              notes="the first denoised frame takes 4 steps, every later one 1"),
+)
+
+DEFAULT_CARD = {WAN21_T2V_1_3B: "self-forcing", WAN21_T2V_14B: "self-forcing"}
+"""The card an unrecognised file of an architecture gets (its settings are the Self-Forcing family's)."""
+
+
+def names() -> list[str]:
+    return [c.name for c in CARDS]
+
+
+def by_name(name: object) -> ModelCard:
+    for card in CARDS:
+        if card.name == name:
+            return card
+    raise ModelCardError(f"no model card is called {str(name)[:80]!r}; known cards: {', '.join(names())}")
+
+
+def architecture_of(dim: int, num_layers: int, in_dim: int) -> str | None:
+    """The architecture of a DiT with this width, depth and latent channels, or None."""
+    return next((a for a, shape in ARCHITECTURES.items() if shape == (dim, num_layers, in_dim)), None)
+
+
+def card_for_file(path: str | os.PathLike, dim: int, num_layers: int, in_dim: int) -> tuple[ModelCard, str]:
+    """The card of the checkpoint at ``path`` with these weights, and how it was found (for the report).
+
+    By the registry's file name (what ``models download`` writes), else by the file's size when exactly one
+    registry file has it, else the architecture's default card; the card is checked against the weights.
+    """
+    name = os.path.basename(os.fspath(path))
+    entry = next((m for m in registry.KNOWN_MODELS if m.file == name and m.kind == "dit"), None)
+    how = f"recognised by its name {name}"
+    if entry is None:
+        size = os.stat(path).st_size
+        sized = [m for m in registry.KNOWN_MODELS if m.kind == "dit" and m.size == size]
+        entry = sized[0] if len(sized) == 1 else None
+        how = f"recognised by its size ({size:,} bytes)"
+    card = next((c for c in CARDS if entry is not None and entry.name in c.files), None)
+    if card is None:
+        architecture = architecture_of(dim, num_layers, in_dim)
+        if architecture is None:
+            raise ModelCardError(f"{name} is a Wan DiT of width {dim}, {num_layers} layers and {in_dim} latent "
+                                 f"channels, which no model card describes (known: {', '.join(ARCHITECTURES)})")
+        card = by_name(DEFAULT_CARD[architecture])
+        how = (f"{name} is not a known release: it gets the {card.title} settings of its architecture "
+               f"({architecture}); choose its model card if it is another student")
+    card.check_weights(dim, num_layers, in_dim)
+    return card, how
