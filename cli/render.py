@@ -31,7 +31,7 @@ import torch
 
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
-from ..models import CausalWan, load_wan_model
+from ..models import CausalWan, load_wan_model, model_cards
 from ..models.wan_vae import encode_pixels, load_wan_vae_encoder, pixels_from_image, read_image
 from ..pipeline import (
     NOISE_MODES,
@@ -109,6 +109,22 @@ def start_latents(args: argparse.Namespace) -> torch.Tensor | None:
     return from_comfy_latent(raw[:, :, raw.shape[2] - keep:])
 
 
+def _card(args, model: CausalWan, log) -> model_cards.ModelCard | None:
+    """The model card of the run: the one asked for, else the checkpoint's (logged with how it was found)."""
+    cfg = model.config
+    if args.card != "auto":
+        card = model_cards.by_name(args.card)
+        card.check_latents(cfg.in_dim)
+        if args.checkpoint is not None:
+            card.check_weights(cfg.dim, cfg.num_layers, cfg.in_dim)
+        return card
+    if args.checkpoint is None:
+        return None
+    card, how = model_cards.card_for_file(args.checkpoint, cfg.dim, cfg.num_layers, cfg.in_dim)
+    log(f"model card {card.name}: {how}")
+    return card
+
+
 def _model(args) -> tuple[CausalWan, str]:
     """The model and its reuse key (the checkpoint file's identity, or the tiny model's)."""
     if args.checkpoint is None:
@@ -127,6 +143,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         log(f"warning: {warning}")
     start = start_latents(args)
     model, model_key = _model(args)
+    card = _card(args, model, log)
     notes = tuple(str(w) for w in warnings)
     shots = SceneList(notes=notes)
     if args.story is not None:
@@ -136,7 +153,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     shots = script_shots(shots, scenes, model.config.text_dim, args.enter, start)
     choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
     plan = plan_run(shots, model.config, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
-                    steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise,
+                    steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise, card=card,
                     stop_after_shot=args.stop_after_shot, device=model.device)
     cache = None
     if args.cache is not None:
@@ -181,7 +198,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=832, help="width in pixels, a multiple of 16 (default 832)")
     p.add_argument("--height", type=int, default=480, help="height in pixels, a multiple of 16 (default 480)")
     p.add_argument("--fps", type=float, default=16.0, help="frames per second for the durations (default 16)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per block (default 4)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per block (default: the model card's, 4 without one)")
+    p.add_argument("--card", choices=["auto", *model_cards.names()], default="auto",
+                   help="the model card (how the student was trained: frames per block, steps); auto: recognised "
+                        "from the checkpoint, none for the tiny model")
     p.add_argument("--shift", type=float, default=5.0, help="timestep shift (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed, 0..2^64-1 (default 0)")
     p.add_argument("--noise", choices=NOISE_MODES, default=PER_SHOT,

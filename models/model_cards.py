@@ -93,6 +93,12 @@ class ModelCard:
                                  f"block; {block} would give frames it never learned to continue")
         return dataclasses.replace(self, **changes)
 
+    def check_latents(self, in_dim: int) -> None:
+        """Refuse a model that reads another number of latent channels than the card's."""
+        if in_dim != self.latent_channels:
+            raise ModelCardError(f"the model card {self.name!r} is for {self.latent_channels}-channel latents but the "
+                                 f"model reads {in_dim}; choose the card of this model")
+
     def check_weights(self, dim: int, num_layers: int, in_dim: int) -> None:
         """Refuse weights of another architecture than the card's (width, layers, latent channels)."""
         want = ARCHITECTURES[self.architecture]

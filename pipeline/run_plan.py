@@ -20,6 +20,7 @@ from ..memory.kv_storage import AUTO, COMPUTE, KV_STORAGES
 from ..memory.state import SceneInfo
 from ..models.block_forward import CausalWan
 from ..models.config import WanConfig
+from ..models.model_cards import ModelCard
 from ..models.schedule import evenly_spaced_steps
 from .digests import digest, tensor_digest
 from .memory_need import MemoryNeed, MemoryPlan, memory_need, plan_memory
@@ -188,11 +189,11 @@ def pool_digest(pool: ScenePool) -> str:
 
 
 def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 832, height: int = 480,
-             fps: float = 16.0, steps: int = 4, shift: float = 5.0, choice: PresetChoice | None = None,
+             fps: float = 16.0, steps: int | None = None, shift: float = 5.0, choice: PresetChoice | None = None,
              pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
              encode_text=None, stop_after_shot: int = 0, device: torch.device | str = "cpu",
              device_memory: int | None = None, host_memory: int | None = None, weights: int = 0,
-             can_offload: bool = False) -> RunPlan:
+             can_offload: bool = False, card: ModelCard | None = None) -> RunPlan:
     """Check a run and decide everything before any model is loaded (see the module docstring).
 
     ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
@@ -202,21 +203,34 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     the RAM available now), or refuses the run with the figures. ``weights`` is the bytes of the DiT's
     parameters on the device, as stored (fp8 weights one byte each); ``can_offload`` says the host
     (ComfyUI) can stream the weights that do not fit.
+
+    ``card`` (``models.model_cards``) is how the student was trained: its frames per block and its steps (of every
+    block and of the first one) are the run's; ``steps`` given overrides the card's number of steps (evenly
+    spaced, as the official lists). Without a card: Self-Forcing's 3-frame blocks and ``steps`` (default 4).
     """
     _check_request(shots, model, fps, stop_after_shot)
     choice = choice if choice is not None else PresetChoice()
+    block = card.frames_per_block if card is not None else FRAMES_PER_BLOCK
+    if card is not None:
+        card.check_latents(model.in_dim)
+        if choice.is_echo and block != FRAMES_PER_BLOCK:
+            raise RolloutInputError(f"{card.title} makes {block}-frame blocks, but Echo-Forcing's memory works on "
+                                    f"{FRAMES_PER_BLOCK}-frame blocks; use one of its presets: "
+                                    f"{', '.join(card.presets)}")
+    step_list = evenly_spaced_steps(steps) if steps is not None else card.steps if card is not None else \
+        evenly_spaced_steps(4)
     story = shots.story
     if story is not None:
         pool = _continued_pool(story, pool, stop_after_shot)
     pool_labels = [e.label for e in pool.entries] if pool is not None and choice.is_echo else []
-    blocks = _blocks(shots, story, fps, pool_labels)
-    settings = RolloutSettings(num_frames=sum(blocks) * FRAMES_PER_BLOCK, height=height, width=width, seed=seed,
-                               steps=evenly_spaced_steps(steps), shift=shift, frames_per_block=FRAMES_PER_BLOCK,
-                               noise=noise)
+    blocks = _blocks(shots, story, fps, pool_labels, block)
+    settings = RolloutSettings(num_frames=sum(blocks) * block, height=height, width=width, seed=seed,
+                               steps=step_list, first_block_steps=card.first_block_steps if card else None,
+                               shift=shift, frames_per_block=block, noise=noise)
     _check_text_width(shots, model)
     for i, (shot, n) in enumerate(zip(shots.shots, blocks, strict=True)):
         if shot.start is not None:
-            check_start_latent(shot.start, i + 1, n * FRAMES_PER_BLOCK, settings.batch_size, model.in_dim,
+            check_start_latent(shot.start, i + 1, n * block, settings.batch_size, model.in_dim,
                                settings.latent_size)
     notes = [f"scene script: {note}" for note in shots.notes]
     if choice.ignored:
@@ -325,11 +339,12 @@ def _story_pool(story: Story, pool: ScenePool | None) -> ScenePool | None:
     return story.start_pool
 
 
-def _blocks(shots: SceneList, story: Story | None, fps: float, pool_labels: Sequence[str]) -> list[int]:
+def _blocks(shots: SceneList, story: Story | None, fps: float, pool_labels: Sequence[str],
+            block: int = FRAMES_PER_BLOCK) -> list[int]:
     """Blocks per shot: the official rule (the last shot takes the rest); after a story, its shots keep their
     blocks and the new shots are counted as a video of their own."""
     if story is None:
-        return scene_block_counts(shots.scenes, fps=fps, frames_per_block=FRAMES_PER_BLOCK, pool_labels=pool_labels)
+        return scene_block_counts(shots.scenes, fps=fps, frames_per_block=block, pool_labels=pool_labels)
     done = len(story.shots)
     if shots.shots[:done] != story.shots.shots:
         raise StoryError("the shots do not start with the story's shots; chain new Scene Prompts after Load Story")
@@ -338,7 +353,7 @@ def _blocks(shots: SceneList, story: Story | None, fps: float, pool_labels: Sequ
     if not new:
         return list(story.blocks)
     alone = [replace(new[0], entry=None, recall_target=None), *(replace(s, recall_target=None) for s in new[1:])]
-    return [*story.blocks, *scene_block_counts(alone, fps=fps, frames_per_block=FRAMES_PER_BLOCK)]
+    return [*story.blocks, *scene_block_counts(alone, fps=fps, frames_per_block=block)]
 
 
 def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache | None = None,

@@ -72,8 +72,9 @@ class Story:
         names = {"model": "model architecture", "dtype": "compute dtype (weight_dtype)", "width": "width",
                  "height": "height", "grid": "token grid", "steps": "steps", "shift": "shift", "warp": "timestep warp",
                  "fps": "fps", "noise": "noise mode", "preset": "memory preset", "policy": "memory options",
-                 "kv_storage": "kv_storage", "first_steps": "first block's steps"}
-        defaults = {"kv_storage": "compute"}  # stories saved before the option existed kept the compute dtype
+                 "kv_storage": "kv_storage", "first_steps": "first block's steps", "block": "frames per block"}
+        # what stories saved before a field existed ran with: the compute dtype, 3-frame blocks
+        defaults = {"kv_storage": "compute", "block": 3}
         for key, name in names.items():
             mine, theirs = self.header.get(key, defaults.get(key)), header.get(key, defaults.get(key))
             if mine != theirs:
@@ -173,5 +174,6 @@ def story_header(model, dtype: torch.dtype, grid: Sequence[int], settings, fps: 
             "dtype": str(dtype).replace("torch.", ""), "grid": list(grid), "width": settings.width,
             "height": settings.height, "steps": list(settings.steps), "shift": settings.shift, "warp": settings.warp,
             "first_steps": None if settings.first_block_steps is None else list(settings.first_block_steps),
+            "block": settings.frames_per_block,
             "fps": fps, "noise": settings.noise, "preset": preset,
             "policy": repr(getattr(policy, "config", policy)), "kv_storage": getattr(policy, "kv_storage", "compute")}

@@ -65,3 +65,51 @@ def test_overrides_stay_within_what_the_family_was_trained_for():
         framewise.override(colour="red")
     with pytest.raises(ModelCardError, match="strictly decreasing"):
         framewise.override(steps=(500, 1000))
+
+
+def _shots():
+    from echo_forcing.cli.text_stand_in import stand_in_text_embedding
+    from echo_forcing.pipeline import SceneList
+
+    out = SceneList()
+    for prompt, seconds, transition in (("a fox in the snow", 1.0, "smooth"), ("a fox by a fire", 0.5, "hard cut")):
+        out = out.then(prompt, stand_in_text_embedding([prompt], 16), seconds, transition)
+    return out
+
+
+def test_a_plan_runs_with_its_cards_blocks_and_steps():
+    from echo_forcing.memory import PresetChoice
+    from echo_forcing.models import WanConfig
+    from echo_forcing.pipeline import RolloutInputError
+    from echo_forcing.pipeline.run_plan import plan_run
+
+    cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16)
+    base = {"width": 48, "height": 32, "dtype": __import__("torch").float32}
+    pp = plan_run(_shots(), cfg, choice=PresetChoice(preset="self-forcing"), card=by_name("causal-forcing++-2step"),
+                  **base)
+    s = pp.settings
+    assert (s.frames_per_block, s.steps, s.first_block_steps) == (1, (1000, 500), (1000, 750, 500, 250))
+    assert pp.blocks == (4, 2)  # 1 s and 0.5 s at 16 fps: 4 and 2 latent frames, one per block
+    assert plan_run(_shots(), cfg, choice=PresetChoice(preset="self-forcing"), card=by_name("causal-forcing++-2step"),
+                    steps=4, **base).settings.steps == (1000, 750, 500, 250)
+    with pytest.raises(RolloutInputError, match="makes 1-frame blocks, but Echo-Forcing's memory works on 3-frame "
+                                                "blocks; use one of its presets: self-forcing"):
+        plan_run(_shots(), cfg, card=by_name("causal-forcing-framewise"), **base)
+    with pytest.raises(ModelCardError, match="is for 16-channel latents but the model reads 48"):
+        plan_run(_shots(), WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, in_dim=48,
+                                     out_dim=48), card=by_name("self-forcing"), **base)
+
+
+def test_the_render_command_takes_a_card(tmp_path, capsys):
+    import json
+
+    from echo_forcing.__main__ import main
+
+    out = tmp_path / "a"
+    assert main(["render", "a fox in the snow [0.5s]", "--out", str(out), "--width", "64", "--height", "48",
+                 "--preset", "self-forcing", "--card", "causal-forcing++-1step"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [s["blocks"] for s in report["shots"]] == [2]  # 0.5 s: 2 latent frames, one a block
+    assert main(["render", "a fox in the snow [0.5s]", "--out", str(tmp_path / "b"), "--width", "64", "--height",
+                 "48", "--card", "causal-forcing-framewise"]) == 2
+    assert "Echo-Forcing's memory works on 3-frame blocks" in capsys.readouterr().err
