@@ -43,6 +43,7 @@ from .echo_memory import EchoMemory
 from .infinity_rope import InfinityRopeCacheConfig
 from .kv_storage import AUTO, COMPUTE, FP8_E4M3, KV_STORAGES, KVStorageError, check_kv_storage
 from .longlive import LongLiveCacheConfig
+from .reward_forcing import RewardForcingCacheConfig
 from .rolling_sink import RollingSinkCacheConfig
 from .self_forcing import SelfForcingCacheConfig
 from .tethercache import TetherCacheConfig
@@ -117,6 +118,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("infinity-rope", "Infinity-RoPE (R21)",
            "rolling 21 frames with block-relative positions; KV flush to sink + last frame at a hard cut",
            _plain(InfinityRopeCacheConfig)),
+    Preset("reward-forcing", "Reward Forcing (S3 EMA + R6)",
+           "EMA sink 3 (frames 0..2, blended with every frame that leaves) + rolling 6 (previous block + block), "
+           "slot positions",
+           _plain(RewardForcingCacheConfig)),
     Preset("tethercache", "TetherCache (S3 + M14 + R4)",
            "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "
            "(0.35 blend towards the sink and memory statistics) + recent 4 (1 previous + block), slot positions",

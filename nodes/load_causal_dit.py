@@ -39,8 +39,9 @@ def _models_dir() -> str:
 
 def known_checkpoints() -> str:
     """The registry's checkpoints and the command that downloads one, for the tooltip and the errors."""
-    names = ", ".join(f"{m.name} ({m.file})" for m in KNOWN_DITS)
-    return f"Known checkpoints, by NAME: {names}; get one with: {registry.download_command('NAME', _models_dir())}"
+    names = ", ".join(m.name for m in KNOWN_DITS)
+    return (f"Known checkpoints, by NAME: {names} (python -m echo_forcing models list says which file each "
+            f"writes); get one with: {registry.download_command('NAME', _models_dir())}")
 
 
 def missing_checkpoint(ckpt_name: str) -> str:

@@ -259,14 +259,15 @@ def test_model_file_names(pack):
         message = check(ckpt_name=name)
         assert message == (f"Load Causal DiT: ckpt_name {name!r} was not found in models/causal_dit or "
                            "models/diffusion_models; put the checkpoint there and press R to refresh, or pick one "
-                           "from the list. Known checkpoints, by NAME: self-forcing-dmd (self_forcing_dmd.safetensors"
-                           "), causvid (causvid_autoregressive.safetensors), longlive-base (longlive_base.safetensors)"
+                           "from the list. Known checkpoints, by NAME: self-forcing-dmd, causvid, longlive-base, "
+                           "causal-forcing-chunkwise, causal-forcing-framewise, causal-forcing-pp-2step, "
+                           "causal-forcing-pp-1step (python -m echo_forcing models list says which file each writes)"
                            f"; get one with: python -m echo_forcing models download NAME --to {models}")
     assert check(ckpt_name="self_forcing_dmd.safetensors") == (  # a registry file: the command that writes it
         "Load Causal DiT: ckpt_name 'self_forcing_dmd.safetensors' is not in models/diffusion_models yet; download "
         f"it with: python -m echo_forcing models download self-forcing-dmd --to {models}, then press R to refresh")
     tooltips = {name: spec.options["tooltip"] for name, spec in _inputs(pack.load_causal_dit.LoadCausalDiT).items()}
-    assert "self-forcing-dmd (self_forcing_dmd.safetensors)" in tooltips["ckpt_name"]
+    assert "self-forcing-dmd, causvid" in tooltips["ckpt_name"]
     assert "models download longlive-lora" in tooltips["lora_name"]
     assert "is not a file name" in check(ckpt_name="  ")
 
