@@ -121,6 +121,11 @@ CARDS: tuple[ModelCard, ...] = (
     ModelCard("longlive", "longlive", "LongLive 1.3B (base + LoRA)", WAN21_T2V_1_3B, 3, (3,),
               presets=("longlive", "echo-forcing"), licence=_NC, files=("longlive-base", "longlive-lora"),
               notes="trained with a 3-frame sink and a 12-frame local window; its preset re-caches at prompt switches"),
+    ModelCard("reward-forcing", "reward-forcing", "Reward Forcing", WAN21_T2V_1_3B, 3, (3,),
+              presets=("reward-forcing", "echo-forcing"), licence="Apache-2.0",
+              notes="released with a 9-frame cache whose sink follows the frames that leave it; its hub file "
+                    "(JaydenLu666/Reward-Forcing-T2V-1.3B, rewardforcing.pt) has no public pin yet, so it is not "
+                    "in the registry and its file is not recognised: choose this card"),
     ModelCard("causal-forcing-chunkwise", "causal-forcing", "Causal Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
               licence="Apache-2.0", files=("causal-forcing-chunkwise",)),
     ModelCard("causal-forcing-framewise", "causal-forcing", "Causal Forcing (frame-wise)", WAN21_T2V_1_3B, 1, (1,),
