@@ -1,0 +1,98 @@
+"""Parity with the official Causal Forcing inference (thu-ml/Causal-Forcing @ 1fc7bbc) on CPU, float32.
+
+Golden fixtures in tests/fixtures/causal_forcing/ (see its README for how they were produced). They reuse the
+Self-Forcing fixture's tiny weights, text embedding and seed (tests/fixtures/self_forcing/), with the real 30x52
+token grid per latent frame and T = 6 latent frames:
+
+* frame-wise Causal Forcing: 1 frame per block, steps [1000, 750, 500, 250] for every block;
+* Causal Forcing++ 2-step: 1 frame per block, steps [1000, 750, 500, 250] for block 0, then [1000, 500].
+
+Both official runs draw the whole initial noise [1, 6, 16, 60, 104] first and then one [1, 16, 60, 104] draw per
+non-final step of every frame, which is the pack's ``noise="official"`` order with ``frames_per_block=1``.
+Outputs are stored as 16-bit fixed point with step ``scale`` (error <= scale / 2 ~ 1e-4). The issue's budget is
+max |ours - reference| <= 1e-3; we hold ourselves to 1e-5 beyond the quantisation bound. Measured against the
+reference's full-precision latents on the development machine (2-core x86 CPU, torch 2.13.0+cpu): 2.5e-6
+(frame-wise) and 2.4e-6 (Causal Forcing++), float32 rounding of the same arithmetic done in another order.
+
+Image-to-video (an ``initial_latent``) is not covered: the official run draws noise only for the generated frames
+and no step noise for the image frame, which no pack noise mode reproduces (see the fixture README).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from echo_forcing.memory import SelfForcingCacheConfig
+from echo_forcing.models import CausalWan, FlowMatchSchedule, WanDiT
+from echo_forcing.pipeline import RolloutSettings, rollout
+
+FIXTURES = Path(__file__).parent / "fixtures" / "causal_forcing"
+MODEL_FIXTURES = Path(__file__).parent / "fixtures" / "self_forcing"
+TOLERANCE = 1e-5
+"""Allowed |ours - reference| on top of the fixture's quantisation error (issue budget: 1e-3)."""
+FOUR_STEPS = (1000, 750, 500, 250)
+TWO_STEPS = (1000, 500)
+
+
+def _golden(name: str) -> tuple[torch.Tensor, float, np.lib.npyio.NpzFile]:
+    data = np.load(FIXTURES / name)
+    scale = float(data["scale"])
+    return torch.from_numpy(data["latents_q"].astype(np.float64) * scale), scale, data
+
+
+@pytest.fixture(scope="module")
+def reference_setup():
+    weights = {k: v.float() for k, v in load_file(MODEL_FIXTURES / "tiny_wan.safetensors").items()}
+    model = CausalWan(WanDiT.from_state_dict(weights), dtype=torch.float32, device="cpu")
+    with safe_open(MODEL_FIXTURES / "inputs.safetensors", "pt") as f:
+        seed = int(f.metadata()["seed"])
+        text = model.encode_text(f.get_tensor("text_embeds"))
+    return model, text, seed
+
+
+def _assert_parity(ours: torch.Tensor, golden: torch.Tensor, scale: float) -> float:
+    diff = (ours.double() - golden).abs().max().item()
+    bound = scale / 2 + TOLERANCE
+    assert diff <= bound, f"max |delta| {diff:.3e} exceeds {bound:.3e}"
+    return diff
+
+
+def _frame_wise(seed: int, **steps) -> RolloutSettings:
+    return RolloutSettings(num_frames=6, height=480, width=832, seed=seed, frames_per_block=1, noise="official",
+                           **steps)
+
+
+def test_step_lists_match_the_reference_bit_for_bit():
+    sched = FlowMatchSchedule(5.0)
+    framewise = np.load(FIXTURES / "golden_framewise_4step.npz")
+    plus = np.load(FIXTURES / "golden_cfpp_2step.npz")
+    assert np.array_equal(sched.denoising_timesteps(FOUR_STEPS).numpy(), framewise["denoising_step_list"])
+    assert np.array_equal(sched.denoising_timesteps(FOUR_STEPS).numpy(), plus["denoising_step_list_first_chunk"])
+    assert np.array_equal(sched.denoising_timesteps(TWO_STEPS).numpy(), plus["denoising_step_list"])
+
+
+def test_frame_wise_4_steps_matches_causal_forcing(reference_setup):
+    model, text, seed = reference_setup
+    golden, scale, _ = _golden("golden_framewise_4step.npz")
+    ours = rollout(model, text, _frame_wise(seed, steps=FOUR_STEPS), SelfForcingCacheConfig()).latents
+    assert ours.shape == golden.shape == (1, 6, 16, 60, 104)
+    _assert_parity(ours, golden, scale)
+
+
+def test_causal_forcing_pp_2_steps_matches_causal_forcing(reference_setup):
+    model, text, seed = reference_setup
+    golden, scale, data = _golden("golden_cfpp_2step.npz")  # frames 1..5: the blocks with 2 steps
+    first, first_scale, _ = _golden("golden_framewise_4step.npz")
+    settings = _frame_wise(seed, steps=TWO_STEPS, first_block_steps=FOUR_STEPS)
+    ours = rollout(model, text, settings, SelfForcingCacheConfig()).latents
+    assert ours.shape == (1, 6, 16, 60, 104) and golden.shape == (1, 5, 16, 60, 104)
+    _assert_parity(ours[:, 1:], golden, scale)
+    # Frame 0 (4 steps, the same noise and step draws) was bit-identical to the frame-wise run's in the reference.
+    assert float(data["frame0_equals_framewise_maxdiff"]) == 0.0
+    _assert_parity(ours[:, :1], first[:, :1], first_scale)
