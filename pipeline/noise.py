@@ -3,7 +3,9 @@
 Two modes, both drawn on the CPU in float32 (so a seed gives the same video on any device):
 
 * ``official``: one generator seeded with the seed draws the whole initial noise ``[B, T, C, h, w]``
-  first, then one ``[B*F, C, h, w]`` draw per non-final denoising step of every block, in order. This is the
+  first, then one ``[B*F, C, h, w]`` draw per non-final denoising step of every block, in order. Frames given
+  by a start latent draw nothing (the initial noise covers the generated frames only, in order, and a block
+  given whole makes no step draw), as the official pipelines' ``initial_latent`` runs do. This is the
   official Self-Forcing / Echo-Forcing order, so the parity fixtures reproduce with it. Every block's noise
   depends on the video's total length and on every block before it, so shots before an edit can be reused
   only while the total length stays the same.
@@ -41,7 +43,8 @@ def shot_seeds(seed: int, explicit: Sequence[int | None]) -> list[int]:
 class BlockNoise:
     """The noise of one rollout: ``initial(block)`` before a block's first call and ``step()`` between calls."""
 
-    def __init__(self, mode: str, seed: int, shape: Sequence[int], shot_seeds: Sequence[int] = ()):
+    def __init__(self, mode: str, seed: int, shape: Sequence[int], shot_seeds: Sequence[int] = (),
+                 given: Sequence[bool] = ()):
         if mode not in NOISE_MODES:
             raise ValueError(f"unknown noise mode {mode!r}; choose one of: {', '.join(NOISE_MODES)}")
         self.mode = mode
@@ -49,12 +52,18 @@ class BlockNoise:
         self.shot_seeds = list(shot_seeds)
         self.generator = torch.Generator(device="cpu")
         self.noise = None
-        if mode == OFFICIAL:
+        if mode == OFFICIAL:  # given frames (start latents) draw nothing, as in the official initial_latent runs
+            given = list(given) + [False] * (self.shape[1] - len(given))
+            drawn = torch.tensor([not g for g in given[:self.shape[1]]])
             self.generator.manual_seed(seed)
-            self.noise = torch.randn(self.shape, generator=self.generator, dtype=torch.float32)
+            b, _, *rest = self.shape
+            self.noise = torch.zeros(self.shape, dtype=torch.float32)
+            self.noise[:, drawn] = torch.randn((b, int(drawn.sum()), *rest), generator=self.generator,
+                                               dtype=torch.float32)
 
     def initial(self, start_frame: int, frames: int, shot: int, block_in_shot: int) -> torch.Tensor:
-        """The initial noise ``[B, F, C, h, w]`` of the block at ``start_frame``."""
+        """The initial noise ``[B, F, C, h, w]`` of the block at ``start_frame`` (zeros at given frames with the
+        official order)."""
         if self.noise is not None:
             return self.noise[:, start_frame:start_frame + frames]
         self.generator.manual_seed(derived_seed(self.shot_seeds[shot], block_in_shot))

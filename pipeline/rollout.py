@@ -313,6 +313,16 @@ def _check_resume(boundary: ShotBoundary, scenes: list[RolloutScene], settings: 
             f"use per-shot noise to change lengths or add shots")
 
 
+def _given_frames(scenes: list[RolloutScene], frames_per_block: int) -> list[bool]:
+    """Per latent frame of the video: whether a start latent gives it."""
+    given = []
+    for scene in scenes:
+        frames = scene.num_blocks * frames_per_block
+        n = 0 if scene.start is None else min(scene.start.shape[1], frames)
+        given += [True] * n + [False] * (frames - n)
+    return given
+
+
 def _first_denoised_block(scenes: list[RolloutScene], frames_per_block: int) -> int:
     """Index of the first block of the video that is denoised (not wholly given by a start latent): the block
     ``first_block_steps`` applies to, the same in a run from scratch and in one resumed at a shot boundary."""
@@ -406,7 +416,7 @@ class _BlockLoop:
         self.first_denoised = _first_denoised_block(scenes, settings.frames_per_block)
         self.b, self.f = settings.batch_size, settings.frames_per_block
         self.noise = BlockNoise(settings.noise, settings.seed, shape,
-                                shot_seeds(settings.seed, [s.seed for s in scenes]))
+                                shot_seeds(settings.seed, [s.seed for s in scenes]), _given_frames(scenes, self.f))
         self.output = torch.empty(shape, dtype=torch.float32)
         self.result = RolloutResult(latents=self.output)
         self.memories = state.layers
@@ -517,16 +527,14 @@ class _BlockLoop:
         denoised: it enters the memory through the clean context pass alone, as the official ``initial_latent``
         path and ComfyUI's autoregressive image-to-video do. A block given in part is denoised with its given
         frames held clean at timestep 0 in every call (as LongLive's image-to-video holds its image frame), so
-        blocks stay aligned. Either way the block draws its usual noise, so the noise of every later block is
-        the one a run without a start latent gives it."""
+        blocks stay aligned. Given frames draw no noise (``pipeline.noise``: with the official order the generated
+        frames take the noise stream in order, as the official ``initial_latent`` runs do)."""
         model, schedule, noise, b, f = self.model, self.schedule, self.noise, self.b, self.f
         timesteps = self.first_timesteps if self.index == self.first_denoised else self.timesteps
         k = 0 if fixed is None else fixed.shape[1]
-        x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
         if k == f:
-            for _ in timesteps[1:]:
-                noise.step(f)
             return fixed.clone()
+        x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
         if k:
             x[:, :k] = fixed
         for i, t in enumerate(timesteps):

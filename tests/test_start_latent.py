@@ -1,8 +1,9 @@
 """A shot that starts from latent frames (an encoded image, or the last frames of a clip).
 
 The frames are the shot's first frames, in the output and in the memory as clean context: a run whose shot
-starts from the frames an earlier run generated there is that earlier run, bit for bit, for every preset and
-noise mode (the same context passes, the same noise for every later block). A start that ends inside a block
+starts from the frames an earlier run generated there is that earlier run, bit for bit, for every preset (the
+same context passes; per-shot noise gives every later block the same noise; with the official order given
+frames draw none, as the official code's start frames). A start that ends inside a block
 holds its frames clean while the rest of the block is denoised. Bad start latents are refused before any
 model call, with what was expected."""
 
@@ -64,15 +65,16 @@ def _settings(noise, batch=1):
     return RolloutSettings(num_frames=3 * sum(BLOCKS), height=32, width=48, seed=9, noise=noise, batch_size=batch)
 
 
-@pytest.mark.parametrize("noise", [OFFICIAL, PER_SHOT])
 @pytest.mark.parametrize("preset", preset_names())
-def test_starting_from_the_frames_a_run_made_gives_that_run(model, preset, noise):
+def test_starting_from_the_frames_a_run_made_gives_that_run(model, preset):
     """Shot 1 starts from the 6 frames (2 whole blocks) and shot 3 from the 3 frames (1 block) that a run without
-    start latents generated there: the video, the switches and the scene pool are that run's, bit for bit.
+    start latents generated there: the video, the switches and the scene pool are that run's, bit for bit (with
+    per-shot noise every block has its own noise; with the official order given frames draw none, so the later
+    blocks take other noise: tests/test_parity_causal_forcing.py checks that order against the official code).
 
     Deep Forcing compresses its full cache against the timestep-1000 queries of a block's first call; a block
     given whole has only its clean pass, so there the claim holds for a start into a cache with room (shot 1)."""
-    entries = _entries(preset)
+    entries, noise = _entries(preset), PER_SHOT
     full = rollout(model, _scenes(model, entries), _settings(noise), _policy(preset))
     third = 3 * (BLOCKS[0] + BLOCKS[1])
     later = None if preset in NOISY_QUERY_COMPRESSION else full.latents[:, third:third + 3].clone()
@@ -88,6 +90,20 @@ def test_starting_from_the_frames_a_run_made_gives_that_run(model, preset, noise
         for a, b in zip(again.pool.entries, full.pool.entries, strict=True):
             assert all(torch.equal(x, y) for (ka, va), (kb, vb) in zip(a.recall, b.recall, strict=True)
                        for x, y in ((ka, kb), (va, vb)))
+
+
+def test_with_the_official_order_given_frames_draw_no_noise(model):
+    """The generated frames take the noise stream in order, as the official initial_latent runs draw it."""
+    from echo_forcing.pipeline.noise import BlockNoise
+
+    shape = (1, 9, 16, 4, 6)
+    plain = BlockNoise(OFFICIAL, 7, shape)
+    started = BlockNoise(OFFICIAL, 7, shape, given=[True] * 4)
+    assert torch.equal(started.initial(0, 4, 0, 0), torch.zeros(1, 4, 16, 4, 6))
+    assert torch.equal(started.initial(4, 5, 0, 0), plain.initial(0, 5, 0, 0))
+    generator = torch.Generator().manual_seed(7)
+    torch.randn((1, 5, 16, 4, 6), generator=generator)  # the step stream follows the (shorter) initial draw
+    assert torch.equal(started.step(3), torch.randn((3, 16, 4, 6), generator=generator).unsqueeze(0))
 
 
 def test_whole_start_blocks_are_only_context_passes(model):
