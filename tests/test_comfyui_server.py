@@ -364,6 +364,34 @@ def test_a_shot_opens_on_the_encoded_image_or_the_clips_last_block(comfy_server,
     assert video.isfinite().all() and not (video[:, :, frames:frames + 1] == video[:, :, frames - 1:frames]).all()
 
 
+def test_core_causal_wan_model_class_runs_in_the_sampler(comfy_server, tiny_models):
+    """A DiT stamped as ComfyUI's own causal Wan (safetensors metadata {"transformer": {"causal_ar": true}}) loads
+    through core Load Diffusion Model as core's causal model class where the host has one (v0.28.0:
+    WAN21_CausalAR / CausalWanModel; older hosts load it as plain WAN21); the sampler runs it and gives the
+    latents of the same weights loaded by Load Causal DiT."""
+    from safetensors.torch import load_file, save_file
+
+    source = comfy_server.models_dir / "diffusion_models" / tiny_models["dit"]
+    stamped = source.with_name("echo_forcing_tiny_causal_ar.safetensors")
+    save_file(load_file(str(source)), str(stamped),
+              metadata={"config": json.dumps({"transformer": {"causal_ar": True}})})
+    base = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=1.5)
+    loader = node_of(base, "EchoForcingLoadCausalDiT")
+    latents = {}
+    for tag, loader_node in (("pack", base[loader]),
+                             ("core_causal", {"class_type": "UNETLoader",
+                                              "inputs": {"unet_name": stamped.name, "weight_dtype": "default"}})):
+        prompt = _with_latent_output({**json.loads(json.dumps(base)), loader: loader_node}, f"latent_{tag}")
+        status, body, events = run(comfy_server.url, prompt)
+        assert status == 200 and events[-1][0] == "execution_success", (tag, body, events[-3:])
+        latents[tag] = _latents(comfy_server, events, "99")
+    assert (latents["core_causal"] == latents["pack"]).all()
+    version = json.loads(get(comfy_server.url, "/system_stats"))["system"]["comfyui_version"]
+    has_causal_class = tuple(int(x) for x in version.split(".")[:2]) >= (0, 28)
+    loaded = re.findall(r"Requested to load (WAN21\w*)", comfy_server.log())
+    assert loaded and loaded[-1] == ("WAN21_CausalAR" if has_causal_class else "WAN21"), (version, loaded[-3:])
+
+
 def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models):
     pools = comfy_server.output_dir / "echo_forcing" / "scene_pools"
     if not (pools / "recall_abcabc.safetensors").is_file():
