@@ -23,7 +23,7 @@ def _register_helpers() -> None:
     import types
 
     package = sys.modules.setdefault("echo_forcing_tests", types.ModuleType("echo_forcing_tests"))
-    for name in ("fake_comfy",):
+    for name in ("fake_comfy", "parity_fixtures"):
         full = f"echo_forcing_tests.{name}"
         if full not in sys.modules:
             spec = importlib.util.spec_from_file_location(full, Path(__file__).with_name(f"{name}.py"))

@@ -28,42 +28,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from echo_forcing_tests.parity_fixtures import assert_parity, load_golden, tiny_reference
 
 from echo_forcing.memory import SelfForcingCacheConfig
-from echo_forcing.models import CausalWan, FlowMatchSchedule, WanDiT
+from echo_forcing.models import FlowMatchSchedule
 from echo_forcing.pipeline import RolloutScene, RolloutSettings, rollout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "causal_forcing"
-MODEL_FIXTURES = Path(__file__).parent / "fixtures" / "self_forcing"
-TOLERANCE = 1e-5
 """Allowed |ours - reference| on top of the fixture's quantisation error (issue budget: 1e-3)."""
 FOUR_STEPS = (1000, 750, 500, 250)
 TWO_STEPS = (1000, 500)
 
 
 def _golden(name: str) -> tuple[torch.Tensor, float, np.lib.npyio.NpzFile]:
-    data = np.load(FIXTURES / name)
-    scale = float(data["scale"])
-    return torch.from_numpy(data["latents_q"].astype(np.float64) * scale), scale, data
+    return load_golden(FIXTURES / name)
 
 
 @pytest.fixture(scope="module")
 def reference_setup():
-    weights = {k: v.float() for k, v in load_file(MODEL_FIXTURES / "tiny_wan.safetensors").items()}
-    model = CausalWan(WanDiT.from_state_dict(weights), dtype=torch.float32, device="cpu")
-    with safe_open(MODEL_FIXTURES / "inputs.safetensors", "pt") as f:
-        seed = int(f.metadata()["seed"])
-        text = model.encode_text(f.get_tensor("text_embeds"))
-    return model, text, seed
+    return tiny_reference()
 
 
-def _assert_parity(ours: torch.Tensor, golden: torch.Tensor, scale: float) -> float:
-    diff = (ours.double() - golden).abs().max().item()
-    bound = scale / 2 + TOLERANCE
-    assert diff <= bound, f"max |delta| {diff:.3e} exceeds {bound:.3e}"
-    return diff
+_assert_parity = assert_parity
 
 
 def _frame_wise(seed: int, **steps) -> RolloutSettings:

@@ -21,17 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from echo_forcing_tests.parity_fixtures import TOLERANCE, tiny_reference
 
 from echo_forcing.memory.presets import make_policy
-from echo_forcing.models import CausalWan, WanDiT
 from echo_forcing.pipeline import RolloutSettings, rollout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reward_forcing"
-SELF_FORCING = Path(__file__).parent / "fixtures" / "self_forcing"
-TOLERANCE = 1e-5
-"""Allowed |ours - reference| on top of the fixture's quantisation error (issue budget: 1e-3)."""
 REFERENCE_COMMIT = "4317f5a0d29d1cee6a0f2e80ed5f5724bee97c66"
 EMA_FRAMES = slice(9, 18)
 """The frames of blocks 3..5: the blocks after the first roll, which attend to a blended sink."""
@@ -71,11 +66,7 @@ def goldens() -> dict[float, Golden]:
 @pytest.fixture(scope="module")
 def rollouts(goldens) -> dict[float, torch.Tensor]:
     """The pack's latents with the preset's alpha and with alpha 0.5, from the Self-Forcing fixture's inputs."""
-    weights = {k: v.float() for k, v in load_file(SELF_FORCING / "tiny_wan.safetensors").items()}
-    model = CausalWan(WanDiT.from_state_dict(weights), dtype=torch.float32, device="cpu")
-    with safe_open(SELF_FORCING / "inputs.safetensors", "pt") as f:
-        seed = int(f.metadata()["seed"])
-        text = model.encode_text(f.get_tensor("text_embeds"))
+    model, text, seed = tiny_reference()
     assert all(golden.seed == seed for golden in goldens.values())
     settings = RolloutSettings(num_frames=18, height=480, width=832, seed=seed, noise="official")
     preset = make_policy("reward-forcing")

@@ -14,39 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from echo_forcing_tests.parity_fixtures import assert_parity, load_golden, tiny_reference
 
 from echo_forcing.memory import SelfForcingCacheConfig
-from echo_forcing.models import CausalWan, FlowMatchSchedule, WanDiT
+from echo_forcing.models import FlowMatchSchedule
 from echo_forcing.pipeline import RolloutSettings, rollout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "self_forcing"
-TOLERANCE = 1e-5
 """Allowed |ours - reference| on top of the fixture's quantisation error (issue budget: 1e-3)."""
 
 
 def _golden(name: str) -> tuple[torch.Tensor, float]:
-    data = np.load(FIXTURES / name)
-    scale = float(data["scale"])
-    return torch.from_numpy(data["latents_q"].astype(np.float64) * scale), scale
+    return load_golden(FIXTURES / name)[:2]
 
 
 @pytest.fixture(scope="module")
 def reference_setup():
-    weights = {k: v.float() for k, v in load_file(FIXTURES / "tiny_wan.safetensors").items()}
-    model = CausalWan(WanDiT.from_state_dict(weights), dtype=torch.float32, device="cpu")
-    with safe_open(FIXTURES / "inputs.safetensors", "pt") as f:
-        seed = int(f.metadata()["seed"])
-        text = model.encode_text(f.get_tensor("text_embeds"))
-    return model, text, seed
+    return tiny_reference()
 
 
-def _assert_parity(ours: torch.Tensor, golden: torch.Tensor, scale: float) -> float:
-    diff = (ours.double() - golden).abs().max().item()
-    bound = scale / 2 + TOLERANCE
-    assert diff <= bound, f"max |delta| {diff:.3e} exceeds {bound:.3e}"
-    return diff
+_assert_parity = assert_parity
 
 
 def test_schedule_tables_match_the_reference_bit_for_bit():
