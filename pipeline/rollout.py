@@ -323,17 +323,12 @@ def _given_frames(scenes: list[RolloutScene], frames_per_block: int) -> list[boo
     return given
 
 
-def _first_denoised_block(scenes: list[RolloutScene], frames_per_block: int) -> int:
-    """Index of the first block of the video that is denoised (not wholly given by a start latent): the block
+def _first_denoised_block(given: list[bool], frames_per_block: int) -> int:
+    """Index of the first block of the video not wholly given by a start latent (``given``: per frame): the block
     ``first_block_steps`` applies to, the same in a run from scratch and in one resumed at a shot boundary."""
-    index = 0
-    for scene in scenes:
-        given = 0 if scene.start is None else scene.start.shape[1]
-        whole = min(given // frames_per_block, scene.num_blocks)
-        if whole < scene.num_blocks:
-            return index + whole
-        index += scene.num_blocks
-    return index
+    blocks = len(given) // frames_per_block
+    return next((b for b in range(blocks) if not all(given[b * frames_per_block:(b + 1) * frames_per_block])),
+                blocks)
 
 
 class NonFiniteError(RolloutInputError):
@@ -413,10 +408,11 @@ class _BlockLoop:
         first = settings.first_block_steps
         self.first_timesteps = self.timesteps if first is None else self.schedule.denoising_timesteps(first,
                                                                                                        settings.warp)
-        self.first_denoised = _first_denoised_block(scenes, settings.frames_per_block)
         self.b, self.f = settings.batch_size, settings.frames_per_block
+        given = _given_frames(scenes, self.f)
+        self.first_denoised = _first_denoised_block(given, self.f)
         self.noise = BlockNoise(settings.noise, settings.seed, shape,
-                                shot_seeds(settings.seed, [s.seed for s in scenes]), _given_frames(scenes, self.f))
+                                shot_seeds(settings.seed, [s.seed for s in scenes]), given)
         self.output = torch.empty(shape, dtype=torch.float32)
         self.result = RolloutResult(latents=self.output)
         self.memories = state.layers
