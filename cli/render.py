@@ -31,7 +31,7 @@ import torch
 
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
-from ..models import CausalWan, load_wan_model, model_cards
+from ..models import CausalWan, load_wan_experts, model_cards
 from ..models.wan_vae import encode_pixels, load_wan_vae_encoder, pixels_from_image, read_image
 from ..pipeline import (
     NOISE_MODES,
@@ -121,7 +121,7 @@ def _card(args, model: CausalWan, log) -> model_cards.ModelCard | None:
     if args.checkpoint is None:
         return None
     card, how = model_cards.card_for_file(args.checkpoint, cfg.dim, cfg.num_layers, cfg.in_dim)
-    log(f"model card {card.name}: {how}")
+    log(f"model card {card.name}: {how}" if card is not None else f"model card: {how}")
     return card
 
 
@@ -130,10 +130,10 @@ def _model(args) -> tuple[CausalWan, str]:
     if args.checkpoint is None:
         return tiny_model(args.device), "tiny-random-seed-0"
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
-    dit = load_wan_model(args.checkpoint, lora=args.lora, dtype=dtype, device=args.device)
+    dit, expert = load_wan_experts(args.checkpoint, lora=args.lora, dtype=dtype, device=args.device)
     files = [args.checkpoint] + ([args.lora] if args.lora else [])
     key = digest([[str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files])
-    return CausalWan(dit, dtype=dtype, device=args.device), key
+    return CausalWan(dit, dtype=dtype, device=args.device, memory_expert=expert), key
 
 
 def run(args: argparse.Namespace, log=print) -> dict:

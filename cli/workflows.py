@@ -59,7 +59,8 @@ DEFS: dict[str, NodeDef] = {
     "SaveVideo": NodeDef((("video", "VIDEO"), ("filename_prefix", "widget:STRING"), ("format", "widget:COMBO"),
                           ("codec", "widget:COMBO"))),
     "EchoForcingLoadCausalDiT": NodeDef((("ckpt_name", "widget:COMBO"), ("weights", "widget:COMBO"),
-                                         ("lora_name", "widget:COMBO"), ("weight_dtype", "widget:COMBO")),
+                                         ("lora_name", "widget:COMBO"), ("weight_dtype", "widget:COMBO"),
+                                         ("model_card", "widget:COMBO")),
                                         (("model", "MODEL"),)),
     "EchoForcingScenePrompt": NodeDef((("text", "widget:STRING"), ("duration", "widget:FLOAT"),
                                        ("transition", "widget:COMBO"), ("recall_target", "widget:STRING"),
@@ -121,7 +122,8 @@ class Workflow:
 def _loaders() -> list[Node]:
     return [
         Node("dit", "EchoForcingLoadCausalDiT", {"ckpt_name": MODELS["dit"]["name"], "weights": "auto",
-                                                 "lora_name": "none", "weight_dtype": "default"},
+                                                 "lora_name": "none", "weight_dtype": "default",
+                                                 "model_card": "auto"},
              column=0, models=("dit",)),
         Node("clip", "CLIPLoader", {"clip_name": MODELS["text"]["name"], "type": "wan", "device": "default"},
              column=0, models=("text",)),
@@ -130,7 +132,7 @@ def _loaders() -> list[Node]:
 
 
 def _finish(sampler_links: dict, prefix: str, seed: int, extra: list | None = None) -> list[Node]:
-    """Echo Memory Config, the sampler (832x480, 16 fps, 4 steps, shift 5), decode, video and save."""
+    """Echo Memory Config, the sampler (832x480, 16 fps, the model card's steps, shift 5), decode, video and save."""
     nodes = [
         Node("memory", "EchoForcingMemoryConfig", {"preset": "echo-forcing", "recall_matching": "preset default",
                                                    "phase_compression": "preset default",
@@ -138,7 +140,7 @@ def _finish(sampler_links: dict, prefix: str, seed: int, extra: list | None = No
                                                    "rope_positions": "preset default",
                                                    "recall_scope": "shots so far", "kv_storage": "auto"},
              column=2),
-        Node("sampler", "EchoForcingSampler", {"seed": seed, "width": 832, "height": 480, "fps": 16.0, "steps": 4,
+        Node("sampler", "EchoForcingSampler", {"seed": seed, "width": 832, "height": 480, "fps": 16.0, "steps": 0,
                                                "shift": 5.0, "noise": "per-shot", "reuse_shots": True,
                                                "shot_cache_gb": 8.0, "shot_cache_disk_gb": 0.0,
                                                "stop_after_shot": 0},

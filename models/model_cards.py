@@ -26,6 +26,7 @@ from . import registry
 
 WAN21_T2V_1_3B = "wan2.1-t2v-1.3b"
 WAN21_T2V_14B = "wan2.1-t2v-14b"
+WAN21_LATENT_CHANNELS = 16
 ARCHITECTURES = {WAN21_T2V_1_3B: (1536, 30, 16), WAN21_T2V_14B: (5120, 40, 16)}
 """Architecture -> (width, layers, latent channels) of the DiT."""
 
@@ -162,11 +163,12 @@ def architecture_of(dim: int, num_layers: int, in_dim: int) -> str | None:
     return next((a for a, shape in ARCHITECTURES.items() if shape == (dim, num_layers, in_dim)), None)
 
 
-def card_for_file(path: str | os.PathLike, dim: int, num_layers: int, in_dim: int) -> tuple[ModelCard, str]:
+def card_for_file(path: str | os.PathLike, dim: int, num_layers: int,
+                  in_dim: int) -> tuple[ModelCard | None, str]:
     """The card of the checkpoint at ``path`` with these weights, and how it was found (for the report).
 
     By the registry's file name (what ``models download`` writes), else by the file's size when exactly one
-    registry file has it, else the architecture's default card; the card is checked against the weights.
+    registry file has it, else :func:`default_card`; the card is checked against the weights.
     """
     name = os.path.basename(os.fspath(path))
     entry = next((m for m in registry.KNOWN_MODELS if m.file == name and m.kind == "dit"), None)
@@ -178,12 +180,35 @@ def card_for_file(path: str | os.PathLike, dim: int, num_layers: int, in_dim: in
         how = f"recognised by its size ({size:,} bytes)"
     card = next((c for c in CARDS if entry is not None and entry.name in c.files), None)
     if card is None:
-        architecture = architecture_of(dim, num_layers, in_dim)
-        if architecture is None:
-            raise ModelCardError(f"{name} is a Wan DiT of width {dim}, {num_layers} layers and {in_dim} latent "
-                                 f"channels, which no model card describes (known: {', '.join(ARCHITECTURES)})")
-        card = by_name(DEFAULT_CARD[architecture])
-        how = (f"{name} is not a known release: it gets the {card.title} settings of its architecture "
-               f"({architecture}); choose its model card if it is another student")
+        return default_card(dim, num_layers, in_dim, name)
     card.check_weights(dim, num_layers, in_dim)
     return card, how
+
+
+def default_card(dim: int, num_layers: int, in_dim: int, what: str = "the model") -> tuple[ModelCard | None, str]:
+    """The card of a DiT no file name or size identifies: its architecture's default card, or None for a Wan2.1
+    text-to-video DiT of a size no card describes (a custom or test model; it gets Self-Forcing's 3-frame, 4-step
+    settings). Another latent layout is refused: nothing says how it must be sampled."""
+    architecture = architecture_of(dim, num_layers, in_dim)
+    if architecture is not None:
+        card = by_name(DEFAULT_CARD[architecture])
+        return card, (f"{what} is not a known release: it gets the {card.title} settings of its architecture "
+                      f"({architecture}); choose its model card if it is another student")
+    if in_dim == WAN21_LATENT_CHANNELS:
+        return None, (f"{what} is a Wan2.1 DiT of width {dim} and {num_layers} layers, which no model card describes: "
+                      "it gets Self-Forcing's settings (3-frame blocks, 4 steps)")
+    raise ModelCardError(f"{what} is a Wan DiT of width {dim}, {num_layers} layers and {in_dim} latent channels, "
+                         f"which no model card describes (known: {', '.join(ARCHITECTURES)})")
+
+
+def by_file() -> dict[str, str]:
+    """Registry file name -> the name of the card that describes it (what ``auto`` recognises by name)."""
+    return {registry.by_name(f).file: card.name for card in CARDS for f in card.files
+            if registry.by_name(f).kind == "dit"}
+
+
+def table() -> dict:
+    """The cards as plain data for the canvas (its timeline plans blocks of the card's size before a run)."""
+    return {"cards": {c.name: {"title": c.title, "frames_per_block": c.frames_per_block, "steps": list(c.steps)}
+                      for c in CARDS},
+            "files": by_file(), "default_frames_per_block": 3}

@@ -17,6 +17,7 @@ import folder_paths
 import torch
 
 from ..memory.files import named_file
+from ..models import model_cards
 from ..pipeline import BlockEvent
 from ..pipeline.run_plan import FRAMES_PER_BLOCK
 from ..pipeline.run_report import mode_name
@@ -305,7 +306,10 @@ def _queue_items(server) -> tuple[list, list]:
 
 
 def register_routes() -> None:
-    """``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ..., "shot": k, "client_id": ...}``: that run
+    """``GET /echo_forcing/model_cards``: the model cards' block sizes and the files ``auto`` recognises by name
+    (``models.model_cards.table``), for the timeline's plan before a run.
+
+    ``POST /echo_forcing/stop_after_shot`` with ``{"prompt_id": ..., "shot": k, "client_id": ...}``: that run
     ends successfully after shot k (left out: after its current shot) with the shots done, and their boundary
     stays cached. What is accepted is ``stop_target``'s rule; requests for prompts that have ended are
     dropped, so no request waits around to stop a later run."""
@@ -318,6 +322,10 @@ def register_routes() -> None:
     if server is None or getattr(server, "_echo_forcing_routes", False):
         return
     server._echo_forcing_routes = True
+
+    @server.routes.get("/echo_forcing/model_cards")
+    async def cards(request):  # the timeline plans blocks of the model card's size before a run
+        return web.json_response(model_cards.table())
 
     @server.routes.post("/echo_forcing/stop_after_shot")
     async def stop_after_shot(request):

@@ -9,7 +9,7 @@ import comfy.sd
 import torch
 from comfy_api.latest import io
 
-from ..models import CheckpointError, load_wan_checkpoint, registry
+from ..models import CheckpointError, load_wan_checkpoint, model_cards, registry
 from . import host
 from .sockets import CATEGORY
 from .validation import CombosChecked, shown
@@ -29,6 +29,13 @@ WEIGHTS = ["auto", "ema", "generator"]
 KNOWN_DITS = registry.files_in("diffusion_models", kind="dit")
 """The registry's checkpoints (``python -m echo_forcing models list``), named in the tooltip and the errors."""
 KNOWN_LORAS = registry.files_in("loras", kind="lora")
+AUTO_CARD = "auto"
+CARD_OPTION = "echo_forcing_model_card"
+"""Where the MODEL carries its card (``model_options``, which ModelPatcher clones copy, so core LoRA nodes keep it):
+``(card name or None, how it was found)``; the sampler reads it (``sampler.model_card``)."""
+MEMORY_EXPERT_OPTION = "echo_forcing_memory_expert"
+"""Where the MODEL of an SGF+ file carries its memory expert (``models.memory_expert``): a second core MODEL of
+the same shape, which the sampler runs for the clean context passes (core LoRA nodes patch the first only)."""
 
 
 def _models_dir() -> str:
@@ -86,6 +93,14 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
                                tooltip="How ComfyUI stores the weights: default picks the best for your GPU; fp8 "
                                        "halves the memory (slightly lower quality), as in core Load Diffusion "
                                        "Model."),
+                io.Combo.Input("model_card", options=[AUTO_CARD, *model_cards.names()], default=AUTO_CARD,
+                               optional=True,
+                               tooltip="How this student was trained, which the sampler follows: frames per block "
+                                       "and denoising steps (Causal Forcing frame-wise: 1-frame blocks; Causal "
+                                       "Forcing++: 4 steps for the first frame, then 2 or 1). auto: recognised by "
+                                       "the file's registry name or size, else the Self-Forcing settings of its "
+                                       "architecture (the report says which). The 1.3B students share one layout, "
+                                       "so a renamed file needs its card chosen here."),
             ],
             outputs=[io.Model.Output(display_name="model",
                                      tooltip="A core MODEL; connect it to the Autoregressive Sampler.")],
@@ -106,7 +121,8 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, ckpt_name: str, weights: str, lora_name: str, weight_dtype: str) -> io.NodeOutput:
+    def execute(cls, ckpt_name: str, weights: str, lora_name: str, weight_dtype: str,
+                model_card: str = AUTO_CARD) -> io.NodeOutput:
         # float32 when ComfyUI runs on the CPU; bfloat16 (the published precision) otherwise
         dtype = torch.float32 if mm.get_torch_device().type == "cpu" else torch.bfloat16
         ckpt = load_wan_checkpoint(host.dit_path(ckpt_name), lora=host.lora_path(lora_name), weights=weights,
@@ -114,8 +130,27 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
         if ckpt.config.text_dim != COMFY_TEXT_DIM:
             raise CheckpointError(f"{ckpt_name} takes {ckpt.config.text_dim}-wide text, but ComfyUI's Wan model "
                                   f"is built for umT5-XXL ({COMFY_TEXT_DIM}); this is not a Wan2.1 T2V model")
+        card = card_of(ckpt_name, model_card, ckpt.config)
         patcher = comfy.sd.load_diffusion_model_state_dict(ckpt.state_dict, model_options=dict(
             WEIGHT_DTYPES[weight_dtype]))
         if patcher is None:
             raise CheckpointError(f"ComfyUI did not recognise {ckpt_name} as a Wan2.1 model after conversion")
+        patcher.model_options[CARD_OPTION] = card
+        if ckpt.memory_expert is not None:
+            expert = comfy.sd.load_diffusion_model_state_dict(ckpt.memory_expert, model_options=dict(
+                WEIGHT_DTYPES[weight_dtype]))
+            if expert is None:
+                raise CheckpointError(f"ComfyUI did not recognise the memory expert of {ckpt_name} as a Wan2.1 model")
+            patcher.model_options[MEMORY_EXPERT_OPTION] = expert
         return io.NodeOutput(patcher)
+
+
+def card_of(ckpt_name: str, model_card: str, config) -> tuple[str | None, str]:
+    """The card the MODEL carries: the one chosen (checked against the weights) or, with auto, the file's."""
+    shape = (config.dim, config.num_layers, config.in_dim)
+    if model_card == AUTO_CARD:
+        card, how = model_cards.card_for_file(host.dit_path(ckpt_name), *shape)
+        return (None if card is None else card.name), how
+    card = model_cards.by_name(model_card)
+    card.check_weights(*shape)
+    return card.name, f"chosen on Load Causal DiT for {ckpt_name}"

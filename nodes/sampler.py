@@ -9,9 +9,10 @@ import torch
 from comfy_api.latest import io
 
 from ..memory import PresetChoice, ScenePool
-from ..models import CausalWan
+from ..models import CausalWan, model_cards
 from ..models.block_forward import module_config
 from ..models.checkpoints import STORED_DTYPES
+from ..models.config import WanConfig
 from ..pipeline import (
     RolloutInputError,
     SceneList,
@@ -27,6 +28,7 @@ from ..pipeline.noise import MAX_SEED, NOISE_MODES, PER_SHOT
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, PrefixCache, budget_bytes
 from ..pipeline.rollout import MAX_SIDE, PIXELS_PER_TOKEN
 from . import host
+from .load_causal_dit import CARD_OPTION, MEMORY_EXPERT_OPTION
 from .sockets import CATEGORY, MemoryConfig, ScenePoolType, Scenes, StoryType
 from .validation import CombosChecked, pixel_problem
 
@@ -56,6 +58,34 @@ def _wan_tree(model):
     return tree, cfg
 
 
+def model_card(model, cfg: WanConfig) -> tuple[model_cards.ModelCard | None, str]:
+    """The model card the run follows and how it was found: the one Load Causal DiT put on the MODEL (LoRA nodes
+    keep it), else the default of the weights' architecture (core loaders know no card)."""
+    carried = getattr(model, "model_options", None)
+    carried = carried.get(CARD_OPTION) if isinstance(carried, dict) else None
+    if carried is None:
+        return model_cards.default_card(cfg.dim, cfg.num_layers, cfg.in_dim, "the model (from a loader without "
+                                                                              "model cards)")
+    name, how = carried
+    if name is None:
+        return None, how
+    card = model_cards.by_name(name)
+    card.check_latents(cfg.in_dim)
+    return card, how
+
+
+def memory_expert(model, cfg: WanConfig):
+    """SGF+'s memory expert that Load Causal DiT put on the MODEL (a core MODEL) and its Wan tree, or (None, None)."""
+    options = getattr(model, "model_options", None)
+    expert = options.get(MEMORY_EXPERT_OPTION) if isinstance(options, dict) else None
+    if expert is None:
+        return None, None
+    tree, expert_cfg = _wan_tree(expert)
+    if expert_cfg != cfg:
+        raise RolloutInputError("the model's SGF+ memory expert has another shape than the model; reload it")
+    return expert, tree
+
+
 def _compute_dtype(model) -> torch.dtype:
     base = model.model
     dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
@@ -70,8 +100,9 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
             display_name="Autoregressive Sampler",
             category=CATEGORY,
             description=(
-                "Generates a long multi-shot video block by block (3 latent frames = 12 video frames per block) "
-                "with a causal Wan2.1 model, switching prompts at each shot and keeping a bounded scene memory. "
+                "Generates a long multi-shot video block by block (3 latent frames = 12 video frames per block, or "
+                "what the model card says) with a causal Wan2.1 model, switching prompts at each shot and keeping a "
+                "bounded scene memory. "
                 "Outputs a LATENT for core VAE Decode, the updated scene pool, a report and the story (to save and "
                 "continue later). Progress and a preview are shown per block; Cancel stops before the next block. "
                 "With reuse_shots, a run whose first shots are unchanged starts after them."),
@@ -90,9 +121,11 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
                                tooltip="Frames per second used to turn shot durations into frames (Wan2.1: 16). "
                                        "Use the same value in Create Video."),
-                io.Int.Input("steps", default=4, min=1, max=50,
-                             tooltip="Denoising steps per block. The few-step students are trained for 4 "
-                                     "(timesteps 1000, 750, 500, 250)."),
+                io.Int.Input("steps", default=0, min=0, max=50,
+                             tooltip="Denoising steps per block. 0: the model card's (Load Causal DiT), which "
+                                     "the student was trained for: 4 (timesteps 1000, 750, 500, 250) for "
+                                     "Self-Forcing and most others, 2 or 1 after a 4-step first frame for "
+                                     "Causal Forcing++. Another number spaces that many steps evenly from 1000."),
                 io.Float.Input("shift", default=5.0, min=0.1, max=20.0, step=0.1,
                                tooltip="Timestep shift of the flow-matching schedule (5.0 as in training)."),
                 MemoryConfig.Input("config", optional=True,
@@ -166,15 +199,19 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
                 shot_cache_disk_gb: float = 0.0, stop_after_shot: int = 0) -> io.NodeOutput:
         # ---- everything is checked before the model is loaded or any block runs ----------------------------
         tree, cfg = _wan_tree(model)
+        card, card_how = model_card(model, cfg)
+        expert, expert_tree = memory_expert(model, cfg)
         dtype, device = _compute_dtype(model), mm.get_torch_device()
         encoder = scenes.encoder() if isinstance(scenes, SceneList) else None
         # The memory plan: on a GPU against what ComfyUI can make free there, weights included (it streams the
         # weights that do not fit); on the CPU against the RAM left (the weights are already in it).
-        weights = host.weights_on_device(tree) if device.type != "cpu" else 0
-        plan = plan_run(scenes, cfg, seed=seed, width=width, height=height, fps=fps, steps=steps, shift=shift,
+        weights = sum(host.weights_on_device(t) for t in (tree, expert_tree) if t is not None) \
+            if device.type != "cpu" else 0
+        plan = plan_run(scenes, cfg, seed=seed, width=width, height=height, fps=fps, steps=steps or None, shift=shift,
                         choice=config, pool=pool, dtype=dtype, noise=noise, stop_after_shot=stop_after_shot,
                         encode_text=host.text_encoder(encoder) if encoder is not None else None, device=device,
-                        device_memory=host.device_memory_available(device), weights=weights, can_offload=True)
+                        device_memory=host.device_memory_available(device), weights=weights, can_offload=True,
+                        card=card, card_note=card_how)
         cache = None
         if reuse_shots:
             SHOT_CACHE.resize(budget_bytes(shot_cache_gb))
@@ -184,16 +221,19 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
 
         # ---- load the model with room for the cache, then generate what is not cached ----------------------
         def load() -> CausalWan:  # ComfyUI leaves the run's working memory free and streams what does not fit
-            mm.load_models_gpu([model], memory_required=plan.memory_need().working_bytes)
-            return CausalWan(tree, dtype=dtype, device=device)
+            mm.load_models_gpu([model] + ([expert] if expert is not None else []),
+                               memory_required=plan.memory_need().working_bytes)
+            return CausalWan(tree, dtype=dtype, device=device, memory_expert=expert_tree)
 
         node_id = cls.hidden.unique_id if cls.hidden else None
-        progress = host.BlockProgress(node_id, list(plan.blocks))
+        progress = host.BlockProgress(node_id, list(plan.blocks), plan.settings.frames_per_block)
         progress.event("echo_forcing.plan", {"total_blocks": plan.settings.num_blocks,
+                                             "frames_per_block": plan.settings.frames_per_block,
                                              "scenes": plan_entries(plan.shots, plan.blocks)})
         stop = host.StopRequest(progress.prompt_id)
         try:
-            result = generate(plan, load, cache=cache, model_key=host.model_key(model, dtype),
+            result = generate(plan, load, cache=cache, model_key=host.model_key(model, dtype) + (
+                                  "+" + host.model_key(expert, dtype) if expert is not None else ""),
                               encoder_key=host.identity(encoder) if encoder is not None else "",
                               on_block=progress, interrupt=host.interrupt, stop_requested=stop,
                               on_reuse=progress.reused)

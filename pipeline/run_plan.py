@@ -193,7 +193,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
              pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
              encode_text=None, stop_after_shot: int = 0, device: torch.device | str = "cpu",
              device_memory: int | None = None, host_memory: int | None = None, weights: int = 0,
-             can_offload: bool = False, card: ModelCard | None = None) -> RunPlan:
+             can_offload: bool = False, card: ModelCard | None = None, card_note: str = "") -> RunPlan:
     """Check a run and decide everything before any model is loaded (see the module docstring).
 
     ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
@@ -207,6 +207,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     ``card`` (``models.model_cards``) is how the student was trained: its frames per block and its steps (of every
     block and of the first one) are the run's; ``steps`` given overrides the card's number of steps (evenly
     spaced, as the official lists). Without a card: Self-Forcing's 3-frame blocks and ``steps`` (default 4).
+    ``card_note`` (how the card was found) goes into the report's notes.
     """
     _check_request(shots, model, fps, stop_after_shot)
     choice = choice if choice is not None else PresetChoice()
@@ -233,6 +234,8 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
             check_start_latent(shot.start, i + 1, n * block, settings.batch_size, model.in_dim,
                                settings.latent_size)
     notes = [f"scene script: {note}" for note in shots.notes]
+    if card_note:
+        notes.append(f"model card {card.name}: {card_note}" if card is not None else f"model card: {card_note}")
     if choice.ignored:
         notes.append(f"option(s) {', '.join(choice.ignored)} do not apply to the {choice.preset} preset; ignored")
     grid = token_grid(model.patch_size, settings)

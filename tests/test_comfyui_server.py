@@ -392,6 +392,34 @@ def test_core_causal_wan_model_class_runs_in_the_sampler(comfy_server, tiny_mode
     assert loaded and loaded[-1] == ("WAN21_CausalAR" if has_causal_class else "WAN21"), (version, loaded[-3:])
 
 
+def test_the_model_card_travels_to_the_sampler_and_a_contradicting_card_is_refused(comfy_server, tiny_models):
+    """Load Causal DiT's model_card: with auto the tiny file (a Wan2.1 DiT of a size no card describes) runs with
+    Self-Forcing's settings and the report says why; a card for other weights is refused before any block; the
+    canvas reads the cards' block sizes from the route."""
+    from echo_forcing.models import model_cards
+
+    assert json.loads(get(comfy_server.url, "/echo_forcing/model_cards")) == json.loads(json.dumps(
+        model_cards.table()))
+    prompt = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=1.5)
+    loader, sampler = node_of(prompt, "EchoForcingLoadCausalDiT"), node_of(prompt, "EchoForcingSampler")
+    assert prompt[loader]["inputs"]["model_card"] == "auto" and prompt[sampler]["inputs"]["steps"] == 0
+    status, body, events = run(comfy_server.url, prompt)
+    assert status == 200 and events[-1][0] == "execution_success", (body, events[-3:])
+    report = next(d for k, d in events if k == "executed" and d["node"] == sampler)["output"]["text"][0]
+    plan = next(d for k, d in events if k == "echo_forcing.plan")
+    assert plan["frames_per_block"] == 3 and plan["total_blocks"] == 2, plan
+    assert "note: model card: echo_forcing_tiny_dit.safetensors is a Wan2.1 DiT of width" in report, report
+    assert "which no model card describes: it gets Self-Forcing's settings (3-frame blocks, 4 steps)" in report
+    prompt[loader]["inputs"]["model_card"] = "causal-forcing++-2step"
+    status, body, events = run(comfy_server.url, prompt)
+    assert status == 200
+    kind, data = events[-1]
+    assert kind == "execution_error" and data["node_type"] == "EchoForcingLoadCausalDiT", (kind, data)
+    assert "is for wan2.1-t2v-1.3b (width 1536, 30 layers, 16 latent channels) but the weights have width" \
+        in data["exception_message"]
+    assert not [k for k, _ in events if k == "echo_forcing.block"]
+
+
 def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models):
     pools = comfy_server.output_dir / "echo_forcing" / "scene_pools"
     if not (pools / "recall_abcabc.safetensors").is_file():

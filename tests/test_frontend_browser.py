@@ -620,6 +620,34 @@ def test_script_parser_and_block_plan_match_python(page, fps):
         assert _shots(state) == _script_shots(script, fps), script
 
 
+def test_the_plan_follows_the_model_card_on_load_causal_dit(page):
+    """The timeline plans blocks of the model card's size (GET /echo_forcing/model_cards): the card chosen on the
+    Load Causal DiT behind the sampler, through a core LoRA node; with auto, the card of the file's registry name."""
+    page.open()
+    ids = page.run(BUILD_SCRIPT)
+    ids.update(page.run("""
+        const dit = LiteGraph.createNode("EchoForcingLoadCausalDiT"); dit.pos = [20, 300]; app.graph.add(dit);
+        const lora = LiteGraph.createNode("LoraLoaderModelOnly"); lora.pos = [300, 300]; app.graph.add(lora);
+        const sampler = app.graph.getNodeById(args[0]);
+        dit.connect(0, lora, 0); lora.connect(0, sampler, sampler.findInputSlot("model"));
+        return { dit: dit.id };""", ids["sampler"]))
+    script = "a fox in the snow [2s] | a city at night [1s#] | the fox again [1.5s]"
+    page.run(SET_WIDGET, ids["script"], "script", script)
+    scenes = parse_scene_script(script)
+    for card, ckpt, block in (("causal-forcing-framewise", "any.safetensors", 1), ("auto", "any.safetensors", 3),
+                              ("auto", "causal_forcing_pp_2step.safetensors", 1), ("self-forcing", "x.pt", 3)):
+        page.run(SET_WIDGET, ids["dit"], "model_card", card)
+        page.run(SET_WIDGET, ids["dit"], "ckpt_name", ckpt)
+        deadline = time.monotonic() + 10
+        while True:  # the card table arrives once, asynchronously, after the page loads
+            state = _sampler(page, ids["sampler"])["state"]
+            if state.get("frames_per_block") == block or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert state["frames_per_block"] == block, (card, ckpt, state)
+        assert [s["blocks"] for s in state["scenes"]] == scene_block_counts(scenes, 16, frames_per_block=block)
+
+
 def test_timeline_without_scenes_with_a_broken_script_and_through_a_reroute(page):
     page.open()
     lone = page.run("""app.graph.clear(); const node = LiteGraph.createNode("EchoForcingSampler");

@@ -483,3 +483,37 @@ def test_a_stop_request_ends_the_run_after_the_shot_asked_for(pack):
     assert stop(0)  # no shot: after the current one
     stop.close()
     assert "run-1" not in host._stop_requests and not stop(5)
+
+
+def test_model_cards_travel_from_the_loader_to_the_sampler(pack):
+    """Load Causal DiT's model_card: auto recognises the file (a Wan2.1 DiT of a size no card describes gets none),
+    a chosen card is checked against the weights; the MODEL carries it and the sampler follows it (a core loader's
+    MODEL gets its architecture's default)."""
+    from types import SimpleNamespace
+
+    from echo_forcing.models.model_cards import ModelCardError
+
+    loader, sampler = pack.load_causal_dit, pack.sampler
+    options = _inputs(loader.LoadCausalDiT)["model_card"].options
+    assert options["options"][0] == "auto" and "causal-forcing++-2step" in options["options"]
+    tiny = SimpleNamespace(dim=256, num_layers=2, in_dim=16)
+    small = SimpleNamespace(dim=1536, num_layers=30, in_dim=16)
+    name, how = loader.card_of("tiny_dit.safetensors", "auto", tiny)
+    assert name is None and "no model card describes" in how and "3-frame blocks, 4 steps" in how
+    assert loader.card_of("tiny_dit.safetensors", "causal-forcing++-2step", small)[0] == "causal-forcing++-2step"
+    with pytest.raises(ModelCardError, match=r"is for wan2.1-t2v-1.3b .* but the weights have width 256, 2 layers"):
+        loader.card_of("tiny_dit.safetensors", "causal-forcing-framewise", tiny)
+    with pytest.raises(ModelCardError, match="48 latent channels, which no model card describes"):
+        loader.card_of("tiny_dit.safetensors", "auto", SimpleNamespace(dim=3072, num_layers=30, in_dim=48))
+
+    carried = SimpleNamespace(model_options={loader.CARD_OPTION: ("causal-forcing++-2step", "chosen")})
+    card, how = sampler.model_card(carried, small)
+    assert (card.frames_per_block, card.steps, how) == (1, (1000, 500), "chosen")
+    assert sampler.model_card(SimpleNamespace(model_options={loader.CARD_OPTION: (None, "none")}), tiny) == (
+        None, "none")
+    card, how = sampler.model_card(SimpleNamespace(model_options={}), small)  # core Load Diffusion Model
+    assert card.name == "self-forcing" and "from a loader without model cards" in how
+    with pytest.raises(ModelCardError, match="is for 16-channel latents but the model reads 48"):
+        sampler.model_card(carried, SimpleNamespace(dim=1536, num_layers=30, in_dim=48))
+    steps = _inputs(sampler.AutoregressiveSampler)["steps"].options
+    assert (steps["default"], steps["min"]) == (0, 0) and "0: the model card's" in steps["tooltip"]

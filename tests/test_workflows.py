@@ -136,7 +136,8 @@ def test_workflow_contents():
     for api in (smooth, cut, recall, long, part1, part2):
         (sampler,) = of(api, "EchoForcingSampler")
         assert (sampler["width"], sampler["height"], sampler["fps"], sampler["steps"], sampler["shift"]) == (
-            832, 480, 16.0, 4, 5.0)
+            832, 480, 16.0, 0, 5.0)  # steps 0: the model card's (Self-Forcing: 4)
+        assert of(api, "EchoForcingLoadCausalDiT")[0]["model_card"] == "auto"
         assert (sampler["noise"], sampler["reuse_shots"], sampler["stop_after_shot"]) == ("per-shot", True, 0)
         assert of(api, "EchoForcingMemoryConfig")[0]["recall_scope"] == "shots so far"
         assert of(api, "CreateVideo")[0]["fps"] == 16.0 and of(api, "CLIPLoader")[0]["type"] == "wan"

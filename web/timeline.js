@@ -8,19 +8,21 @@
 // * During a run it follows the sampler's websocket events (echo_forcing.plan / .reused / .block / .switch /
 //   .shot, core progress and the end of the prompt; timeline/run_state.js); after it, the node's
 //   `echo_timeline` result, with a thumbnail of each shot.
+// * Blocks are planned at the model card's size (GET /echo_forcing/model_cards, Load Causal DiT's model_card).
 // * Buttons: stop the run after a shot, re-roll a shot; clicking a bar selects its Scene Prompt node
 //   (timeline/actions.js).
 // The widget stores no value: it is left out of widgets_values and of the API prompt.
 
 import { app } from "../../scripts/app.js";
 import { focusNode, rerollShot, shotSeedWidget, stopAfterShot } from "./timeline/actions.js";
-import { nodeByExecutionId, plannedTimeline, planSignature, SAMPLER } from "./timeline/plan.js";
+import { nodeByExecutionId, plannedTimeline, planSignature, SAMPLER, setModelCards } from "./timeline/plan.js";
 import * as run from "./timeline/run_state.js";
 import { createTimelineElement, HEIGHT, renderTimeline } from "./timeline/view.js";
 
 const WIDGET_NAME = "echo_timeline";
 const MIN_WIDTH = 460;  // a new sampler node is made at least this wide, so six shots stay readable
 const POLL_MS = 500;
+const CARDS_ROUTE = "/echo_forcing/model_cards";
 
 /** One sampler's timeline: its element, the planned and the live state, and what it last rendered. */
 class Timeline {
@@ -155,6 +157,17 @@ function onExecuted({ detail }) {
     timeline.render();
 }
 
+/** The model cards' block sizes, for plans before a run (without them every plan uses 3-frame blocks). */
+async function loadModelCards(api) {
+    try {
+        const response = await api.fetchApi(CARDS_ROUTE);
+        if (response.ok) setModelCards(await response.json());
+    } catch (error) {
+        console.warn("echo_forcing: model cards unavailable; the timeline plans 3-frame blocks", error);
+    }
+    refreshAll();
+}
+
 function refreshAll() {
     for (const [node, timeline] of timelines) {
         const inGraph = node.graph?.getNodeById?.(node.id) === node;
@@ -199,6 +212,7 @@ app.registerExtension({
         api.addEventListener("execution_interrupted", (event) => onEnded("stopped", event));
         api.addEventListener("execution_success", (event) => onEnded("done", event));
         api.addEventListener("graphChanged", refreshAll);
+        loadModelCards(api);
         setInterval(refreshAll, POLL_MS);
     },
     nodeCreated(node) {

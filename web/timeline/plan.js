@@ -2,14 +2,16 @@
 // Prompt nodes behind its `scenes` input (through their `previous` links), or a Scene Script read leniently
 // (the server's parser is the strict one). Pure functions of the graph: no frontend imports, no drawing.
 //
-// Block counts follow pipeline/scene_script.py (scene_block_counts): a block is 3 latent frames, a latent frame
-// 4 video frames, so at 16 fps a block is 0.75 s; every shot but the last gets whole blocks (at least one), the
-// last takes the rest of the video.
+// Block counts follow pipeline/scene_script.py (scene_block_counts): a block is 3 latent frames (or the model
+// card's block size: Load Causal DiT's model_card, read from GET /echo_forcing/model_cards), a latent frame
+// 4 video frames, so at 16 fps a 3-frame block is 0.75 s; every shot but the last gets whole blocks (at least
+// one), the last takes the rest of the video.
 
 export const SAMPLER = "EchoForcingSampler";
 export const SCENE_PROMPT = "EchoForcingScenePrompt";
 export const SCENE_SCRIPT = "EchoForcingSceneScript";
 export const LOAD_STORY = "EchoForcingLoadStory";
+export const LOAD_CAUSAL_DIT = "EchoForcingLoadCausalDiT";
 
 export const FRAMES_PER_BLOCK = 3;
 export const TIME_STRIDE = 4;
@@ -42,20 +44,51 @@ export function shots(count) {
 // ------------------------------------------------------------------------------------------ block plan
 
 /** Blocks per scene as in pipeline/scene_script.py: nominal for all but the last; the last takes the rest. */
-export function sceneBlockCounts(seconds, fps = DEFAULT_FPS) {
+export function sceneBlockCounts(seconds, fps = DEFAULT_FPS, framesPerBlock = FRAMES_PER_BLOCK) {
     if (!seconds.length || !(fps > 0)) return null;
-    const perBlock = TIME_STRIDE * FRAMES_PER_BLOCK;
+    const perBlock = TIME_STRIDE * framesPerBlock;
     const total = seconds.reduce((sum, s) => sum + s, 0);
     const base = Math.floor(Math.trunc(total * fps) / TIME_STRIDE);
-    const frames = Math.max(Math.ceil(base / FRAMES_PER_BLOCK) * FRAMES_PER_BLOCK, FRAMES_PER_BLOCK);
+    const frames = Math.max(Math.ceil(base / framesPerBlock) * framesPerBlock, framesPerBlock);
     const counts = seconds.slice(0, -1).map((s) => Math.max(1, Math.trunc((s * fps) / perBlock)));
-    const rest = frames / FRAMES_PER_BLOCK - counts.reduce((sum, c) => sum + c, 0);
+    const rest = frames / framesPerBlock - counts.reduce((sum, c) => sum + c, 0);
     return rest >= 1 ? [...counts, rest] : null;
 }
 
+// ------------------------------------------------------------------------------------------- model cards
+
+let modelCards = null;
+
+/** The model cards' table (GET /echo_forcing/model_cards: {cards: {name: {frames_per_block}}, files}). */
+export function setModelCards(table) {
+    modelCards = table && typeof table === "object" ? table : null;
+}
+
+/**
+ * Frames per block of the sampler's model: the card chosen on the Load Causal DiT behind its `model` input
+ * (through LoRA and other MODEL-to-MODEL nodes); with `auto`, the card of the file's registry name. Any other
+ * loader, an unknown file or no table yet: 3 (the default card of every known architecture).
+ */
+export function framesPerBlock(sampler) {
+    let node = upstream(sampler, "model");
+    for (let hops = 0; node && hops < 64; hops++) {
+        if (node.type === LOAD_CAUSAL_DIT) {
+            let card = String(widgetValue(node, "model_card") ?? "auto");
+            if (card === "auto") {
+                const file = String(widgetValue(node, "ckpt_name") ?? "").split(/[\\/]/).pop();
+                card = modelCards?.files?.[file];
+            }
+            const size = Number(modelCards?.cards?.[card]?.frames_per_block);
+            return Number.isInteger(size) && size > 0 ? size : FRAMES_PER_BLOCK;
+        }
+        node = upstream(node, "model");
+    }
+    return FRAMES_PER_BLOCK;
+}
+
 /** Scenes ({label, seconds, transition, recall_target, node}) -> a plan with blocks and first blocks. */
-export function planFromScenes(scenes, fps, source) {
-    const counts = sceneBlockCounts(scenes.map((s) => s.seconds), fps);
+export function planFromScenes(scenes, fps, source, framesPerBlock = FRAMES_PER_BLOCK) {
+    const counts = sceneBlockCounts(scenes.map((s) => s.seconds), fps, framesPerBlock);
     let first = 0;
     const planned = scenes.map((scene, index) => {
         const blocks = counts ? counts[index] : null;
@@ -64,7 +97,7 @@ export function planFromScenes(scenes, fps, source) {
         first += blocks ?? 0;
         return entry;
     });
-    const state = { source, scenes: planned, total_blocks: counts ? first : null };
+    const state = { source, scenes: planned, total_blocks: counts ? first : null, frames_per_block: framesPerBlock };
     if (!counts) state.warning = "too short: the last shot gets no block";
     return state;
 }
@@ -152,6 +185,7 @@ export function scenePromptChain(head) {
 export function plannedTimeline(sampler) {
     try {
         const fps = Number(widgetValue(sampler, "fps") ?? DEFAULT_FPS);
+        const block = framesPerBlock(sampler);
         const head = upstream(sampler, "scenes");
         if (!head) return { source: "none", scenes: [], message: "connect a Scene Prompt or Scene Script to scenes" };
         if (head.type === SCENE_SCRIPT) {
@@ -164,7 +198,7 @@ export function plannedTimeline(sampler) {
                 return { source: "script", source_node: head.id, scenes: [],
                          message: `script: ${shots(parsed.count)}? (${parsed.error})` };
             }
-            return { ...planFromScenes(parsed.scenes, fps, "script"), source_node: head.id };
+            return { ...planFromScenes(parsed.scenes, fps, "script", block), source_node: head.id };
         }
         if (head.type === SCENE_PROMPT) {
             const chain = scenePromptChain(head);
@@ -178,7 +212,7 @@ export function plannedTimeline(sampler) {
             if (scenes.some((s) => !(s.seconds > 0))) {
                 return { source: "prompts", scenes: [], message: `${shots(scenes.length)}? (a duration is not set)` };
             }
-            const plan = planFromScenes(scenes, fps, "prompts");
+            const plan = planFromScenes(scenes, fps, "prompts", block);
             const before = upstream(chain[0], "previous");
             if (before?.type === LOAD_STORY) plan.after = String(widgetValue(before, "story") ?? "a story");
             return plan;
@@ -192,7 +226,8 @@ export function plannedTimeline(sampler) {
 
 /** What the plan depends on; the timeline redraws when it changes. */
 export function planSignature(state, sampler) {
-    return JSON.stringify([widgetValue(sampler, "fps"), state.message ?? null, state.after ?? null,
+    return JSON.stringify([widgetValue(sampler, "fps"), state.frames_per_block ?? null, state.message ?? null,
+        state.after ?? null,
         state.scenes.map((s) => [s.label, s.seconds, s.transition, s.recall_target, s.node ?? null])]);
 }
 
