@@ -4,7 +4,7 @@ Nothing here knows about cache policies; each layer talks to its memory through 
 """
 
 from .block_forward import CausalWan, TextContext
-from .checkpoints import CheckpointError, load_wan_checkpoint, load_wan_model
+from .checkpoints import CheckpointError, load_wan_checkpoint, load_wan_experts, load_wan_model
 from .config import WAN21_T2V_1_3B, WAN21_T2V_14B, WanConfig, WanConfigError
 from .schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule, evenly_spaced_steps
 from .seam import AttentionWindow, BlockCall, LayerMemory
@@ -27,6 +27,7 @@ __all__ = [
     "WanDiT",
     "evenly_spaced_steps",
     "load_wan_checkpoint",
+    "load_wan_experts",
     "load_wan_model",
     "random_wan_state_dict",
 ]

@@ -42,14 +42,17 @@ def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TextContext:
-    """Cross-attention keys and values of one prompt, per layer ``[B, 512, heads, head_dim]``."""
+    """Cross-attention keys and values of one prompt, per layer ``[B, 512, heads, head_dim]``; with an SGF+
+    memory expert also its own (``memory``, from its text embedding and cross-attention weights)."""
 
     k: tuple[torch.Tensor, ...]
     v: tuple[torch.Tensor, ...]
+    memory: TextContext | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+        own = sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+        return own + (self.memory.nbytes if self.memory is not None else 0)
 
 
 def module_config(dit: nn.Module) -> WanConfig:
@@ -120,14 +123,20 @@ def compile_layer_functions(*functions: Callable) -> tuple[Callable, ...]:
 
 
 class CausalWan:
-    """Runs block forwards of a Wan module tree with a per-layer memory (cache policy) behind each layer."""
+    """Runs block forwards of a Wan module tree with a per-layer memory (cache policy) behind each layer.
+
+    ``memory_expert``: SGF+'s second module tree of the same shape (``models.memory_expert``); the clean context
+    passes run it, the denoising calls run ``dit``."""
 
     def __init__(self, dit: nn.Module, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  config: WanConfig | None = None,
                  attention_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = attention,
-                 compile: bool = False):
+                 compile: bool = False, memory_expert: nn.Module | None = None):
         self.dit = dit
         self.config = config or module_config(dit)
+        self.memory_expert = memory_expert
+        if memory_expert is not None and module_config(memory_expert) != self.config:
+            raise ValueError("the memory expert's shape differs from the model's; it must mirror its weights")
         weight = _first_weight(dit)
         if dtype is None:
             dtype = weight.dtype if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
@@ -148,7 +157,14 @@ class CausalWan:
 
     @torch.no_grad()
     def encode_text(self, context: torch.Tensor) -> TextContext:
-        """Project prompt embeddings ``[B, L <= 512, text_dim]`` (zero-padded to 512) into per-layer K/V."""
+        """Project prompt embeddings ``[B, L <= 512, text_dim]`` (zero-padded to 512) into per-layer K/V (and the
+        memory expert's own, when there is one)."""
+        text = self._encode_text(self.dit, context)
+        if self.memory_expert is None:
+            return text
+        return TextContext(text.k, text.v, self._encode_text(self.memory_expert, context))
+
+    def _encode_text(self, dit: nn.Module, context: torch.Tensor) -> TextContext:
         cfg = self.config
         if context.dim() != 3 or context.shape[-1] != cfg.text_dim:
             raise ValueError(f"text embeddings must be [batch, tokens, {cfg.text_dim}], got {list(context.shape)}")
@@ -157,10 +173,10 @@ class CausalWan:
         b = context.shape[0]
         padded = context.new_zeros(b, cfg.text_len, cfg.text_dim)
         padded[:, : context.shape[1]] = context
-        ctx = self.dit.text_embedding(padded.to(device=self.device, dtype=self.dtype))
+        ctx = dit.text_embedding(padded.to(device=self.device, dtype=self.dtype))
         n, d = cfg.num_heads, cfg.head_dim
         ks, vs = [], []
-        for block in self.dit.blocks:
+        for block in dit.blocks:
             ca = block.cross_attn
             ks.append(ca.norm_k(ca.k(ctx)).view(b, -1, n, d))
             vs.append(ca.v(ctx).view(b, -1, n, d))
@@ -169,8 +185,13 @@ class CausalWan:
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, text: TextContext,
                  memories: Sequence[LayerMemory], call: BlockCall) -> torch.Tensor:
-        """Flow prediction ``[B, F, C, H, W]`` for normalised latents ``[B, F, C, H, W]`` at ``timesteps [B, F]``."""
+        """Flow prediction ``[B, F, C, H, W]`` for normalised latents ``[B, F, C, H, W]`` at ``timesteps [B, F]``
+        (a context pass with a memory expert runs the expert, with its text keys and values)."""
         cfg, dit = self.config, self.dit
+        if call.context_pass and self.memory_expert is not None:
+            if text.memory is None:
+                raise ValueError("the text was encoded without the memory expert's keys and values")
+            dit, text = self.memory_expert, text.memory
         if len(memories) != cfg.num_layers:
             raise ValueError(f"{len(memories)} layer memories for a {cfg.num_layers}-layer model")
         b, f = latents.shape[:2]

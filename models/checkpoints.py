@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 
 from ..safe_files import available_memory
 from .config import WanConfig
+from .memory_expert import MemoryExpertError, split_memory_expert
 from .wan import WanDiT
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -78,6 +79,8 @@ class LoadedCheckpoint:
     config: WanConfig
     source: str
     notes: list[str] = field(default_factory=list)
+    memory_expert: dict[str, torch.Tensor] | None = None
+    """SGF+'s memory expert under plain Wan names (``models.memory_expert``), None for a one-expert student."""
 
 
 def read_tensors(path) -> dict:
@@ -417,23 +420,51 @@ def load_wan_checkpoint(path, *, lora=None, lora_alpha: float | None = None, wei
     conv = convert_to_wan(raw, weights=weights, dtype=dtype, prefer_generator=lora is not None)
     had_ema = isinstance(raw, Mapping) and "generator_ema" in raw
     del raw  # drop the entries that were not selected (critic, optimizer state) before the LoRA merge
-    sd, notes = conv.state_dict, conv.notes
+    notes = conv.notes
+    try:
+        sd, expert = split_memory_expert(conv.state_dict)
+    except MemoryExpertError as err:
+        raise CheckpointError(str(err)) from None
     cfg = validate_wan_state_dict(sd)
     check_finite(sd, f"the checkpoint {os.path.basename(os.fspath(path))}")
+    if expert is not None:
+        if validate_wan_state_dict(expert) != cfg:
+            raise CheckpointError("the SGF+ memory expert has another shape than the weights it mirrors")
+        check_finite(expert, f"the memory expert of {os.path.basename(os.fspath(path))}")
+        expert = {k: v.to(dtype) if v.is_floating_point() else v for k, v in expert.items()}
+        notes.append("SGF+ memory expert: the clean context passes run these weights, the denoising calls the "
+                     "others")
     if lora is not None:
         if weights == "auto" and had_ema and conv.source.endswith("(generator)"):
             notes.append("LoRA given: used 'generator' rather than 'generator_ema' (LongLive's LoRA was "
                          "trained on top of 'generator')")
         sd = merge_lora(sd, read_tensors(lora), alpha=lora_alpha)
-        notes.append(f"merged LoRA {os.path.basename(os.fspath(lora))}")
+        notes.append(f"merged LoRA {os.path.basename(os.fspath(lora))}"
+                     + (" into the generation expert" if expert is not None else ""))
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     if lora is not None or dtype.itemsize < 4:
         check_finite(sd, f"the weights in {str(dtype).replace('torch.', '')} (after the LoRA merge and the cast)")
-    return LoadedCheckpoint(state_dict=sd, config=cfg, source=conv.source, notes=notes)
+    return LoadedCheckpoint(state_dict=sd, config=cfg, source=conv.source, notes=notes, memory_expert=expert)
 
 
 def load_wan_model(path, *, lora=None, lora_alpha: float | None = None, weights: str = "auto",
                    dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> WanDiT:
-    """``load_wan_checkpoint`` then a plain-torch ``WanDiT`` holding exactly those weights."""
+    """``load_wan_checkpoint`` then a plain-torch ``WanDiT`` holding exactly those weights (a file with an SGF+
+    memory expert is refused: it needs both, :func:`load_wan_experts`)."""
+    dit, expert = load_wan_experts(path, lora=lora, lora_alpha=lora_alpha, weights=weights, dtype=dtype,
+                                   device=device)
+    if expert is not None:
+        raise CheckpointError(f"{os.path.basename(os.fspath(path))} holds an SGF+ memory expert besides the "
+                              "weights; load both (load_wan_experts) and give the expert to CausalWan")
+    return dit
+
+
+def load_wan_experts(path, *, lora=None, lora_alpha: float | None = None, weights: str = "auto",
+                     dtype: torch.dtype = torch.bfloat16,
+                     device: torch.device | str = "cpu") -> tuple[WanDiT, WanDiT | None]:
+    """The DiT and, for an SGF+ file, its memory expert (``CausalWan(dit, memory_expert=...)``), else None."""
     ckpt = load_wan_checkpoint(path, lora=lora, lora_alpha=lora_alpha, weights=weights, dtype=dtype)
-    return WanDiT.from_state_dict(ckpt.state_dict, dtype=dtype, device=device)
+    dit = WanDiT.from_state_dict(ckpt.state_dict, dtype=dtype, device=device)
+    expert = None if ckpt.memory_expert is None else WanDiT.from_state_dict(ckpt.memory_expert, dtype=dtype,
+                                                                             device=device)
+    return dit, expert
