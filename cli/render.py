@@ -116,11 +116,12 @@ def _card(args, model: CausalWan, log) -> model_cards.ModelCard | None:
         card = model_cards.by_name(args.card)
         card.check_latents(cfg.in_dim)
         if args.checkpoint is not None:
-            card.check_weights(cfg.dim, cfg.num_layers, cfg.in_dim)
+            card.check_weights(cfg.dim, cfg.num_layers, cfg.in_dim, model.memory_expert is not None)
         return card
     if args.checkpoint is None:
         return None
-    card, how = model_cards.card_for_file(args.checkpoint, cfg.dim, cfg.num_layers, cfg.in_dim)
+    card, how = model_cards.card_for_file(args.checkpoint, cfg.dim, cfg.num_layers, cfg.in_dim,
+                                          model.memory_expert is not None)
     log(f"model card {card.name}: {how}" if card is not None else f"model card: {how}")
     return card
 

@@ -122,6 +122,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "EMA sink 3 (frames 0..2, blended with every frame that leaves) + rolling 6 (previous block + block), "
            "slot positions",
            _plain(RewardForcingCacheConfig)),
+    Preset("sgf", "SGF / SGF+ chunk-wise (S3 + R9, slot positions)",
+           "sink 3 (frames 0..2) + rolling 9 (6 previous + block), positions 0..11 in slot order, no re-cache: the "
+           "released long-video cache of Self Gradient Forcing and SGF+ (SGF+'s memory expert comes with the model)",
+           _plain(LongLiveCacheConfig, local_attn_size=12, sink_size=3, recache_frames=0, rope="unified",
+                  rope_frames=12)),
+    Preset("sgf-framewise", "SGF / SGF+ frame-wise (S4 + R17, slot positions)",
+           "sink 4 (frames 0..3) + rolling 17 (16 previous + the frame), positions 0..20 in slot order; for "
+           "1-frame blocks",
+           _plain(LongLiveCacheConfig, local_attn_size=21, sink_size=4, recache_frames=0, rope="unified",
+                  rope_frames=21)),
     Preset("tethercache", "TetherCache (S3 + M14 + R4)",
            "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "
            "(0.35 blend towards the sink and memory statistics) + recent 4 (1 previous + block), slot positions",

@@ -60,6 +60,8 @@ class ModelCard:
     files: tuple[str, ...] = ()
     """Registry names of the files that hold it."""
     notes: str = ""
+    memory_expert: bool = False
+    """The student keeps a second set of weights that writes the cache (SGF+, ``models.memory_expert``)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -100,8 +102,16 @@ class ModelCard:
             raise ModelCardError(f"the model card {self.name!r} is for {self.latent_channels}-channel latents but the "
                                  f"model reads {in_dim}; choose the card of this model")
 
-    def check_weights(self, dim: int, num_layers: int, in_dim: int) -> None:
-        """Refuse weights of another architecture than the card's (width, layers, latent channels)."""
+    def check_weights(self, dim: int, num_layers: int, in_dim: int, memory_expert: bool = False) -> None:
+        """Refuse weights of another architecture than the card's (width, layers, latent channels), or with a
+        memory expert where the card has none (and the reverse)."""
+        if memory_expert != self.memory_expert:
+            raise ModelCardError(
+                f"the model card {self.name!r} is for a student with an SGF+ memory expert, but the file holds none; "
+                "choose the card of this model (sgf-chunkwise or sgf-framewise for Self Gradient Forcing)"
+                if self.memory_expert else
+                f"the file holds an SGF+ memory expert (memory_* tensors), which the model card {self.name!r} does not "
+                "describe; choose an sgf-plus card")
         want = ARCHITECTURES[self.architecture]
         if (dim, num_layers, in_dim) != want:
             raise ModelCardError(
@@ -137,6 +147,20 @@ CARDS: tuple[ModelCard, ...] = (
               WAN21_T2V_1_3B, 1, (1,), steps=(1000, 500), first_block_steps=SF_STEPS, presets=("self-forcing",),
               licence="Apache-2.0", files=("causal-forcing-pp-2step",),
               notes="the first denoised frame takes 4 steps, every later one 2"),
+    ModelCard("sgf-chunkwise", "sgf", "Self Gradient Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
+              presets=("sgf", "echo-forcing"), licence="Apache-2.0",
+              notes="released with a 12-frame long-video cache (sink 3, slot positions): the sgf preset; its hub "
+                    "files (JunhaoZhuang/Self_Gradient_Forcing) have no public pin yet"),
+    ModelCard("sgf-framewise", "sgf", "Self Gradient Forcing (frame-wise)", WAN21_T2V_1_3B, 1, (1,),
+              presets=("sgf-framewise",), licence="Apache-2.0",
+              notes="one latent frame per block, a 21-frame long-video cache with a 4-frame sink"),
+    ModelCard("sgf-plus-chunkwise", "sgf-plus", "SGF+ (chunk-wise, memory expert)", WAN21_T2V_1_3B, 3, (3,),
+              presets=("sgf", "echo-forcing"), licence="Apache-2.0", memory_expert=True,
+              notes="a second copy of the weights (the memory expert) writes the cache; the file holds both. Its "
+                    "hub files (ZihanSu/Self_Gradient_Forcing_Plus) have no public pin yet"),
+    ModelCard("sgf-plus-framewise", "sgf-plus", "SGF+ (frame-wise, memory expert)", WAN21_T2V_1_3B, 1, (1,),
+              presets=("sgf-framewise",), licence="Apache-2.0", memory_expert=True,
+              notes="one latent frame per block; a second copy of the weights (the memory expert) writes the cache"),
     ModelCard("causal-forcing++-1step", "causal-forcing++", "Causal Forcing++ (frame-wise, 1 step)",
               WAN21_T2V_1_3B, 1, (1,), steps=(1000,), first_block_steps=SF_STEPS, presets=("self-forcing",),
               licence="Apache-2.0", files=("causal-forcing-pp-1step",),
@@ -145,6 +169,8 @@ CARDS: tuple[ModelCard, ...] = (
 
 DEFAULT_CARD = {WAN21_T2V_1_3B: "self-forcing", WAN21_T2V_14B: "self-forcing"}
 """The card an unrecognised file of an architecture gets (its settings are the Self-Forcing family's)."""
+DEFAULT_EXPERT_CARD = "sgf-plus-chunkwise"
+"""The card of an unrecognised file with an SGF+ memory expert (its keys say SGF+, not which block size)."""
 
 
 def names() -> list[str]:
@@ -163,12 +189,13 @@ def architecture_of(dim: int, num_layers: int, in_dim: int) -> str | None:
     return next((a for a, shape in ARCHITECTURES.items() if shape == (dim, num_layers, in_dim)), None)
 
 
-def card_for_file(path: str | os.PathLike, dim: int, num_layers: int,
-                  in_dim: int) -> tuple[ModelCard | None, str]:
+def card_for_file(path: str | os.PathLike, dim: int, num_layers: int, in_dim: int,
+                  memory_expert: bool = False) -> tuple[ModelCard | None, str]:
     """The card of the checkpoint at ``path`` with these weights, and how it was found (for the report).
 
     By the registry's file name (what ``models download`` writes), else by the file's size when exactly one
-    registry file has it, else :func:`default_card`; the card is checked against the weights.
+    registry file has it, else :func:`default_card`; the card is checked against the weights. ``memory_expert``:
+    the file holds SGF+'s memory expert (its keys say so).
     """
     name = os.path.basename(os.fspath(path))
     entry = next((m for m in registry.KNOWN_MODELS if m.file == name and m.kind == "dit"), None)
@@ -180,16 +207,22 @@ def card_for_file(path: str | os.PathLike, dim: int, num_layers: int,
         how = f"recognised by its size ({size:,} bytes)"
     card = next((c for c in CARDS if entry is not None and entry.name in c.files), None)
     if card is None:
-        return default_card(dim, num_layers, in_dim, name)
-    card.check_weights(dim, num_layers, in_dim)
+        return default_card(dim, num_layers, in_dim, name, memory_expert)
+    card.check_weights(dim, num_layers, in_dim, memory_expert)
     return card, how
 
 
-def default_card(dim: int, num_layers: int, in_dim: int, what: str = "the model") -> tuple[ModelCard | None, str]:
+def default_card(dim: int, num_layers: int, in_dim: int, what: str = "the model",
+                 memory_expert: bool = False) -> tuple[ModelCard | None, str]:
     """The card of a DiT no file name or size identifies: its architecture's default card, or None for a Wan2.1
     text-to-video DiT of a size no card describes (a custom or test model; it gets Self-Forcing's 3-frame, 4-step
     settings). Another latent layout is refused: nothing says how it must be sampled."""
     architecture = architecture_of(dim, num_layers, in_dim)
+    if memory_expert:
+        card = by_name(DEFAULT_EXPERT_CARD)
+        card.check_weights(dim, num_layers, in_dim, memory_expert)
+        return card, (f"{what} holds an SGF+ memory expert: it gets the {card.title} settings (its keys do not say "
+                      "the block size; choose sgf-plus-framewise for the frame-wise release)")
     if architecture is not None:
         card = by_name(DEFAULT_CARD[architecture])
         return card, (f"{what} is not a known release: it gets the {card.title} settings of its architecture "

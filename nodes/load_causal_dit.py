@@ -130,7 +130,7 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
         if ckpt.config.text_dim != COMFY_TEXT_DIM:
             raise CheckpointError(f"{ckpt_name} takes {ckpt.config.text_dim}-wide text, but ComfyUI's Wan model "
                                   f"is built for umT5-XXL ({COMFY_TEXT_DIM}); this is not a Wan2.1 T2V model")
-        card = card_of(ckpt_name, model_card, ckpt.config)
+        card = card_of(ckpt_name, model_card, ckpt.config, ckpt.memory_expert is not None)
         patcher = comfy.sd.load_diffusion_model_state_dict(ckpt.state_dict, model_options=dict(
             WEIGHT_DTYPES[weight_dtype]))
         if patcher is None:
@@ -145,9 +145,9 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
         return io.NodeOutput(patcher)
 
 
-def card_of(ckpt_name: str, model_card: str, config) -> tuple[str | None, str]:
+def card_of(ckpt_name: str, model_card: str, config, memory_expert: bool = False) -> tuple[str | None, str]:
     """The card the MODEL carries: the one chosen (checked against the weights) or, with auto, the file's."""
-    shape = (config.dim, config.num_layers, config.in_dim)
+    shape = (config.dim, config.num_layers, config.in_dim, memory_expert)
     if model_card == AUTO_CARD:
         card, how = model_cards.card_for_file(host.dit_path(ckpt_name), *shape)
         return (None if card is None else card.name), how

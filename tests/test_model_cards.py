@@ -113,3 +113,18 @@ def test_the_render_command_takes_a_card(tmp_path, capsys):
     assert main(["render", "a fox in the snow [0.5s]", "--out", str(tmp_path / "b"), "--width", "64", "--height",
                  "48", "--card", "causal-forcing-framewise"]) == 2
     assert "Echo-Forcing's memory works on 3-frame blocks" in capsys.readouterr().err
+
+
+def test_a_memory_expert_in_the_keys_picks_an_sgf_plus_card_and_a_mismatch_is_refused(tmp_path):
+    """SGF+ is the one student its keys tell apart (the memory_* twins): auto gives it the chunk-wise SGF+ card, a
+    card for a one-expert student is refused for it, and an SGF+ card for a file without the expert."""
+    named = tmp_path / "model.pt"
+    named.write_bytes(b"x")
+    card, how = card_for_file(named, *SMALL, memory_expert=True)
+    assert card.name == "sgf-plus-chunkwise" and card.memory_expert and "holds an SGF+ memory expert" in how
+    assert card.presets[0] == "sgf" and by_name("sgf-plus-framewise").presets == ("sgf-framewise",)
+    with pytest.raises(ModelCardError, match=r"holds an SGF\+ memory expert .* which the model card 'self-forcing'"):
+        by_name("self-forcing").check_weights(*SMALL, memory_expert=True)
+    with pytest.raises(ModelCardError, match="is for a student with an SGF\\+ memory expert, but the file holds none"):
+        by_name("sgf-plus-framewise").check_weights(*SMALL)
+    by_name("sgf-chunkwise").check_weights(*SMALL)  # Self Gradient Forcing v1: plain weights, the same cache
