@@ -44,6 +44,7 @@ from .infinity_rope import InfinityRopeCacheConfig
 from .kv_storage import AUTO, COMPUTE, FP8_E4M3, KV_STORAGES, KVStorageError, check_kv_storage
 from .longlive import LongLiveCacheConfig
 from .reward_forcing import RewardForcingCacheConfig
+from .rolling_forcing import RollingForcingCacheConfig
 from .rolling_sink import RollingSinkCacheConfig
 from .self_forcing import SelfForcingCacheConfig
 from .tethercache import TetherCacheConfig
@@ -132,6 +133,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "1-frame blocks",
            _plain(LongLiveCacheConfig, local_attn_size=21, sink_size=4, recache_frames=0, rope="unified",
                   rope_frames=21)),
+    Preset("rolling-forcing", "Rolling Forcing (S3 + R21, joint windows)",
+           "a window of as many blocks as steps (5) denoised in one call at staggered noise levels; cache: sink "
+           "block 0 + the latest clean blocks (24 frames), absolute positions; official noise order only",
+           _plain(RollingForcingCacheConfig)),
     Preset("tethercache", "TetherCache (S3 + M14 + R4)",
            "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "
            "(0.35 blend towards the sink and memory statistics) + recent 4 (1 previous + block), slot positions",

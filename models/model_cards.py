@@ -147,6 +147,12 @@ CARDS: tuple[ModelCard, ...] = (
               WAN21_T2V_1_3B, 1, (1,), steps=(1000, 500), first_block_steps=SF_STEPS, presets=("self-forcing",),
               licence="Apache-2.0", files=("causal-forcing-pp-2step",),
               notes="the first denoised frame takes 4 steps, every later one 2"),
+    ModelCard("rolling-forcing", "rolling-forcing", "Rolling Forcing", WAN21_T2V_1_3B, 3, (3,),
+              steps=(1000, 800, 600, 400, 200), presets=("rolling-forcing",),
+              licence="Tencent academic use only (GitHub LICENSE; the hub card says MIT)",
+              notes="denoises a window of 5 blocks at once at staggered noise levels (the rolling-forcing preset), "
+                    "official noise order only; its hub file (TencentARC/RollingForcing, "
+                    "checkpoints/rolling_forcing_dmd.pt) has no public pin yet"),
     ModelCard("sgf-chunkwise", "sgf", "Self Gradient Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
               presets=("sgf", "echo-forcing"), licence="Apache-2.0",
               notes="released with a 12-frame long-video cache (sink 3, slot positions): the sgf preset; its hub "

@@ -359,9 +359,16 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     shape = settings.noise_shape(model.config.in_dim)
     if resume_from is not None:
         _check_resume(resume_from, scenes, settings, shape)
+    loop = _BlockLoop
+    if getattr(cache, "rolling_window", False):  # Rolling Forcing: joint windows of blocks (pipeline/rolling_windows)
+        from .rolling_windows import RollingWindowLoop, check_rolling_request
+
+        check_rolling_request(scenes, settings.noise, settings.first_block_steps, resume_from is not None)
+        cache.check_window(len(settings.steps))
+        loop = RollingWindowLoop
     state = cache.create(model.config.num_layers, [s.info() for s in scenes])
     hooks = _Hooks(on_block, interrupt, on_boundary, stop_after, keep_end)
-    run = _BlockLoop(model, settings, scenes, state, grid, shape, hooks)
+    run = loop(model, settings, scenes, state, grid, shape, hooks)
     if resume_from is not None:
         run.resume(resume_from)
     run.generate()

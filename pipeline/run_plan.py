@@ -242,6 +242,8 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     _check_pool(pool, choice, model, dtype, grid, notes)
     start_pool = pool if choice.is_echo else None
     policy = _checked_policy(choice, encode_text, start_pool, settings, shots, blocks)
+    if getattr(policy, "rolling_window", False):
+        settings = _rolling_window_settings(policy, settings, shots, stop_after_shot, notes)
     if any(s.text.shape[1] > model.text_len for s in shots.shots):
         notes.append(f"prompts longer than {model.text_len} tokens were cut to {model.text_len} (as Wan2.1 does)")
     seeds = shot_seeds(seed, [s.seed for s in shots.shots])
@@ -267,6 +269,29 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
         notes.append(memory.note())
     return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
                    stop_after_shot, tuple(notes), model.text_len, routes, story, memory)
+
+
+def _rolling_window_settings(policy, settings: RolloutSettings, shots: SceneList, stop_after_shot: int,
+                             notes: list[str]) -> RolloutSettings:
+    """A joint-window rollout (Rolling Forcing) denoises blocks of several shots in one call: it takes the official
+    noise order (noted when per-shot was asked), and refuses a stop after a shot, a story to continue, start
+    latents and a separate first-block step list, before the model loads."""
+    what = "Rolling Forcing denoises up to 5 blocks in one call across shot boundaries"
+    if stop_after_shot:
+        raise RolloutInputError(f"{what}, so it cannot stop after a shot; set stop_after_shot to 0")
+    if shots.story is not None:
+        raise RolloutInputError(f"{what}; a story cannot be continued with it (its last blocks were finished by "
+                                "windows that no longer exist); use another preset")
+    if any(s.start is not None for s in shots.shots):
+        raise RolloutInputError(f"{what}; it cannot start a shot from given frames: remove the start latents")
+    if settings.first_block_steps is not None:
+        raise RolloutInputError(f"{what}, every block with the same steps; the model card's first-block steps do "
+                                "not apply")
+    policy.check_window(len(settings.steps))
+    if settings.noise == PER_SHOT:
+        notes.append(f"noise: official order ({what}, so a shot's noise cannot be kept apart from the next's)")
+        settings = replace(settings, noise=OFFICIAL)
+    return settings
 
 
 def _with_kv(policy, kv_storage: str):
