@@ -43,6 +43,7 @@ from .echo_memory import EchoMemory
 from .infinity_rope import InfinityRopeCacheConfig
 from .kv_storage import AUTO, COMPUTE, FP8_E4M3, KV_STORAGES, KVStorageError, check_kv_storage
 from .longlive import LongLiveCacheConfig
+from .longlive2 import LongLive2CacheConfig
 from .reward_forcing import RewardForcingCacheConfig
 from .rolling_forcing import RollingForcingCacheConfig
 from .rolling_sink import RollingSinkCacheConfig
@@ -137,6 +138,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "a window of as many blocks as steps (5) denoised in one call at staggered noise levels; cache: sink "
            "block 0 + the latest clean blocks (24 frames), absolute positions; official noise order only",
            _plain(RollingForcingCacheConfig)),
+    Preset("longlive2", "LongLive 2.0 (S8 + R24, multi-shot)",
+           "sink 8 (block 0) + rolling 24 of 8-frame blocks, absolute positions + 8 per new shot (a hard cut or "
+           "recall), the first block of the latest shot pinned as a second sink",
+           _plain(LongLive2CacheConfig)),
     Preset("tethercache", "TetherCache (S3 + M14 + R4)",
            "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "
            "(0.35 blend towards the sink and memory statistics) + recent 4 (1 previous + block), slot positions",

@@ -149,7 +149,8 @@ class WanConfig:
         """Short human-readable description, e.g. ``Wan2.1 DiT 1.3B (30 layers, 12x128 heads)``."""
         billions = self.parameter_count() / 1e9
         size = f"{billions:.1f}B" if billions >= 0.1 else f"{self.parameter_count() / 1e6:.1f}M"
-        return f"Wan2.1 DiT {size} ({self.num_layers} layers, {self.num_heads}x{self.head_dim} heads)"
+        family = "Wan2.2" if self.in_dim == 48 else "Wan2.1"  # the Wan2.2 VAE's 48 latent channels (TI2V-5B)
+        return f"{family} DiT {size} ({self.num_layers} layers, {self.num_heads}x{self.head_dim} heads)"
 
 
 WAN21_T2V_1_3B = WanConfig()

@@ -26,8 +26,9 @@ from . import registry
 
 WAN21_T2V_1_3B = "wan2.1-t2v-1.3b"
 WAN21_T2V_14B = "wan2.1-t2v-14b"
+WAN22_TI2V_5B = "wan2.2-ti2v-5b"
 WAN21_LATENT_CHANNELS = 16
-ARCHITECTURES = {WAN21_T2V_1_3B: (1536, 30, 16), WAN21_T2V_14B: (5120, 40, 16)}
+ARCHITECTURES = {WAN21_T2V_1_3B: (1536, 30, 16), WAN21_T2V_14B: (5120, 40, 16), WAN22_TI2V_5B: (3072, 30, 48)}
 """Architecture -> (width, layers, latent channels) of the DiT."""
 
 SF_STEPS = (1000, 750, 500, 250)
@@ -62,6 +63,9 @@ class ModelCard:
     notes: str = ""
     memory_expert: bool = False
     """The student keeps a second set of weights that writes the cache (SGF+, ``models.memory_expert``)."""
+    solver: str = "self-forcing"
+    """How a block is denoised: "self-forcing" (x0 then fresh noise) or "unipc" (LongLive 2.0, whose ``steps`` are
+    then the solver's timesteps at the card's shift)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -83,7 +87,8 @@ class ModelCard:
     def settings(self) -> dict:
         """The sampling settings of the card, as ``pipeline.RolloutSettings`` keywords."""
         return {"frames_per_block": self.frames_per_block, "steps": self.steps,
-                "first_block_steps": self.first_block_steps, "shift": self.shift, "warp": self.warp}
+                "first_block_steps": self.first_block_steps, "shift": self.shift, "warp": self.warp,
+                "solver": self.solver, "vae_stride": 16 if self.latent_channels == 48 else 8}
 
     def override(self, **changes) -> ModelCard:
         """This card with some fields replaced; a block size the student was not trained for is refused."""
@@ -153,6 +158,13 @@ CARDS: tuple[ModelCard, ...] = (
               notes="denoises a window of 5 blocks at once at staggered noise levels (the rolling-forcing preset), "
                     "official noise order only; its hub file (TencentARC/RollingForcing, "
                     "checkpoints/rolling_forcing_dmd.pt) has no public pin yet"),
+    ModelCard("longlive2-5b", "longlive2", "LongLive 2.0 5B (Wan2.2 TI2V-5B)", WAN22_TI2V_5B, 8, (8,),
+              steps=(999, 937, 833, 624), solver="unipc", trained_frames=32, presets=("longlive2",),
+              licence="Apache-2.0",
+              notes="48-channel Wan2.2 latents (VAE stride 16: sizes in multiples of 32 pixels, trained at 1280x704), "
+                    "8-frame blocks, 4 flow UniPC steps; a hard cut or recall starts a new shot (RoPE +8, pinned "
+                    "block). Its hub file (Efficient-Large-Model/LongLive-2.0-5B, model_bf16.pt) has no public pin "
+                    "yet; the NVFP4 releases are not supported"),
     ModelCard("sgf-chunkwise", "sgf", "Self Gradient Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
               presets=("sgf", "echo-forcing"), licence="Apache-2.0",
               notes="released with a 12-frame long-video cache (sink 3, slot positions): the sgf preset; its hub "
@@ -173,7 +185,7 @@ CARDS: tuple[ModelCard, ...] = (
               notes="the first denoised frame takes 4 steps, every later one 1"),
 )
 
-DEFAULT_CARD = {WAN21_T2V_1_3B: "self-forcing", WAN21_T2V_14B: "self-forcing"}
+DEFAULT_CARD = {WAN21_T2V_1_3B: "self-forcing", WAN21_T2V_14B: "self-forcing", WAN22_TI2V_5B: "longlive2-5b"}
 """The card an unrecognised file of an architecture gets (its settings are the Self-Forcing family's)."""
 DEFAULT_EXPERT_CARD = "sgf-plus-chunkwise"
 """The card of an unrecognised file with an SGF+ memory expert (its keys say SGF+, not which block size)."""

@@ -12,7 +12,6 @@ import weakref
 from pathlib import Path
 
 import comfy.model_management as mm
-import comfy.utils
 import folder_paths
 import torch
 
@@ -158,11 +157,12 @@ class BlockProgress:
     thumbnail of every shot as it ends (``echo_forcing.shot``) or is reused; ``pictures`` keeps them by shot
     index for the sampler's result."""
 
-    def __init__(self, node_id: str | None, blocks: list[int], frames_per_block: int = FRAMES_PER_BLOCK):
+    def __init__(self, node_id: str | None, blocks: list[int], frames_per_block: int = FRAMES_PER_BLOCK,
+                 channels: int = 16):
+        import comfy.latent_formats
         import latent_preview
-        from comfy.latent_formats import Wan21
 
-        fmt = Wan21()
+        fmt = comfy.latent_formats.Wan22() if channels == 48 else comfy.latent_formats.Wan21()
         self.node_id, self.total = node_id, sum(blocks)
         self.shot_ends = shot_end_frames(blocks, frames_per_block)
         self.last_blocks = {end // frames_per_block: shot for shot, end in enumerate(self.shot_ends)}

@@ -70,7 +70,8 @@ class LoadCausalDiT(CombosChecked, io.ComfyNode):
             display_name="Load Causal DiT",
             category=CATEGORY,
             description=(
-                "Loads a causal Wan2.1 text-to-video student (Self-Forcing, CausVid, LongLive, Causal-Forcing) from "
+                "Loads a causal Wan text-to-video student (Self-Forcing, CausVid, LongLive, Causal Forcing, Reward "
+                "Forcing, Rolling Forcing, SGF/SGF+ on Wan2.1; LongLive 2.0 on Wan2.2-TI2V-5B) from "
                 "models/diffusion_models or models/causal_dit. Research .pt files, LongLive's base + LoRA pair and "
                 "repackaged or fp8 safetensors are converted to ComfyUI's Wan model, so the MODEL it returns works "
                 "with core LoRA nodes and low-VRAM loading. Plain Wan2.1 files also load with core Load Diffusion "

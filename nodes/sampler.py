@@ -226,7 +226,7 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
             return CausalWan(tree, dtype=dtype, device=device, memory_expert=expert_tree)
 
         node_id = cls.hidden.unique_id if cls.hidden else None
-        progress = host.BlockProgress(node_id, list(plan.blocks), plan.settings.frames_per_block)
+        progress = host.BlockProgress(node_id, list(plan.blocks), plan.settings.frames_per_block, cfg.in_dim)
         progress.event("echo_forcing.plan", {"total_blocks": plan.settings.num_blocks,
                                              "frames_per_block": plan.settings.frames_per_block,
                                              "scenes": plan_entries(plan.shots, plan.blocks)})

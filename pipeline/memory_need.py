@@ -36,7 +36,6 @@ from ..memory.kv_storage import COMPUTE, KVFormat
 from ..models.config import WanConfig
 from ..models.rope import ROTATIONS_KEPT
 from ..safe_files import available_memory
-from .latents import LATENT_CHANNELS
 from .noise import OFFICIAL
 
 FLOAT32 = 4
@@ -122,6 +121,8 @@ def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, i
     footprint = memory_footprint(policy, model.num_layers, model.num_heads, model.head_dim, dtype, grid, shots)
     recache = getattr(getattr(policy, "config", policy), "recache_frames", 0) if shots > 1 else 0
     call_frames = max(frames_per_block, recache)  # LongLive re-encodes its latest frames in one call at a switch
+    if getattr(policy, "rolling_window", False):  # Rolling Forcing: a window of blocks per call, the sink aside
+        call_frames = max(call_frames, policy.attention_frames - policy.block_frames)
     block_tokens = call_frames * grid[0] * grid[1] * batch
     window = footprint.window_tokens
     device = {"cache": footprint.device_bytes,
@@ -129,7 +130,7 @@ def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, i
               "text": 2 * model.num_layers * model.text_len * model.dim * item * batch,
               "rope tables": ROTATIONS_KEPT * window * model.head_dim // 2 * 2 * FLOAT32,
               "weights": weights}
-    frame = batch * LATENT_CHANNELS * latent_size[0] * latent_size[1] * FLOAT32  # float32 on the CPU
+    frame = batch * model.in_dim * latent_size[0] * latent_size[1] * FLOAT32  # float32 on the CPU
     host = {"latents": 2 * frames * frame,
             "noise": (frames if noise == OFFICIAL else frames_per_block) * frame,
             "memory storage": footprint.storage_bytes,

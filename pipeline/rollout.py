@@ -24,14 +24,17 @@ from ..memory.policy import CachePolicy
 from ..memory.scene_pool import ScenePool
 from ..memory.state import BlockReport, MemoryState, SceneInfo
 from ..models.block_forward import CausalWan, TextContext
+from ..models.flow_unipc import solve_block, unipc_timesteps
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
-from .latents import LATENT_CHANNELS, VAE_STRIDE, video_frames
+from .latents import LATENT_CHANNELS, LATENT_FORMATS, VAE_STRIDE, latent_format, video_frames
 from .memory_need import check_memory, memory_need
 from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
 from .scene_script import Scene, Transition, scene_block_counts, validate_scenes
 from .shot_boundary import ShotBoundary
 
+SELF_FORCING_SOLVER, UNIPC_SOLVER = "self-forcing", "unipc"
+SOLVERS = (SELF_FORCING_SOLVER, UNIPC_SOLVER)
 PIXELS_PER_TOKEN = 16
 """VAE stride 8 times the DiT's 2x2 patch: width and height must be multiples of this."""
 MAX_SIDE = 4096
@@ -108,20 +111,28 @@ class RolloutSettings:
     batch_size: int = 1
     noise: str = OFFICIAL
     """"official" (one draw of the whole initial noise) or "per-shot" (pipeline/noise.py)."""
+    vae_stride: int = VAE_STRIDE[1]
+    """Pixels per latent row and column: 8 for the Wan2.1 VAE (16 channels), 16 for the Wan2.2 VAE (48)."""
+    solver: str = SELF_FORCING_SOLVER
+    """How a block is denoised: "self-forcing" (x0, then fresh noise to the next step) or "unipc" (LongLive 2.0's
+    deterministic flow UniPC, ``models.flow_unipc``; ``steps`` are then its integer timesteps)."""
 
     def __post_init__(self):
-        for name in ("num_frames", "height", "width", "seed", "frames_per_block", "batch_size"):
+        for name in ("num_frames", "height", "width", "seed", "frames_per_block", "batch_size", "vae_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise RolloutInputError(f"{name} must be an integer, got {value!r}")
         if not 0 <= self.seed <= MAX_SEED:
             raise RolloutInputError(f"seed must lie in 0..2^64-1 (0..{MAX_SEED}), got {self.seed}")
+        if self.vae_stride not in (8, 16):
+            raise RolloutInputError(f"vae_stride must be 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE), got {self.vae_stride}")
+        step = self.pixels_per_token
         for name in ("height", "width"):
             value = getattr(self, name)
-            if value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
+            if value < step or value % step:
                 raise RolloutInputError(
-                    f"{name} must be a positive multiple of {PIXELS_PER_TOKEN} pixels (VAE stride 8 x patch 2), "
-                    f"got {value}; nearest valid: {min(MAX_SIDE, _nearest_multiple(value, PIXELS_PER_TOKEN))}")
+                    f"{name} must be a positive multiple of {step} pixels (VAE stride {self.vae_stride} x patch 2), "
+                    f"got {value}; nearest valid: {min(MAX_SIDE, _nearest_multiple(value, step))}")
             if value > MAX_SIDE:
                 raise RolloutInputError(f"{name} is {value} pixels, over the limit of {MAX_SIDE}; the models were "
                                         "trained at 832x480")
@@ -138,6 +149,14 @@ class RolloutSettings:
             raise RolloutInputError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.noise not in NOISE_MODES:
             raise RolloutInputError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        if self.solver not in SOLVERS:
+            raise RolloutInputError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.solver == UNIPC_SOLVER:
+            want = unipc_timesteps(len(self.steps), self.shift) if self.steps else ()
+            if tuple(self.steps) != want or self.first_block_steps is not None:
+                raise RolloutInputError(f"the UniPC solver's {len(self.steps)} steps at shift {self.shift:g} are the "
+                                        f"timesteps {list(want)}, got {list(self.steps)}; one step list for every "
+                                        "block")
         try:
             FlowMatchSchedule(self.shift).denoising_timesteps(self.steps, self.warp)
             if self.first_block_steps is not None:
@@ -150,8 +169,13 @@ class RolloutSettings:
         return self.num_frames // self.frames_per_block
 
     @property
+    def pixels_per_token(self) -> int:
+        """The VAE stride times the DiT's 2x2 patch: width and height are multiples of it (16, or 32 for Wan2.2)."""
+        return self.vae_stride * 2
+
+    @property
     def latent_size(self) -> tuple[int, int]:
-        return self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2]
+        return self.height // self.vae_stride, self.width // self.vae_stride
 
     def noise_shape(self, channels: int = LATENT_CHANNELS) -> tuple[int, ...]:
         """``[B, T, C, h, w]`` of the initial noise (C = the model's latent channels, 16 for Wan2.1)."""
@@ -227,7 +251,7 @@ def finished_result(boundary: ShotBoundary, settings: RolloutSettings) -> Rollou
 
 
 def check_start_latent(start: object, shot: int, frames: int, batch: int, channels: int,
-                       latent_size: tuple[int, int]) -> None:
+                       latent_size: tuple[int, int], vae_stride: int = VAE_STRIDE[1]) -> None:
     """Refuse a start latent that cannot open shot ``shot`` (1-based) of ``frames`` latent frames: it must be
     normalised latents ``[1 or batch, n, channels, h, w]`` at this size, ``1 <= n <= frames``, finite."""
     where = f"shot {shot}'s start latent"
@@ -238,11 +262,12 @@ def check_start_latent(start: object, shot: int, frames: int, batch: int, channe
     b, n, c, lh, lw = start.shape
     if c != channels:
         raise RolloutInputError(f"{where} has {c} channels but the model reads {channels}: encode the image or "
-                                f"clip with the model's VAE (Wan2.1 VAE: {channels} channels)")
+                                f"clip with the model's VAE (the {_vae_name(channels)} VAE)")
     if (lh, lw) != (h, w):
-        raise RolloutInputError(f"{where} is {lw * VAE_STRIDE[2]}x{lh * VAE_STRIDE[1]} pixels ({lh}x{lw} latents) "
-                                f"but the video is {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} ({h}x{w}); resize the "
-                                "image or clip to the video's size before encoding it")
+        px = vae_stride
+        raise RolloutInputError(f"{where} is {lw * px}x{lh * px} pixels ({lh}x{lw} latents) but the video is "
+                                f"{w * px}x{h * px} ({h}x{w}); resize the image or clip to the video's size before "
+                                "encoding it")
     if b not in (1, batch):
         raise RolloutInputError(f"{where} holds {b} videos; give one (or one per video of the batch of {batch})")
     if not 1 <= n <= frames:
@@ -251,6 +276,10 @@ def check_start_latent(start: object, shot: int, frames: int, batch: int, channe
                                 "make the shot longer")
     if not bool(torch.isfinite(start).all()):
         raise RolloutInputError(f"{where} holds NaN or infinite values")
+
+
+def _vae_name(channels: int) -> str:
+    return latent_format(channels).name if channels in LATENT_FORMATS else f"{channels}-channel"
 
 
 def token_grid(patch_size: tuple[int, int, int], settings: RolloutSettings) -> tuple[int, int]:
@@ -285,7 +314,7 @@ def _check_starts(scenes: list[RolloutScene], settings: RolloutSettings, channel
     for i, scene in enumerate(scenes):
         if scene.start is not None:
             check_start_latent(scene.start, i + 1, scene.num_blocks * settings.frames_per_block,
-                               settings.batch_size, channels, settings.latent_size)
+                               settings.batch_size, channels, settings.latent_size, settings.vae_stride)
 
 
 def _check_resume(boundary: ShotBoundary, scenes: list[RolloutScene], settings: RolloutSettings,
@@ -321,6 +350,14 @@ def _given_frames(scenes: list[RolloutScene], frames_per_block: int) -> list[boo
         n = 0 if scene.start is None else min(scene.start.shape[1], frames)
         given += [True] * n + [False] * (frames - n)
     return given
+
+
+def _undrawn_frames(given: list[bool], frames_per_block: int) -> list[bool]:
+    """Per latent frame: whether it draws no initial noise with the official order, i.e. lies in a block given
+    whole (a context pass only, as the official ``initial_latent`` runs). A frame held inside a denoised block
+    draws its noise like the others and ignores it, as LongLive 2.0's image-to-video does with its image frame."""
+    f = frames_per_block
+    return [all(given[i - i % f:i - i % f + f]) for i in range(len(given))]
 
 
 def _first_denoised_block(given: list[bool], frames_per_block: int) -> int:
@@ -419,7 +456,7 @@ class _BlockLoop:
         given = _given_frames(scenes, self.f)
         self.first_denoised = _first_denoised_block(given, self.f)
         self.noise = BlockNoise(settings.noise, settings.seed, shape,
-                                shot_seeds(settings.seed, [s.seed for s in scenes]), given)
+                                shot_seeds(settings.seed, [s.seed for s in scenes]), _undrawn_frames(given, self.f))
         self.output = torch.empty(shape, dtype=torch.float32)
         self.result = RolloutResult(latents=self.output)
         self.memories = state.layers
@@ -530,8 +567,9 @@ class _BlockLoop:
         denoised: it enters the memory through the clean context pass alone, as the official ``initial_latent``
         path and ComfyUI's autoregressive image-to-video do. A block given in part is denoised with its given
         frames held clean at timestep 0 in every call (as LongLive's image-to-video holds its image frame), so
-        blocks stay aligned. Given frames draw no noise (``pipeline.noise``: with the official order the generated
-        frames take the noise stream in order, as the official ``initial_latent`` runs do)."""
+        blocks stay aligned. With the official order, frames of a block given whole draw no noise (the generated
+        frames take the stream in order, as the official ``initial_latent`` runs do), while frames held inside a
+        denoised block draw theirs and ignore it, as LongLive 2.0's image-to-video does (``_undrawn_frames``)."""
         model, schedule, noise, b, f = self.model, self.schedule, self.noise, self.b, self.f
         timesteps = self.first_timesteps if self.index == self.first_denoised else self.timesteps
         k = 0 if fixed is None else fixed.shape[1]
@@ -540,6 +578,8 @@ class _BlockLoop:
         x = noise.initial(start, f, scene_index, block_in_scene).to(device=model.device, dtype=model.dtype)
         if k:
             x[:, :k] = fixed
+        if self.settings.solver == UNIPC_SOLVER:
+            return self._solve_unipc(x, start, text, fixed)
         for i, t in enumerate(timesteps):
             t_block = torch.full((b, f), float(t), dtype=torch.float32)
             t_block[:, :k] = 0.0
@@ -553,6 +593,21 @@ class _BlockLoop:
                 if k:
                     x[:, :k] = fixed
         return x0
+
+    def _solve_unipc(self, x: torch.Tensor, start: int, text: TextContext, fixed: torch.Tensor | None) -> torch.Tensor:
+        """LongLive 2.0's block: the flow UniPC steps (no noise drawn), given frames held clean at timestep 0."""
+        model, b, f = self.model, self.b, self.f
+        k = 0 if fixed is None else fixed.shape[1]
+
+        def flow(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            t_block = torch.full((b, f), t, dtype=torch.float32)
+            t_block[:, :k] = 0.0
+            return model(x_t, t_block, text, self.memories, BlockCall(start, f, t, False, self.grid))
+
+        def hold(y: torch.Tensor) -> torch.Tensor:
+            return torch.cat((fixed, y[:, k:]), dim=1)
+
+        return solve_block(x, len(self.settings.steps), self.settings.shift, flow, hold if k else None)
 
     def _check_finite(self, start: int, scene_index: int) -> None:
         """:class:`NonFiniteError` when the block just written at frame ``start`` holds NaN or infinite values."""

@@ -20,13 +20,17 @@ from ..memory.kv_storage import AUTO, COMPUTE, KV_STORAGES
 from ..memory.state import SceneInfo
 from ..models.block_forward import CausalWan
 from ..models.config import WanConfig
+from ..models.flow_unipc import unipc_timesteps
 from ..models.model_cards import ModelCard
 from ..models.schedule import evenly_spaced_steps
 from .digests import digest, tensor_digest
+from .latents import LATENT_FORMATS, latent_format
 from .memory_need import MemoryNeed, MemoryPlan, memory_need, plan_memory
 from .noise import OFFICIAL, PER_SHOT, shot_seeds
 from .prefix_cache import PrefixCache
 from .rollout import (
+    SELF_FORCING_SOLVER,
+    UNIPC_SOLVER,
     BlockEvent,
     PendingText,
     RolloutInputError,
@@ -146,6 +150,7 @@ class RunPlan:
                 "policy": repr(getattr(self.policy, "config", self.policy)), "size": [s.width, s.height],
                 "kv_storage": getattr(self.policy, "kv_storage", COMPUTE),
                 "steps": list(s.steps), "shift": s.shift, "warp": s.warp, "block": s.frames_per_block,
+                "solver": s.solver,
                 "first_steps": None if s.first_block_steps is None else list(s.first_block_steps),
                 "batch": s.batch_size, "noise": s.noise, "pool": pool, "text_len": self.text_len}
         if s.noise == OFFICIAL:
@@ -218,8 +223,12 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
             raise RolloutInputError(f"{card.title} makes {block}-frame blocks, but Echo-Forcing's memory works on "
                                     f"{FRAMES_PER_BLOCK}-frame blocks; use one of its presets: "
                                     f"{', '.join(card.presets)}")
-    step_list = evenly_spaced_steps(steps) if steps is not None else card.steps if card is not None else \
-        evenly_spaced_steps(4)
+    solver = card.solver if card is not None else SELF_FORCING_SOLVER
+    if solver == UNIPC_SOLVER:  # the solver's own timesteps for the number of steps (the card's, or asked)
+        step_list = unipc_timesteps(steps if steps is not None else len(card.steps), shift)
+    else:
+        step_list = evenly_spaced_steps(steps) if steps is not None else card.steps if card is not None else \
+            evenly_spaced_steps(4)
     story = shots.story
     if story is not None:
         pool = _continued_pool(story, pool, stop_after_shot)
@@ -227,12 +236,13 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     blocks = _blocks(shots, story, fps, pool_labels, block)
     settings = RolloutSettings(num_frames=sum(blocks) * block, height=height, width=width, seed=seed,
                                steps=step_list, first_block_steps=card.first_block_steps if card else None,
-                               shift=shift, frames_per_block=block, noise=noise)
+                               shift=shift, frames_per_block=block, noise=noise, solver=solver,
+                               vae_stride=latent_format(model.in_dim).spatial_stride)
     _check_text_width(shots, model)
     for i, (shot, n) in enumerate(zip(shots.shots, blocks, strict=True)):
         if shot.start is not None:
             check_start_latent(shot.start, i + 1, n * block, settings.batch_size, model.in_dim,
-                               settings.latent_size)
+                               settings.latent_size, settings.vae_stride)
     notes = [f"scene script: {note}" for note in shots.notes]
     if card_note:
         notes.append(f"model card {card.name}: {card_note}" if card is not None else f"model card: {card_note}")
@@ -310,6 +320,9 @@ def _check_request(shots: SceneList, model: WanConfig, fps: float, stop_after_sh
     if model.in_dim != model.out_dim:
         raise RolloutInputError(f"the model reads {model.in_dim} latent channels (an image-to-video or control "
                                 "model); Echo-Forcing needs a Wan2.1 text-to-video model")
+    if model.in_dim not in LATENT_FORMATS:
+        raise RolloutInputError(f"the model makes {model.in_dim}-channel latents, neither the Wan2.1 VAE's (16) nor "
+                                "the Wan2.2 VAE's (48)")
     if isinstance(stop_after_shot, bool) or not isinstance(stop_after_shot, int) or stop_after_shot < 0:
         raise RolloutInputError(f"stop_after_shot must be 0 (every shot) or a shot number, got {stop_after_shot!r}")
     if stop_after_shot > len(shots):

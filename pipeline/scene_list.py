@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .latents import LATENT_CHANNELS, from_comfy_latent
+from .latents import LATENT_CHANNELS, LATENT_FORMATS, from_comfy_latent
 from .noise import MAX_SEED
 from .rollout import RolloutScene
 from .scene_script import Scene, SceneScriptError, Transition
@@ -82,15 +82,16 @@ def _check_seed(seed: int | None, number: int) -> None:
 
 def start_from_comfy_latent(latent: object, shot: int, last: int = 0) -> torch.Tensor:
     """Shot ``shot``'s start latent from a core LATENT (VAE Encode of an image or a clip with the Wan VAE: raw
-    ``[1, 16, T, H/8, W/8]``), normalised as the pipeline holds latents ``[1, T, 16, h, w]``; ``last`` > 0 keeps
+    ``[1, 16, T, H/8, W/8]``, or 48 channels at H/16 from the Wan2.2 VAE), normalised as the pipeline holds latents
+    ``[1, T, C, h, w]``; ``last`` > 0 keeps
     only its last ``last`` latent frames (the end of an encoded clip)."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
         raise SceneListError(f"shot {shot}: the start latent is not a LATENT (connect VAE Encode)")
-    if samples.dim() != 5 or samples.shape[1] != LATENT_CHANNELS:
+    if samples.dim() != 5 or samples.shape[1] not in LATENT_FORMATS:
         raise SceneListError(f"shot {shot}: the start latent is {list(samples.shape)}; expected a Wan video latent "
                              f"[1, {LATENT_CHANNELS}, frames, height/8, width/8]: encode the image or clip with the "
-                             "Wan2.1 VAE (wan_2.1_vae) through VAE Encode")
+                             "model's VAE (wan_2.1_vae; the Wan2.2 VAE for a 5B model) through VAE Encode")
     if samples.shape[0] != 1:
         raise SceneListError(f"shot {shot}: the start latent holds {samples.shape[0]} videos; encode one image or "
                              "one clip (its frames as one image batch)")

@@ -73,3 +73,58 @@ def test_block_forward_on_comfyui_wan_model_matches_the_pack_module(comfy_host, 
     expected = {"float32": 1.0, "float8_e4m3fn": 0.25}[weight_dtype]
     assert abs(result["stored_fraction_of_float32"] - expected) < 0.02, result
     assert result["max_abs_diff"] <= 1e-4 * max(1.0, result["scale"]), result
+
+
+WAN22_SCRIPT = r"""
+import json, torch
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.sd
+from echo_forcing.memory.presets import make_policy
+from echo_forcing.models import CausalWan, WanConfig, WanDiT, random_wan_state_dict
+from echo_forcing.models.flow_unipc import unipc_timesteps
+from echo_forcing.pipeline import RolloutSettings, rollout
+from echo_forcing.pipeline.latents import WAN22, from_comfy_latent, to_comfy_latent
+
+cfg = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, in_dim=48, out_dim=48)
+sd = random_wan_state_dict(cfg, seed=3)
+patcher = comfy.sd.load_diffusion_model_state_dict({"model.diffusion_model." + k: v for k, v in sd.items()})
+mm.load_models_gpu([patcher])
+tree = patcher.model.diffusion_model
+ours = CausalWan(WanDiT.from_state_dict(sd), dtype=torch.float32)
+theirs = CausalWan(tree, dtype=torch.float32, device=mm.get_torch_device())
+context = torch.randn(1, 20, 4096, generator=torch.Generator().manual_seed(1))
+settings = RolloutSettings(num_frames=16, height=64, width=64, seed=5, frames_per_block=8, solver="unipc",
+                           steps=unipc_timesteps(4, 5.0), vae_stride=16)
+a = rollout(ours, ours.encode_text(context), settings, make_policy("longlive2")).latents
+b = rollout(theirs, theirs.encode_text(context), settings, make_policy("longlive2")).latents
+fmt = comfy.latent_formats.Wan22()
+raw = to_comfy_latent(a)
+print(json.dumps({
+    "model_class": type(patcher.model).__name__,
+    "latent_channels": fmt.latent_channels,
+    "mean_matches": torch.allclose(fmt.latents_mean.flatten().float(), torch.tensor(WAN22.mean)),
+    "std_matches": torch.allclose(fmt.latents_std.flatten().float(), torch.tensor(WAN22.std)),
+    "process_in_matches": torch.allclose(fmt.process_in(raw), a.permute(0, 2, 1, 3, 4), atol=1e-5),
+    "round_trip": torch.allclose(from_comfy_latent(raw), a, atol=1e-6),
+    "shape": list(a.shape),
+    "max_abs_diff": (a - b).abs().max().item(),
+    "scale": a.abs().max().item(),
+}))
+"""
+
+
+@pytest.mark.comfyui
+def test_a_wan22_5b_layout_loads_as_core_wan22_and_runs_with_longlive2_settings(comfy_host):
+    """A 48-channel DiT (Wan2.2-TI2V-5B's layout, LongLive 2.0's) loaded by ComfyUI is core's WAN22 model; the
+    block forward with 8-frame blocks, the UniPC solver and the longlive2 cache gives the latents of the pack's own
+    module, and the pack's Wan2.2 latent statistics are ComfyUI's (VAE Decode gets the latents it expects)."""
+    out = comfy_host.run(WAN22_SCRIPT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["model_class"] == "WAN22" and result["latent_channels"] == 48, result
+    assert result["mean_matches"] and result["std_matches"] and result["process_in_matches"], result
+    assert result["round_trip"] and result["shape"] == [1, 16, 48, 4, 4], result
+    assert result["max_abs_diff"] <= 1e-4 * max(1.0, result["scale"]), result

@@ -47,10 +47,12 @@ def test_weights_that_contradict_the_card_or_match_no_card_are_refused(tmp_path)
     with pytest.raises(ModelCardError, match=r"is for wan2.1-t2v-1.3b .* but the weights have width 3072, 30 "
                                              r"layers and 48 latent channels"):
         card_for_file(named, 3072, 30, 48)
-    other = tmp_path / "wan22_5b.safetensors"
+    other = tmp_path / "wan22_other.safetensors"
     other.write_bytes(b"x")
-    with pytest.raises(ModelCardError, match="width 3072, 30 layers and 48 latent channels, which no model card"):
-        card_for_file(other, 3072, 30, 48)
+    with pytest.raises(ModelCardError, match="width 2048, 24 layers and 48 latent channels, which no model card"):
+        card_for_file(other, 2048, 24, 48)
+    card, how = card_for_file(tmp_path / "wan22_other.safetensors", 3072, 30, 48)  # Wan2.2-TI2V-5B's shape
+    assert card.name == "longlive2-5b" and "wan2.2-ti2v-5b" in how
     with pytest.raises(ModelCardError, match="no model card is called 'nope'; known cards: self-forcing"):
         by_name("nope")
 

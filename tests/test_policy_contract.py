@@ -58,10 +58,15 @@ def start_pool(config) -> ScenePool:
     return ScenePool((entry,), 64, signature)
 
 
+SMALLER_BUDGET = {"longlive2": {"local_attn_size": 21}}
+"""Presets whose cache is larger than the run's budget of 21 frames get it (the same code; 32 frames would fill
+only after half the run, too late to tell growth)."""
+
+
 def policy_of(name: str, config, pool: ScenePool):
     if PresetChoice(name).is_echo:
         return make_policy(name, pool=pool, encode_text=lambda p: stand_in_text_embedding(p, config.text_dim))
-    return make_policy(name)
+    return make_policy(name, **SMALLER_BUDGET.get(name, {}))
 
 
 class Checked:
