@@ -41,6 +41,7 @@ from .config import (
 from .deep_forcing import DeepForcingCacheConfig
 from .echo_memory import EchoMemory
 from .infinity_rope import InfinityRopeCacheConfig
+from .krea_realtime import KreaCacheConfig
 from .kv_storage import AUTO, COMPUTE, FP8_E4M3, KV_STORAGES, KVStorageError, check_kv_storage
 from .longlive import LongLiveCacheConfig
 from .longlive2 import LongLive2CacheConfig
@@ -142,6 +143,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "sink 8 (block 0) + rolling 24 of 8-frame blocks, absolute positions + 8 per new shot (a hard cut or "
            "recall), the first block of the latest shot pinned as a second sink",
            _plain(LongLive2CacheConfig)),
+    Preset("krea", "Krea Realtime (re-computed context 3)",
+           "no rolling cache: before every block the first frame and the 2 latest are re-encoded clean at positions "
+           "0..2, the block denoised at 3..5; no context pass (keep-first-frame mode)",
+           _plain(KreaCacheConfig)),
     Preset("tethercache", "TetherCache (S3 + M14 + R4)",
            "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "
            "(0.35 blend towards the sink and memory statistics) + recent 4 (1 previous + block), slot positions",

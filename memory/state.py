@@ -49,8 +49,9 @@ class MemoryState:
     """Per-layer memories of one video and the scene hooks the rollout calls (no-ops here).
 
     The rollout calls, per scene: ``start_scene`` (every scene but the first), then ``recache_frames`` (and
-    one clean call of that many latest frames if > 0); per block: ``begin_block``, the denoising calls,
-    ``before_context_pass``, the clean context pass, ``end_block``. ``memory.policy`` states the rules every
+    one clean call of that many latest frames if > 0); per block: ``begin_block``, ``context_frames`` (and one
+    clean call of those frames if any), the denoising calls, ``before_context_pass``, the clean context pass
+    (unless ``context_pass_per_block`` is False), ``end_block``. ``memory.policy`` states the rules every
     state keeps (bounded memory, inputs left unchanged, resumable at shot boundaries, its reports).
     """
 
@@ -82,6 +83,15 @@ class MemoryState:
     def recache_frames(self, scene: int) -> int:
         """Latent frames to re-encode with the new prompt before a scene starts (LongLive's KV re-cache)."""
         return 0
+
+    context_pass_per_block = True
+    """Whether every block ends with its clean context pass (False: the memory re-encodes its context itself,
+    ``context_frames``, as Krea Realtime's KV re-computation)."""
+
+    def context_frames(self, start_frame: int) -> list[int]:
+        """Latent frames (of the video so far) to re-encode in one clean call before the block at ``start_frame``
+        is denoised (Krea's KV re-computation); none for a cache the context passes write."""
+        return []
 
     def result_pool(self) -> ScenePool | None:
         """The scene pool after the video (a new object), or None for policies without one."""

@@ -74,9 +74,10 @@ class ModelCard:
             raise ModelCardError(f"card {self.name!r}: {self.frames_per_block} frames per block, but it was trained "
                                  f"with {_listed(self.block_sizes)}")
         for steps in (self.steps, self.first_block_steps or self.steps):
-            if not steps or any(not 0 < s <= 1000 for s in steps) or list(steps) != sorted(set(steps), reverse=True):
-                raise ModelCardError(f"card {self.name!r}: steps must be strictly decreasing in 1..1000, got "
-                                     f"{list(steps)}")
+            if not steps or any(not 0 <= s <= 1000 for s in steps) or 0 in steps[:-1] or steps == (0,) \
+                    or list(steps) != sorted(set(steps), reverse=True):
+                raise ModelCardError(f"card {self.name!r}: steps must be strictly decreasing in 1..1000 (the last may "
+                                     f"be 0), got {list(steps)}")
         for file in self.files:
             registry.by_name(file)
 
@@ -165,6 +166,13 @@ CARDS: tuple[ModelCard, ...] = (
                     "8-frame blocks, 4 flow UniPC steps; a hard cut or recall starts a new shot (RoPE +8, pinned "
                     "block). Its hub file (Efficient-Large-Model/LongLive-2.0-5B, model_bf16.pt) has no public pin "
                     "yet; the NVFP4 releases are not supported"),
+    ModelCard("krea-realtime-14b", "krea", "Krea Realtime 14B", WAN21_T2V_14B, 3, (3,),
+              steps=(1000, 750, 500, 250, 0), presets=("krea",),
+              licence="Apache-2.0 (weights; the inference code is CC BY-NC-SA 4.0)",
+              notes="re-encodes a 3-frame clean context before every block (the krea preset) and ends each block "
+                    "with a call at timestep 0; its hub file (krea/krea-realtime-video, "
+                    "krea-realtime-video-14b.safetensors) has no public pin yet. The release's VAE re-encoding of "
+                    "the first context frame and its attention bias are not offered yet"),
     ModelCard("sgf-chunkwise", "sgf", "Self Gradient Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
               presets=("sgf", "echo-forcing"), licence="Apache-2.0",
               notes="released with a 12-frame long-video cache (sink 3, slot positions): the sgf preset; its hub "

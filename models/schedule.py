@@ -5,7 +5,9 @@ The training table has 1000 entries: raw sigmas ``linspace(1, 0, 1001)[:-1]`` sh
 With ``warp`` the requested step list ``1000, 750, 500, 250`` is read through that table at index
 ``1000 - step``, giving t = 1000, 937.5, 833.33, 625 at shift 5. The network predicts the flow
 ``v = noise - x0``; ``x0 = x_t - sigma_t * v`` is computed in float64, and between steps the block is
-re-noised with fresh Gaussian noise: ``x = (1 - sigma_next) * x0 + sigma_next * eps``.
+re-noised with fresh Gaussian noise: ``x = (1 - sigma_next) * x0 + sigma_next * eps``. A last step 0 (Krea
+Realtime's list ends with one) reads the table's appended 0: the model is told timestep 0 while its sigma is the
+nearest table entry's, 0.00498, for the re-noising before it and the clean estimate after it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def evenly_spaced_steps(count: int, num_train_timesteps: int = 1000) -> tuple[in
     return tuple(round(num_train_timesteps * (count - i) / count) for i in range(count))
 
 
+def steps_down_to_zero(count: int, num_train_timesteps: int = 1000) -> tuple[int, ...]:
+    """``count`` steps from the top down to a final 0, as Krea Realtime lists them (``linspace`` in float32, then
+    truncated): 5 -> (1000, 750, 500, 250, 0), 4 -> (1000, 666, 333, 0)."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= num_train_timesteps:
+        raise ValueError(f"a step list ending at 0 needs 2..{num_train_timesteps} steps, got {count!r}")
+    return tuple(int(x) for x in torch.linspace(num_train_timesteps, 0, count, dtype=torch.float32).tolist())
+
+
 class FlowMatchSchedule:
     """The timestep/sigma table and the few-step update rules."""
 
@@ -43,9 +53,11 @@ class FlowMatchSchedule:
         steps = [int(s) for s in steps]
         if not steps:
             raise ValueError("the denoising step list is empty")
-        bad = [s for s in steps if not 0 < s <= self.num_train_timesteps]
+        bad = [s for i, s in enumerate(steps) if not (0 < s or (s == 0 and i == len(steps) - 1 and i > 0))
+               or s > self.num_train_timesteps]
         if bad:
-            raise ValueError(f"denoising steps must lie in 1..{self.num_train_timesteps}, got {bad}")
+            raise ValueError(f"denoising steps must lie in 1..{self.num_train_timesteps} (the last may be 0, a final "
+                             f"call at timestep 0 as Krea's), got {bad}")
         if any(a <= b for a, b in pairwise(steps)):
             raise ValueError(f"denoising steps must be strictly decreasing, got {steps}")
         if not warp:

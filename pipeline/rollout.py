@@ -532,12 +532,19 @@ class _BlockLoop:
         started = time.perf_counter()
         start = self.index * f
         state.begin_block(block_in_scene == 0)
+        context = state.context_frames(start)
+        if context:  # Krea: the memory re-encodes its context (clean frames of the video so far) in one call
+            n = len(context)
+            model(self.output[:, context].to(device=model.device, dtype=model.dtype),
+                  torch.zeros((b, n), dtype=torch.float32), text, self.memories,
+                  BlockCall(start - n, n, 0.0, True, self.grid))
         x0 = self._denoise(start, scene_index, block_in_scene, text, self._start_frames(scene, block_in_scene))
         self.output[:, start:start + f] = x0.float().cpu()
         self._check_finite(start, scene_index)
         state.before_context_pass()
-        model(x0, torch.zeros((b, f), dtype=torch.float32), text, self.memories,
-              BlockCall(start, f, 0.0, True, self.grid))
+        if state.context_pass_per_block:
+            model(x0, torch.zeros((b, f), dtype=torch.float32), text, self.memories,
+                  BlockCall(start, f, 0.0, True, self.grid))
         report = state.end_block(scene_index, block_in_scene == 0, block_in_scene == scene.num_blocks - 1)
         seconds = time.perf_counter() - started
         result.block_seconds.append(seconds)

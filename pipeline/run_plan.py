@@ -22,7 +22,7 @@ from ..models.block_forward import CausalWan
 from ..models.config import WanConfig
 from ..models.flow_unipc import unipc_timesteps
 from ..models.model_cards import ModelCard
-from ..models.schedule import evenly_spaced_steps
+from ..models.schedule import evenly_spaced_steps, steps_down_to_zero
 from .digests import digest, tensor_digest
 from .latents import LATENT_FORMATS, latent_format
 from .memory_need import MemoryNeed, MemoryPlan, memory_need, plan_memory
@@ -226,6 +226,8 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     solver = card.solver if card is not None else SELF_FORCING_SOLVER
     if solver == UNIPC_SOLVER:  # the solver's own timesteps for the number of steps (the card's, or asked)
         step_list = unipc_timesteps(steps if steps is not None else len(card.steps), shift)
+    elif steps is not None and card is not None and card.steps[-1] == 0:  # Krea: a list ending with a call at 0
+        step_list = steps_down_to_zero(steps)
     else:
         step_list = evenly_spaced_steps(steps) if steps is not None else card.steps if card is not None else \
             evenly_spaced_steps(4)

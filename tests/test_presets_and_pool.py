@@ -71,7 +71,7 @@ def _run(model, policy, entries=(None, "hardcut", "recall", "smooth"), blocks=(3
 def test_every_preset_runs_a_multi_shot_video(model):
     assert preset_names() == ["echo-forcing", "echo-forcing-paper", "self-forcing", "longlive", "rolling-sink",
                               "deep-forcing", "infinity-rope", "reward-forcing", "sgf", "sgf-framewise",
-                              "rolling-forcing", "longlive2", "tethercache"]
+                              "rolling-forcing", "longlive2", "krea", "tethercache"]
     for name in preset_names():
         options = {"encode_text": encode} if name.startswith("echo") else {}
         result = _run(model, make_policy(name, **options), blocks=(8, 2, 2, 1))
