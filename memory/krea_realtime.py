@@ -11,13 +11,18 @@ so a video can run for any length.
 Its step list ends with a call at timestep 0 (1000, 937.5, 833.3, 625, 0 at shift 5; ``models.schedule``), and the
 block's output is that call's estimate.
 
+Attention bias (``attention_bias``; the release's remote code and its ports, not the GitHub code): the denoising
+calls add ``log(bias)`` to the logits of the past context frames (all but the first), so the block leans on the
+first frame and itself; the re-computation has none.
+
 Not here yet: the release's default re-encodes the first context frame from the last decoded pixels through the
-VAE (``keep_first_frame`` off), which needs a VAE in the loop, and its optional attention bias on past frames.
-This cache is the ``keep_first_frame`` mode: the video's true first frame is the context's first frame.
+VAE (``keep_first_frame`` off), which needs a VAE in the loop. This cache is the ``keep_first_frame`` mode: the
+video's true first frame is the context's first frame.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,10 +42,16 @@ class KreaCacheConfig:
     keep_first_frame: bool = True
     """The context starts with the video's first latent frame (the VAE re-encoding of the release's default mode
     is not offered yet)."""
+    attention_bias: float = 1.0
+    """Weight of the past context frames (all but the first) in the denoising calls' attention: ``log(bias)`` is
+    added to their logits (the release's remote code and its ports; 1 = none, 0.3 the ports' default)."""
 
     def __post_init__(self):
         check_int("context_frames", self.context_frames, 1, 3,
                   " (the re-computation attends in 3-frame chunks; up to 3 frames it is full attention, as released)")
+        if isinstance(self.attention_bias, bool) or not isinstance(self.attention_bias, (int, float)) \
+                or not 0 < self.attention_bias <= 1:
+            raise ConfigError(f"attention_bias must be a number in (0, 1], got {self.attention_bias!r}")
         if self.keep_first_frame is not True:
             raise ConfigError("keep_first_frame must be True: re-encoding the first context frame through the VAE "
                               "is not offered yet")
@@ -99,4 +110,8 @@ class KreaLayerCache(FrameBuffer):
         self.k[:, first * p:(first + f) * p] = k
         self.v[:, first * p:(first + f) * p] = v
         self.local_end = first + f
-        return self.window(torch.arange(first, first + f), torch.arange(first + f))
+        bias = None
+        if self.config.attention_bias != 1.0 and first > 1:  # past frames: the context but its first frame
+            bias = torch.zeros((first + f) * p, dtype=torch.float32)
+            bias[p:first * p] = math.log(self.config.attention_bias)
+        return self.window(torch.arange(first, first + f), torch.arange(first + f), logit_bias=bias)

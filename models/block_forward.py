@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import attention
+from .attention import attention, biased_attention
 from .config import WanConfig
 from .rope import Rope3D
 from .seam import AttentionWindow, BlockCall, LayerMemory
@@ -212,7 +212,7 @@ class CausalWan:
             q = self.rope.apply(q, window.q_time, grid).type_as(v)
             keys = window.k if window.keys_rotated else self.rope.apply(window.k, window.k_time, grid).type_as(v)
             keys, values = weigh_window(keys, window, self.dtype, keys_owned=not window.keys_rotated)
-            x = self._layer_out(block, x, q, keys, values, mod, text_k, text_v, f)
+            x = self._layer_out(block, x, q, keys, values, mod, text_k, text_v, f, window.logit_bias)
 
         head = dit.head
         hmod = (self._param(head.modulation).unsqueeze(1) + e.unflatten(0, (b, f)).unsqueeze(2)).chunk(2, dim=2)
@@ -232,11 +232,13 @@ class CausalWan:
 
     def _layer_outputs(self, block: nn.Module, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
                        values: torch.Tensor, mod: tuple, text_k: torch.Tensor, text_v: torch.Tensor,
-                       f: int) -> torch.Tensor:
-        """The rest of one layer: self-attention over the window, text cross-attention and the FFN."""
+                       f: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The rest of one layer: self-attention over the window (with the window's logit bias, if any), text
+        cross-attention and the FFN."""
         b, n, d = x.shape[0], self.config.num_heads, self.config.head_dim
         sa, ca = block.self_attn, block.cross_attn
-        y = sa.o(self.attention(q, keys, values).flatten(2))
+        attended = self.attention(q, keys, values) if bias is None else biased_attention(q, keys, values, bias)
+        y = sa.o(attended.flatten(2))
         x = x + (_frames(y, f) * mod[2]).flatten(1, 2)
         cq = ca.norm_q(ca.q(block.norm3(x))).view(b, -1, n, d)
         x = x + ca.o(self.attention(cq, text_k, text_v).flatten(2))

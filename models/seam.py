@@ -58,6 +58,9 @@ class AttentionWindow:
     weighted_tokens: int | None = None
     """Only the first ``weighted_tokens`` keys may have a weight other than 1 (None: any of them), so the DiT
     scales that span and leaves the rest of the window as it is (multiplying by 1 is exact)."""
+    logit_bias: torch.Tensor | None = None
+    """Per-key-token bias ``[S]`` added to the scaled attention logits (Krea's ``log(bias)`` on past frames); None
+    for none."""
     keys_rotated: bool = False
     """The keys already carry their RoPE (a policy that keeps rotated keys, e.g. token-level compression
     whose tokens keep their own positions); the DiT then rotates only the queries."""
