@@ -134,6 +134,12 @@ _NC = "CC-BY-NC-SA-4.0"
 CARDS: tuple[ModelCard, ...] = (
     ModelCard("self-forcing", "self-forcing", "Self-Forcing DMD", WAN21_T2V_1_3B, 3, (3,), licence=_NC,
               files=("self-forcing-dmd",), notes="the pack's default model; Echo-Forcing was built on it"),
+    ModelCard("self-forcing-10s", "self-forcing", "Self-Forcing 10 s (unofficial settings)", WAN21_T2V_1_3B, 3, (3,),
+              trained_frames=42, presets=("self-forcing",), licence=_NC,
+              notes="checkpoints/self_forcing_10s.pt on the Self-Forcing hub repo (gdhe17/Self-Forcing) comes with no "
+                    "published settings (its GitHub issue #60 is unanswered); these are inferred from the training "
+                    "code, which attends to the last 21 frames past 21: 3-frame blocks, 4 steps, the self-forcing "
+                    "preset's rolling 21 frames, 42 latent frames (about 10 s). No public pin yet"),
     ModelCard("causvid", "causvid", "CausVid", WAN21_T2V_1_3B, 3, (3,), licence=_NC, files=("causvid",)),
     ModelCard("longlive", "longlive", "LongLive 1.3B (base + LoRA)", WAN21_T2V_1_3B, 3, (3,),
               presets=("longlive", "echo-forcing"), licence=_NC, files=("longlive-base", "longlive-lora"),

@@ -246,6 +246,9 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
             check_start_latent(shot.start, i + 1, n * block, settings.batch_size, model.in_dim,
                                settings.latent_size, settings.vae_stride)
     notes = [f"scene script: {note}" for note in shots.notes]
+    if card is not None and choice.preset not in card.presets:
+        notes.append(f"{card.title} was made for the preset(s) {', '.join(card.presets)}; {choice.preset} runs it "
+                     "with another memory than it was trained with")
     if card_note:
         notes.append(f"model card {card.name}: {card_note}" if card is not None else f"model card: {card_note}")
     if choice.ignored:

@@ -612,7 +612,7 @@ BAD_INPUTS = [
     ("six_shot_smooth", "EchoForcingSampler", "height", MISSING, MISSING_INPUT, "height"),
     ("six_shot_smooth", "EchoForcingSampler", "noise", "pink", NOT_IN_LIST, "noise: 'pink' not in ['per-shot', "
      "'official']"),
-    ("six_shot_smooth", "EchoForcingSampler", "steps", 0, "value_smaller_than_min", "steps"),
+    ("six_shot_smooth", "EchoForcingSampler", "steps", -1, "value_smaller_than_min", "steps"),
     ("six_shot_smooth", "EchoForcingSampler", "fps", 1000, "value_bigger_than_max", "fps"),
     ("six_shot_smooth", "EchoForcingSampler", "stop_after_shot", -1, "value_smaller_than_min", "stop_after_shot"),
     ("six_shot_smooth", "EchoForcingMemoryConfig", "preset", "nope", NOT_IN_LIST, "preset: 'nope' not in "

@@ -130,3 +130,18 @@ def test_a_memory_expert_in_the_keys_picks_an_sgf_plus_card_and_a_mismatch_is_re
     with pytest.raises(ModelCardError, match="is for a student with an SGF\\+ memory expert, but the file holds none"):
         by_name("sgf-plus-framewise").check_weights(*SMALL)
     by_name("sgf-chunkwise").check_weights(*SMALL)  # Self Gradient Forcing v1: plain weights, the same cache
+
+
+def test_a_preset_outside_the_cards_list_is_noted():
+    from echo_forcing.memory import PresetChoice
+    from echo_forcing.models import WanConfig
+    from echo_forcing.pipeline.run_plan import plan_run
+
+    cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16)
+    base = {"width": 48, "height": 32, "dtype": __import__("torch").float32}
+    plan = plan_run(_shots(), cfg, choice=PresetChoice(preset="echo-forcing"), card=by_name("rolling-forcing"),
+                    **base)
+    assert any(n.startswith("Rolling Forcing was made for the preset(s) rolling-forcing; echo-forcing runs it")
+               for n in plan.notes)
+    assert not any("was made for" in n for n in plan_run(_shots(), cfg, card=by_name("self-forcing"), **base).notes)
+    assert by_name("self-forcing-10s").trained_frames == 42 and "no published" in by_name("self-forcing-10s").notes
