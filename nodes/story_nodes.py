@@ -45,6 +45,9 @@ class SaveStory(CombosChecked, io.ComfyNode):
 
     @classmethod
     def execute(cls, story: Story, name: str) -> io.NodeOutput:
+        if story is None:
+            raise StoryError("the sampler kept no story for this run: a rolling-forcing run cannot be continued "
+                             "(its windows span the shots); use another preset to save a story")
         if not isinstance(story, Story):
             raise StoryError(f"expected a story from the Autoregressive Sampler, got {type(story).__name__}")
         saved = story.save(_story_file(name))

@@ -517,3 +517,10 @@ def test_model_cards_travel_from_the_loader_to_the_sampler(pack):
         sampler.model_card(carried, SimpleNamespace(dim=1536, num_layers=30, in_dim=48))
     steps = _inputs(sampler.AutoregressiveSampler)["steps"].options
     assert (steps["default"], steps["min"]) == (0, 0) and "0: the model card's" in steps["tooltip"]
+
+
+def test_save_story_says_why_a_run_kept_no_story(pack):
+    from echo_forcing.pipeline.story import StoryError
+
+    with pytest.raises(StoryError, match="kept no story for this run: a rolling-forcing run cannot be continued"):
+        pack.story_nodes.SaveStory.execute(None, "tale")
