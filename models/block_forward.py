@@ -237,8 +237,8 @@ class CausalWan:
         cross-attention and the FFN."""
         b, n, d = x.shape[0], self.config.num_heads, self.config.head_dim
         sa, ca = block.self_attn, block.cross_attn
-        attended = self.attention(q, keys, values) if bias is None else biased_attention(q, keys, values, bias)
-        y = sa.o(attended.flatten(2))
+        y = sa.o((self.attention(q, keys, values) if bias is None else
+                  biased_attention(q, keys, values, bias)).flatten(2))  # no name: freed before the FFN runs
         x = x + (_frames(y, f) * mod[2]).flatten(1, 2)
         cq = ca.norm_q(ca.q(block.norm3(x))).view(b, -1, n, d)
         x = x + ca.o(self.attention(cq, text_k, text_v).flatten(2))
