@@ -291,7 +291,7 @@ def _rolling_window_settings(policy, settings: RolloutSettings, shots: SceneList
     """A joint-window rollout (Rolling Forcing) denoises blocks of several shots in one call: it takes the official
     noise order (noted when per-shot was asked), and refuses a stop after a shot, a story to continue, start
     latents and a separate first-block step list, before the model loads."""
-    what = "Rolling Forcing denoises up to 5 blocks in one call across shot boundaries"
+    what = f"Rolling Forcing denoises {len(settings.steps)} blocks in one call, across shot boundaries"
     if stop_after_shot:
         raise RolloutInputError(f"{what}, so it cannot stop after a shot; set stop_after_shot to 0")
     if shots.story is not None:
