@@ -208,6 +208,8 @@ class PresetChoice:
     kv_storage: str = AUTO
     """How the memory keeps keys and values (``memory.kv_storage``): "compute", "fp8_e4m3", or "auto" (the
     run's memory plan picks the first that fits, ``pipeline.memory_need``)."""
+    attention_bias: float = 0.0
+    """The krea preset's weight of the past context frames in attention (0 = the preset's, 1 = none)."""
 
     def __post_init__(self):
         if str(self.preset).lower() not in PRESETS:
@@ -223,6 +225,10 @@ class PresetChoice:
             check_kv_storage(self.kv_storage)
         except KVStorageError as err:
             raise ConfigError(str(err)) from None
+        if isinstance(self.attention_bias, bool) or not isinstance(self.attention_bias, (int, float)) \
+                or not 0.0 <= self.attention_bias <= 1.0:
+            raise ConfigError(f"attention_bias must be 0 (preset default) or a number in (0, 1], got "
+                              f"{self.attention_bias!r}")
         if self.kv_storage == FP8_E4M3 and not self.is_echo:
             raise ConfigError(f"kv_storage {FP8_E4M3} is available for the echo-forcing presets; {self.preset} keeps "
                               "its cache in the compute dtype (choose auto or compute)")
@@ -242,12 +248,15 @@ class PresetChoice:
                if getattr(self, n) != PRESET_DEFAULT}
         if self.pool_size:
             out["pool_size"] = self.pool_size
+        if self.attention_bias:
+            out["attention_bias"] = self.attention_bias
         return out
 
     @property
     def ignored(self) -> list[str]:
         """The options that were set but do not apply to this preset."""
-        applies = {"rope"} if self.preset in UNIFIED_ROPE_PRESETS else set()
+        applies = {"rope"} if self.preset in UNIFIED_ROPE_PRESETS else {"attention_bias"} if self.preset == "krea" \
+            else set()
         if self.is_echo:
             applies = {"recall_matching", "compression", "decay", "pool_size", "recall_scope"}
         return sorted(set(self.options()) - applies)
@@ -263,7 +272,10 @@ class PresetChoice:
         the first KV storage this choice allows; the run plan swaps in the one that fits)."""
         if not self.is_echo:
             unified = self.rope != PRESET_DEFAULT and self.preset in UNIFIED_ROPE_PRESETS
-            return make_policy(self.preset, **({"rope": self.rope} if unified else {}))
+            options = {"rope": self.rope} if unified else {}
+            if self.attention_bias and self.preset == "krea":
+                options["attention_bias"] = float(self.attention_bias)
+            return make_policy(self.preset, **options)
         policy = make_policy(self.preset, encode_text=encode_text, pool=pool, storage=storage,
                              kv_storage=self.kv_options()[0])
         cfg = policy.config

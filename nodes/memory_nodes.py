@@ -71,6 +71,10 @@ class EchoMemoryConfigNode(CombosChecked, io.ComfyNode):
                                        "fp8_e4m3: about half the memory (the 1.3B cache at 832x480 drops from "
                                        "6.2 to 3.3 GB) for a small, measured error (docs/HARDWARE.md). fp8 is "
                                        "for the echo-forcing presets."),
+                io.Float.Input("attention_bias", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="krea preset only: how much the block attends to the past context frames "
+                                       "(all but the first); log(bias) is added to their attention logits. 0 = the "
+                                       "preset's (1, none); Krea's ports use 0.3."),
             ],
             outputs=[MemoryConfig.Output(display_name="config",
                                          tooltip="Connect to the Autoregressive Sampler's config input.")],
@@ -79,9 +83,10 @@ class EchoMemoryConfigNode(CombosChecked, io.ComfyNode):
     @classmethod
     def execute(cls, preset: str, recall_matching: str, phase_compression: str, memory_decay: str,
                 scene_pool_size: int, rope_positions: str = PRESET_DEFAULT,
-                recall_scope: str = "shots so far", kv_storage: str = AUTO) -> io.NodeOutput:
+                recall_scope: str = "shots so far", kv_storage: str = AUTO,
+                attention_bias: float = 0.0) -> io.NodeOutput:
         return io.NodeOutput(PresetChoice(preset, recall_matching, phase_compression, memory_decay, scene_pool_size,
-                                          rope_positions, recall_scope, kv_storage))
+                                          rope_positions, recall_scope, kv_storage, attention_bias))
 
 
 class SceneRecallPool(CombosChecked, io.ComfyNode):

@@ -63,3 +63,13 @@ def test_the_card_and_its_steps():
     plan = plan_run(shots, cfg, width=48, height=32, dtype=torch.float32, choice=PresetChoice(preset="krea"),
                     card=card, steps=4)
     assert plan.settings.steps == (1000, 666, 333, 0)
+
+
+def test_echo_memory_config_sets_the_bias_for_krea_only():
+    from echo_forcing.memory import PresetChoice
+
+    assert PresetChoice("krea", attention_bias=0.3).build().attention_bias == 0.3
+    assert PresetChoice("krea").build().attention_bias == 1.0 and not PresetChoice("krea").ignored
+    assert PresetChoice("self-forcing", attention_bias=0.3).ignored == ["attention_bias"]
+    with pytest.raises(ConfigError, match="attention_bias must be 0 \\(preset default\\) or a number in"):
+        PresetChoice("krea", attention_bias=1.5)
