@@ -45,7 +45,9 @@ def test_twice_the_length_keeps_memory_flat():
     # the memory state (working cache, pools, histories, scene pool) is identical
     assert long["state"] == short["state"]
     # the peak grows only by the extra output and noise latents (+ allocator slack), not by cache frames:
-    # keeping every frame's keys/values instead would add ~100 MB here
+    # keeping every frame's keys/values instead would add ~100 MB here. The slack is 32 MiB: the resident peak
+    # of two separate processes varies by up to ~20 MB on 2 busy cores (measured growth 5-13 MB here, once 26 MB
+    # in a clean-clone CI run), still far below the 100 MB a growing cache would add
     growth = long["peak"] - short["peak"]
     extra_latents = 2 * (long["latents"] - short["latents"])
-    assert growth <= extra_latents + 16 * 2**20, (growth, extra_latents)
+    assert growth <= extra_latents + 32 * 2**20, (growth, extra_latents)
