@@ -56,7 +56,8 @@ class RollingWindowLoop(_BlockLoop):
         steps = self.timesteps
         k, blocks = len(steps), settings.num_blocks
         shot_of = [i for i, scene in enumerate(scenes) for _ in range(scene.num_blocks)]
-        first_of = {sum(s.num_blocks for s in scenes[:i]): i for i in range(len(scenes))}
+        starts = [sum(s.num_blocks for s in scenes[:i]) for i in range(len(scenes))]  # each shot's first block
+        first_of = {block: shot for shot, block in enumerate(starts)}
         texts: dict[int, object] = {}
         noisy: dict[int, torch.Tensor] = {}
         switches: dict[int, dict | None] = {}
@@ -66,7 +67,7 @@ class RollingWindowLoop(_BlockLoop):
                 self.hooks.interrupt()
             oldest, newest = max(0, w - k + 1), min(blocks - 1, w)
             if w < blocks:
-                noisy[w] = self._enter(w, shot_of[w], first_of, switches)
+                noisy[w] = self._enter(w, shot_of[w], starts, switches)
             for shot in [s for s in texts if s < shot_of[oldest]]:  # shots no window reads any more
                 del texts[shot]
             x = torch.cat([noisy[i] for i in range(oldest, newest + 1)], dim=1)
@@ -97,16 +98,16 @@ class RollingWindowLoop(_BlockLoop):
         self.hooks = replace(self.hooks, on_boundary=None, keep_end=False)
         return super().finish()
 
-    def _enter(self, block: int, shot: int, first_of: dict, switches: dict) -> torch.Tensor:
+    def _enter(self, block: int, shot: int, starts: list[int], switches: dict) -> torch.Tensor:
         """A block enters the window as its initial noise (a shot's first block starts the shot in the memory)."""
         f = self.f
-        if block in first_of:
+        first = block == starts[shot]
+        if first:
             if shot:
                 self.result.switches.append(self.state.start_scene(shot, block * f))
             switches[block] = self.result.switches[-1] if shot else None
-        first_block = next(b for b, s in sorted(first_of.items()) if s == shot)
-        self.state.begin_block(block in first_of)
-        return self.noise.initial(block * f, f, shot, block - first_block).to(device=self.model.device,
+        self.state.begin_block(first)
+        return self.noise.initial(block * f, f, shot, block - starts[shot]).to(device=self.model.device,
                                                                                dtype=self.model.dtype)
 
     def _text(self, shot: int, texts: dict):
