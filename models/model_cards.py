@@ -248,7 +248,8 @@ def default_card(dim: int, num_layers: int, in_dim: int, what: str = "the model"
                  memory_expert: bool = False) -> tuple[ModelCard | None, str]:
     """The card of a DiT no file name or size identifies: its architecture's default card, or None for a Wan2.1
     text-to-video DiT of a size no card describes (a custom or test model; it gets Self-Forcing's 3-frame, 4-step
-    settings). Another latent layout is refused: nothing says how it must be sampled."""
+    settings); a Wan2.2 (48-channel) DiT of an unknown size gets LongLive 2.0's. Another latent layout is refused:
+    nothing says how it must be sampled."""
     architecture = architecture_of(dim, num_layers, in_dim)
     if memory_expert:
         card = by_name(DEFAULT_EXPERT_CARD)
@@ -262,6 +263,11 @@ def default_card(dim: int, num_layers: int, in_dim: int, what: str = "the model"
     if in_dim == WAN21_LATENT_CHANNELS:
         return None, (f"{what} is a Wan2.1 DiT of width {dim} and {num_layers} layers, which no model card describes: "
                       "it gets Self-Forcing's settings (3-frame blocks, 4 steps)")
+    if in_dim == ARCHITECTURES[WAN22_TI2V_5B][2]:  # the Wan2.2 latent layout has one causal student: LongLive 2.0
+        card = by_name(DEFAULT_CARD[WAN22_TI2V_5B])
+        return card, (f"{what} is a Wan2.2 DiT of width {dim} and {num_layers} layers ({in_dim} latent channels), "
+                      f"which no model card describes: it gets the {card.title} settings, the only causal student of "
+                      "that latent layout")
     raise ModelCardError(f"{what} is a Wan DiT of width {dim}, {num_layers} layers and {in_dim} latent channels, "
                          f"which no model card describes (known: {', '.join(ARCHITECTURES)})")
 

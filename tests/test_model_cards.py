@@ -49,8 +49,10 @@ def test_weights_that_contradict_the_card_or_match_no_card_are_refused(tmp_path)
         card_for_file(named, 3072, 30, 48)
     other = tmp_path / "wan22_other.safetensors"
     other.write_bytes(b"x")
-    with pytest.raises(ModelCardError, match="width 2048, 24 layers and 48 latent channels, which no model card"):
-        card_for_file(other, 2048, 24, 48)
+    card, how = card_for_file(other, 2048, 24, 48)  # a Wan2.2 layout of no known size: its only student's settings
+    assert card.name == "longlive2-5b" and "Wan2.2 DiT of width 2048 and 24 layers" in how and "LongLive" in how
+    with pytest.raises(ModelCardError, match="width 2048, 24 layers and 36 latent channels, which no model card"):
+        card_for_file(other, 2048, 24, 36)  # an image-to-video layout (latents + conditioning) no student has
     card, how = card_for_file(tmp_path / "wan22_other.safetensors", 3072, 30, 48)  # Wan2.2-TI2V-5B's shape
     assert card.name == "longlive2-5b" and "wan2.2-ti2v-5b" in how
     with pytest.raises(ModelCardError, match="no model card is called 'nope'; known cards: self-forcing"):
