@@ -19,7 +19,9 @@ frames from a render's ``latents.safetensors`` or a core SaveLatent ``.latent`` 
 its last N, e.g. 3 to continue a clip from its last block); ``--image FILE`` encodes a picture and ``--clip FILE``
 the end of a video (its last 1 + 4N frames, N = ``--start-frames`` or 3, keeping the last N latent frames, which
 carry the clip's motion) with the Wan2.1 VAE given by ``--vae`` (``wan_2.1_vae.safetensors``), both resized to
-the video's size with a centre crop as ComfyUI's Wan image-to-video nodes do.
+the video's size with a centre crop as ComfyUI's Wan image-to-video nodes do. With ``--preset krea``, ``--vae`` also
+decodes every block as it is made, so Krea Realtime re-encodes its first context frame from the pixels (its release
+default; without ``--vae`` the video's first frame is kept).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..memory import PresetChoice
 from ..memory.presets import PRESETS
 from ..models import CausalWan, load_wan_experts, model_cards
 from ..models.wan_vae import encode_pixels, load_wan_vae_encoder, pixels_from_image, read_image
+from ..models.wan_vae_decoder import load_wan_vae
 from ..pipeline import (
     NOISE_MODES,
     PER_SHOT,
@@ -153,9 +156,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
     # recall targets by index count from the story's end
     shots = script_shots(shots, scenes, model.config.text_dim, args.enter, start)
     choice = PresetChoice(preset=args.preset, recall_matching="idf", recall_scope="shots so far")
+    vae = None if args.vae is None else (lambda: load_wan_vae(args.vae, model.device, model.dtype))
     plan = plan_run(shots, model.config, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
                     steps=args.steps, shift=args.shift, choice=choice, dtype=model.dtype, noise=args.noise, card=card,
-                    stop_after_shot=args.stop_after_shot, device=model.device)
+                    stop_after_shot=args.stop_after_shot, device=model.device, vae=vae)
     cache = None
     if args.cache is not None:
         cache = PrefixCache(budget_bytes(min(args.cache_gb, DEFAULT_BUDGET_GB)), args.cache,
@@ -231,6 +235,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --start: only its last N latent frames (default 0: all); with --clip: how many latent "
                         f"frames of its end (default {CLIP_LATENT_FRAMES})")
     p.add_argument("--vae", type=Path, default=None, metavar="FILE",
-                   help="the Wan2.1 VAE (wan_2.1_vae.safetensors) that encodes --image or --clip")
+                   help="the Wan2.1 VAE (wan_2.1_vae.safetensors) that encodes --image or --clip; with --preset "
+                        "krea it also decodes every block so the first context frame is re-encoded from the pixels "
+                        "(Krea Realtime's release default; without --vae the video's first frame is kept)")
     p.set_defaults(func=run)
 

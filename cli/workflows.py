@@ -82,7 +82,7 @@ DEFS: dict[str, NodeDef] = {
                                    ("config", "ECHO_MEMORY_CONFIG"), ("pool", "ECHO_SCENE_POOL"),
                                    ("noise", "widget:COMBO"), ("reuse_shots", "widget:BOOLEAN"),
                                    ("shot_cache_gb", "widget:FLOAT"), ("shot_cache_disk_gb", "widget:FLOAT"),
-                                   ("stop_after_shot", "widget:INT")),
+                                   ("stop_after_shot", "widget:INT"), ("vae", "VAE")),
                                   (("latent", "LATENT"), ("pool", "ECHO_SCENE_POOL"), ("report", "STRING"),
                                    ("story", "ECHO_STORY")),
                                   seed_control="seed"),

@@ -15,9 +15,12 @@ Attention bias (``attention_bias``; the release's remote code and its ports, not
 calls add ``log(bias)`` to the logits of the past context frames (all but the first), so the block leans on the
 first frame and itself; the re-computation has none.
 
-Not here yet: the release's default re-encodes the first context frame from the last decoded pixels through the
-VAE (``keep_first_frame`` off), which needs a VAE in the loop. This cache is the ``keep_first_frame`` mode: the
-video's true first frame is the context's first frame.
+First frame (``keep_first_frame``): with it on, the context's first frame is the video's first latent frame. The
+release's default (off) re-encodes it instead, once the video is long enough: before the block at frame ``s``
+with ``s - F >= context_frames`` (``F`` the block's frames), the first context frame is the VAE encoding, on its
+own, of the last decoded pixel frame of latent ``s - context_frames``, the picture just before the rest of the
+context, so the anchor follows the video instead of pinning its opening. The rollout decodes every block as it is
+made for this (``pipeline.pixel_reencoding``, the Wan2.1 VAE's streaming decoder) and needs the VAE.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ class KreaCacheConfig:
 
     context_frames: int = 3
     keep_first_frame: bool = True
-    """The context starts with the video's first latent frame (the VAE re-encoding of the release's default mode
-    is not offered yet)."""
+    """The context starts with the video's first latent frame; False: the release's default, the first context
+    frame re-encoded from the decoded pixels (needs the VAE in the loop)."""
     attention_bias: float = 1.0
     """Weight of the past context frames (all but the first) in the denoising calls' attention: ``log(bias)`` is
     added to their logits (the release's remote code and its ports; 1 = none, 0.3 the ports' default)."""
@@ -52,9 +55,16 @@ class KreaCacheConfig:
         if isinstance(self.attention_bias, bool) or not isinstance(self.attention_bias, (int, float)) \
                 or not 0 < self.attention_bias <= 1:
             raise ConfigError(f"attention_bias must be a number in (0, 1], got {self.attention_bias!r}")
-        if self.keep_first_frame is not True:
-            raise ConfigError("keep_first_frame must be True: re-encoding the first context frame through the VAE "
-                              "is not offered yet")
+        if not isinstance(self.keep_first_frame, bool):
+            raise ConfigError(f"keep_first_frame must be True or False, got {self.keep_first_frame!r}")
+        if not self.keep_first_frame and self.context_frames < 2:
+            raise ConfigError("keep_first_frame off re-encodes the first of at least 2 context frames; with "
+                              f"context_frames {self.context_frames} keep it on")
+
+    @property
+    def needs_pixels(self) -> bool:
+        """The first context frame is re-encoded from decoded pixels: the rollout needs the VAE."""
+        return not self.keep_first_frame
 
     def check_length(self, num_frames: int, frames_per_block: int) -> None:
         """Any length; the cache holds the context and one block."""
@@ -80,6 +90,12 @@ class KreaState(MemoryState):
         latest = list(range(1, start_frame))[-(self.config.context_frames - 1):] if self.config.context_frames > 1 \
             else []
         return [0, *latest]
+
+    def reencoded_context(self, start_frame: int, frames_per_block: int) -> int | None:
+        kv = self.config.context_frames
+        if self.config.keep_first_frame or start_frame - frames_per_block < kv:
+            return None
+        return start_frame - kv
 
 
 class KreaLayerCache(FrameBuffer):

@@ -145,7 +145,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            _plain(LongLive2CacheConfig)),
     Preset("krea", "Krea Realtime (re-computed context 3)",
            "no rolling cache: before every block the first frame and the 2 latest are re-encoded clean at positions "
-           "0..2, the block denoised at 3..5; no context pass (keep-first-frame mode)",
+           "0..2, the block denoised at 3..5; no context pass; with the VAE, the first is re-encoded from decoded "
+           "pixels",
            _plain(KreaCacheConfig)),
     Preset("tethercache", "TetherCache (S3 + M14 + R4)",
            "sink 3 + memory 14 chosen by GRAB (attention mass + 0.35 x temporal diversity) and edited by TAME "

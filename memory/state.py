@@ -51,8 +51,10 @@ class MemoryState:
     The rollout calls, per scene: ``start_scene`` (every scene but the first), then ``recache_frames`` (and
     one clean call of that many latest frames if > 0); per block: ``begin_block``, ``context_frames`` (and one
     clean call of those frames if any), the denoising calls, ``before_context_pass``, the clean context pass
-    (unless ``context_pass_per_block`` is False), ``end_block``. ``memory.policy`` states the rules every
-    state keeps (bounded memory, inputs left unchanged, resumable at shot boundaries, its reports).
+    (unless ``context_pass_per_block`` is False), ``end_block``. A policy whose ``needs_pixels`` is True gets
+    every block decoded as it is made, and ``reencoded_context`` names what to re-encode from those pixels.
+    ``memory.policy`` states the rules every state keeps (bounded memory, inputs left unchanged, resumable at shot
+    boundaries, its reports).
     """
 
     snapshot_layout = 1
@@ -92,6 +94,12 @@ class MemoryState:
         """Latent frames (of the video so far) to re-encode in one clean call before the block at ``start_frame``
         is denoised (Krea's KV re-computation); none for a cache the context passes write."""
         return []
+
+    def reencoded_context(self, start_frame: int, frames_per_block: int) -> int | None:
+        """The latent frame whose last decoded pixel frame, encoded alone through the VAE, replaces the first of
+        ``context_frames`` before the block at ``start_frame`` (Krea's release default); None: the context is the
+        latents themselves. Only asked of a state whose policy ``needs_pixels``."""
+        return None
 
     def result_pool(self) -> ScenePool | None:
         """The scene pool after the video (a new object), or None for policies without one."""

@@ -177,8 +177,9 @@ CARDS: tuple[ModelCard, ...] = (
               licence="Apache-2.0 (weights; the inference code is CC BY-NC-SA 4.0)",
               notes="re-encodes a 3-frame clean context before every block (the krea preset) and ends each block "
                     "with a call at timestep 0; its hub file (krea/krea-realtime-video, "
-                    "krea-realtime-video-14b.safetensors) has no public pin yet. The release's VAE re-encoding of "
-                    "the first context frame and its attention bias are not offered yet"),
+                    "krea-realtime-video-14b.safetensors) has no public pin yet. Give the sampler the Wan2.1 VAE for "
+                    "the release's default (the first context frame re-encoded from decoded pixels); the attention "
+                    "bias is Echo Memory Config's attention_bias"),
     ModelCard("sgf-chunkwise", "sgf", "Self Gradient Forcing (chunk-wise)", WAN21_T2V_1_3B, 3, (3,),
               presets=("sgf", "echo-forcing"), licence="Apache-2.0",
               notes="released with a 12-frame long-video cache (sink 3, slot positions): the sgf preset; its hub "

@@ -112,6 +112,10 @@ class _ChunkCache:
         """What the previous chunk stored for ``layer`` (None: this is the first chunk)."""
         return self._kept.get(layer)
 
+    def numel(self) -> int:
+        """Elements kept, all layers together."""
+        return sum(t.numel() for t in self._kept.values())
+
 
 class CausalConv3d(nn.Conv3d):
     """A 3x3x3 convolution, zero-padded by one pixel in space and causal in time.
@@ -407,26 +411,27 @@ def _prefix(keys: list[str]) -> str | None:
 
 def _check_latent_channels(sd: Mapping[str, torch.Tensor], what: str) -> None:
     """Refuse a VAE of another latent width (Wan2.2's 48 channels) or input layout, naming the tensor."""
-    conv1 = sd.get("conv1.weight")
-    if conv1 is not None and (conv1.dim() != 5 or conv1.shape[0] != 2 * WAN21_VAE_Z_DIM):
-        z = conv1.shape[0] // 2
-        which = " (the Wan2.2 TI2V-5B VAE)" if z == 48 else ""
-        raise CheckpointError(
-            f"{what} is a VAE with {z} latent channels{which}: conv1.weight is {list(conv1.shape)}, the Wan2.1 VAE's "
-            f"is [{2 * WAN21_VAE_Z_DIM}, {2 * WAN21_VAE_Z_DIM}, 1, 1, 1] ({WAN21_VAE_Z_DIM} channels, what the "
-            f"Wan2.1 models Echo-Forcing runs take). Use {_wan21_vae_file()}.")
-    first = sd["encoder.conv1.weight"]
-    if first.dim() != 5 or first.shape[1] != 3:
+    for name, wide in (("conv1.weight", 2), ("conv2.weight", 1)):
+        conv = sd.get(name)
+        if conv is not None and (conv.dim() != 5 or conv.shape[0] != wide * WAN21_VAE_Z_DIM):
+            z = conv.shape[0] // wide
+            which = " (the Wan2.2 TI2V-5B VAE)" if z == 48 else ""
+            raise CheckpointError(
+                f"{what} is a VAE with {z} latent channels{which}: {name} is {list(conv.shape)}, the Wan2.1 VAE's is "
+                f"[{wide * WAN21_VAE_Z_DIM}, {wide * WAN21_VAE_Z_DIM}, 1, 1, 1] ({WAN21_VAE_Z_DIM} channels, what "
+                f"the Wan2.1 models Echo-Forcing runs take). Use {_wan21_vae_file()}.")
+    first = sd.get("encoder.conv1.weight")
+    if first is not None and (first.dim() != 5 or first.shape[1] != 3):
         which = " (a 2x2-patchified input, as the Wan2.2 VAE)" if first.dim() == 5 and first.shape[1] == 12 else ""
         raise CheckpointError(
             f"{what} is not a Wan2.1 VAE: encoder.conv1.weight is {list(first.shape)}{which}; the Wan2.1 VAE's is "
             f"[{WAN21_VAE_DIM}, 3, 3, 3, 3]. Use {_wan21_vae_file()}.")
 
 
-def _layout_problems(sd: Mapping[str, torch.Tensor], prefix: str) -> list[str]:
-    """The encoder tensors ``sd`` lacks, has in excess or has in the wrong shape, one line per kind (names as in
-    the file, with ``prefix``), against the encoder of the width ``encoder.conv1.weight`` says."""
-    expected = encoder_shapes(sd["encoder.conv1.weight"].shape[0], WAN21_VAE_Z_DIM)
+def _layout_problems(sd: Mapping[str, torch.Tensor], prefix: str,
+                     expected: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """The tensors of ``expected`` that ``sd`` lacks, has in excess or has in the wrong shape, one line per kind
+    (names as in the file, with ``prefix``)."""
     missing = [prefix + k for k in expected if k not in sd]
     unexpected = sorted(prefix + k for k in sd if k not in expected)
     mismatched = [f"{prefix}{k}: file {list(sd[k].shape)} vs expected {list(s)}"
@@ -439,13 +444,13 @@ def _layout_problems(sd: Mapping[str, torch.Tensor], prefix: str) -> list[str]:
     return problems
 
 
-def encoder_state_dict(tensors: Mapping, what: str = "the file") -> dict[str, torch.Tensor]:
-    """The encoder's and ``conv1``'s tensors of a Wan2.1 VAE state dict, checked name by name and shape by shape.
+_PARTS = {"encoder": (("encoder.", "conv1."), "encoder.conv1.weight", 0),
+          "decoder": (("decoder.", "conv2."), "decoder.head.0.gamma", 0)}
+"""Each half of the VAE: its key prefixes, and the tensor whose first dimension is the VAE's width."""
 
-    ``tensors`` is a whole VAE file (the decoder and ``conv2`` are ignored; a file with the encoder alone is
-    accepted), possibly under a prefix (``first_stage_model.``). :class:`CheckpointError` names what is missing,
-    unexpected or of the wrong shape, all at once, and what the file looks like instead, before anything is built.
-    """
+
+def _vae_part(tensors: Mapping, what: str, part: str) -> dict[str, torch.Tensor]:
+    """One half of a Wan2.1 VAE state dict (see :func:`encoder_state_dict`), checked against its shapes."""
     if not isinstance(tensors, Mapping):
         raise CheckpointError(f"{what} holds a {type(tensors).__name__}, not a dict of tensors")
     named = {str(k): v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
@@ -455,12 +460,18 @@ def encoder_state_dict(tensors: Mapping, what: str = "the file") -> dict[str, to
         raise CheckpointError(
             f"{what} is not a Wan2.1 VAE: it has no encoder.conv1.weight.{_other_file_hint(keys)} Found {len(keys)} "
             f"tensors, e.g. {', '.join(keys[:_LIST]) or 'none'}. Use {_wan21_vae_file()}.")
-    sd = {k[len(prefix):]: v for k, v in named.items()
-          if k.startswith(prefix) and k[len(prefix):].startswith(("encoder.", "conv1."))}
+    starts, width_of, axis = _PARTS[part]
+    sd = {k[len(prefix):]: v for k, v in named.items() if k.startswith(prefix) and k[len(prefix):].startswith(starts)}
     _check_latent_channels(sd, what)
-    problems = _layout_problems(sd, prefix)
+    width = sd.get(width_of)
+    if width is None or width.dim() < 1:
+        raise CheckpointError(f"{what} holds no Wan2.1 VAE {part}: {prefix}{width_of} is missing. A file with the "
+                              f"encoder alone cannot decode; use {_wan21_vae_file()}.")
+    dim = width.shape[axis]
+    expected = encoder_shapes(dim, WAN21_VAE_Z_DIM) if part == "encoder" else _decoder_shapes(dim, WAN21_VAE_Z_DIM)
+    problems = _layout_problems(sd, prefix, expected)
     if problems:
-        raise CheckpointError(f"{what} does not hold a complete Wan2.1 VAE encoder:\n  " + "\n  ".join(problems)
+        raise CheckpointError(f"{what} does not hold a complete Wan2.1 VAE {part}:\n  " + "\n  ".join(problems)
                               + "\nIt is another model or a partial file; nothing was loaded. Use "
                               + f"{_wan21_vae_file()}.")
     odd = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.dtype not in STORED_DTYPES})
@@ -468,6 +479,22 @@ def encoder_state_dict(tensors: Mapping, what: str = "the file") -> dict[str, to
         raise CheckpointError(f"{what} stores the VAE as {', '.join(odd)}; use a float32, float16 or bfloat16 file")
     check_finite(sd, what)
     return sd
+
+
+def encoder_state_dict(tensors: Mapping, what: str = "the file") -> dict[str, torch.Tensor]:
+    """The encoder's and ``conv1``'s tensors of a Wan2.1 VAE state dict, checked name by name and shape by shape.
+
+    ``tensors`` is a whole VAE file (the decoder and ``conv2`` are ignored; a file with the encoder alone is
+    accepted), possibly under a prefix (``first_stage_model.``). :class:`CheckpointError` names what is missing,
+    unexpected or of the wrong shape, all at once, and what the file looks like instead, before anything is built.
+    """
+    return _vae_part(tensors, what, "encoder")
+
+
+def decoder_state_dict(tensors: Mapping, what: str = "the file") -> dict[str, torch.Tensor]:
+    """The decoder's and ``conv2``'s tensors of a whole Wan2.1 VAE state dict, checked as
+    :func:`encoder_state_dict` checks the encoder (for ``models.wan_vae_decoder``)."""
+    return _vae_part(tensors, what, "decoder")
 
 
 def load_wan_vae_encoder(path: str | os.PathLike, device: torch.device | str = "cpu",

@@ -11,8 +11,9 @@ from comfy_api.latest import io
 from ..memory import PresetChoice, ScenePool
 from ..models import CausalWan, model_cards
 from ..models.block_forward import module_config
-from ..models.checkpoints import STORED_DTYPES
+from ..models.checkpoints import STORED_DTYPES, CheckpointError
 from ..models.config import WanConfig
+from ..models.wan_vae_decoder import WanVAE, wan_vae_from_tensors
 from ..pipeline import (
     RolloutInputError,
     SceneList,
@@ -84,6 +85,24 @@ def memory_expert(model, cfg: WanConfig):
     if expert_cfg != cfg:
         raise RolloutInputError("the model's SGF+ memory expert has another shape than the model; reload it")
     return expert, tree
+
+
+def pixel_vae(vae, dtype: torch.dtype):
+    """A function that builds the pack's Wan2.1 VAE from a core VAE's weights (the run plan calls it only for the
+    krea preset, which re-encodes decoded pixels), or None without a VAE."""
+    if vae is None:
+        return None
+    stage = getattr(vae, "first_stage_model", None)
+    if not callable(getattr(stage, "state_dict", None)):
+        raise RolloutInputError(f"the vae input is not a ComfyUI VAE ({type(vae).__name__}); connect Load VAE with "
+                                "wan_2.1_vae.safetensors")
+
+    def build() -> WanVAE:
+        try:
+            return wan_vae_from_tensors(stage.state_dict(), "the vae input", "cpu", dtype)
+        except CheckpointError as err:
+            raise RolloutInputError(str(err)) from None
+    return build
 
 
 def _compute_dtype(model) -> torch.dtype:
@@ -160,6 +179,12 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
                 io.Int.Input("stop_after_shot", default=0, min=0, max=1024, optional=True,
                              tooltip="Stop after this shot and return the shots so far (0 = all shots). Queue "
                                      "again with 0 (or a later shot) and the run goes on from there."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="krea preset only: the Wan2.1 VAE (Load VAE, wan_2.1_vae.safetensors). With "
+                                     "it, Krea Realtime runs its release default: every block is decoded as it is "
+                                     "made and the first context frame is re-encoded from those pixels. Without "
+                                     "it, the video's first frame stays the first context frame. Other presets "
+                                     "ignore it."),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -196,7 +221,7 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
     def execute(cls, model, scenes: SceneList, seed: int, width: int, height: int, fps: float, steps: int,
                 shift: float, config: PresetChoice | None = None, pool: ScenePool | None = None,
                 noise: str = PER_SHOT, reuse_shots: bool = True, shot_cache_gb: float = DEFAULT_BUDGET_GB,
-                shot_cache_disk_gb: float = 0.0, stop_after_shot: int = 0) -> io.NodeOutput:
+                shot_cache_disk_gb: float = 0.0, stop_after_shot: int = 0, vae=None) -> io.NodeOutput:
         # ---- everything is checked before the model is loaded or any block runs ----------------------------
         tree, cfg = _wan_tree(model)
         card, card_how = model_card(model, cfg)
@@ -211,7 +236,7 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
                         choice=config, pool=pool, dtype=dtype, noise=noise, stop_after_shot=stop_after_shot,
                         encode_text=host.text_encoder(encoder) if encoder is not None else None, device=device,
                         device_memory=host.device_memory_available(device), weights=weights, can_offload=True,
-                        card=card, card_note=card_how)
+                        card=card, card_note=card_how, vae=pixel_vae(vae, dtype))
         cache = None
         if reuse_shots:
             SHOT_CACHE.resize(budget_bytes(shot_cache_gb))
@@ -233,7 +258,8 @@ class AutoregressiveSampler(CombosChecked, io.ComfyNode):
         stop = host.StopRequest(progress.prompt_id)
         try:
             result = generate(plan, load, cache=cache, model_key=host.model_key(model, dtype) + (
-                                  "+" + host.model_key(expert, dtype) if expert is not None else ""),
+                                  "+" + host.model_key(expert, dtype) if expert is not None else "") + (
+                                  "+vae:" + host.identity(vae) if plan.vae is not None else ""),
                               encoder_key=host.identity(encoder) if encoder is not None else "",
                               on_block=progress, interrupt=host.interrupt, stop_requested=stop,
                               on_reuse=progress.reused)

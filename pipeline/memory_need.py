@@ -111,10 +111,12 @@ def activation_bytes(model: WanConfig, dtype: torch.dtype, kv: KVFormat, block_t
 
 def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, int], *, frames: int,
                 frames_per_block: int, latent_size: tuple[int, int], batch: int = 1, noise: str = OFFICIAL,
-                shots: int = 1, weights: int = 0) -> MemoryNeed:
+                shots: int = 1, weights: int = 0, decode: int = 0) -> MemoryNeed:
     """The memory a run of ``frames`` latent frames needs with ``policy`` (see the module docstring).
 
     ``weights`` is the bytes of the DiT's parameters as stored on the device (0 when someone else places them).
+    ``decode``: the device bytes of a streaming VAE decode in the loop (its weights, history and peak), for a
+    memory that re-encodes decoded pixels.
     """
     item = dtype.itemsize
     kv = KVFormat(getattr(policy, "kv_storage", COMPUTE), dtype)
@@ -130,6 +132,8 @@ def memory_need(model: WanConfig, dtype: torch.dtype, policy, grid: tuple[int, i
               "text": 2 * model.num_layers * model.text_len * model.dim * item * batch,
               "rope tables": ROTATIONS_KEPT * window * model.head_dim // 2 * 2 * FLOAT32,
               "weights": weights}
+    if decode:
+        device["VAE decode"] = decode
     frame = batch * model.in_dim * latent_size[0] * latent_size[1] * FLOAT32  # float32 on the CPU
     host = {"latents": 2 * frames * frame,
             "noise": (frames if noise == OFFICIAL else frames_per_block) * frame,

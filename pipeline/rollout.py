@@ -27,9 +27,11 @@ from ..models.block_forward import CausalWan, TextContext
 from ..models.flow_unipc import solve_block, unipc_timesteps
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
+from ..models.wan_vae_decoder import WanVAE, streaming_decode_bytes
 from .latents import LATENT_CHANNELS, LATENT_FORMATS, VAE_STRIDE, latent_format, video_frames
 from .memory_need import check_memory, memory_need
 from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
+from .pixel_reencoding import PixelReencoding
 from .scene_script import Scene, Transition, scene_block_counts, validate_scenes
 from .shot_boundary import ShotBoundary
 
@@ -376,7 +378,8 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
             cache: CachePolicy, on_block: Callable[[BlockEvent], None] | None = None,
             interrupt: Callable[[], None] | None = None, *, resume_from: ShotBoundary | None = None,
             on_boundary: Callable[[ShotBoundary], None] | None = None,
-            stop_after: Callable[[int], bool] | None = None, keep_end: bool = False) -> RolloutResult:
+            stop_after: Callable[[int], bool] | None = None, keep_end: bool = False,
+            vae: WanVAE | None = None) -> RolloutResult:
     """Generate ``settings.num_frames`` latent frames with ``cache`` behind every layer.
 
     ``text`` is one prompt's context, or the scenes of a multi-shot video (their blocks must add up to the
@@ -389,10 +392,15 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     every shot but the last (0-based) and ends the run there when it says so (the result then holds the
     shots done). ``keep_end``: the boundary after the last shot done is kept in ``result.end`` even without
     ``on_boundary`` (to save the video as a story).
+
+    ``vae``: the Wan2.1 VAE, for a cache that re-encodes decoded pixels (``needs_pixels``: Krea Realtime's
+    release default); every block is then decoded as it is made (``pipeline.pixel_reencoding``). Other caches
+    ignore it.
     """
     scenes = _scenes(text, settings)
     _check_starts(scenes, settings, model.config.in_dim)
-    grid = _check_request(model, settings, cache, scenes)
+    vae = _check_vae(vae, cache, model)
+    grid = _check_request(model, settings, cache, scenes, vae)
     shape = settings.noise_shape(model.config.in_dim)
     if resume_from is not None:
         _check_resume(resume_from, scenes, settings, shape)
@@ -406,14 +414,33 @@ def rollout(model: CausalWan, text: TextContext | Sequence[RolloutScene], settin
     state = cache.create(model.config.num_layers, [s.info() for s in scenes])
     hooks = _Hooks(on_block, interrupt, on_boundary, stop_after, keep_end)
     run = loop(model, settings, scenes, state, grid, shape, hooks)
+    if vae is not None:
+        run.pixels = PixelReencoding(vae.to(model.device),
+                                     keep=getattr(cache, "context_frames", 1) + settings.frames_per_block)
     if resume_from is not None:
         run.resume(resume_from)
     run.generate()
     return run.finish()
 
 
+def _check_vae(vae: WanVAE | None, cache: CachePolicy, model: CausalWan) -> WanVAE | None:
+    """The VAE the run decodes with: None unless ``cache`` re-encodes pixels, which then needs a Wan2.1 VAE."""
+    if not getattr(cache, "needs_pixels", False):
+        return None
+    if vae is None:
+        raise RolloutInputError("this cache re-encodes its first context frame from decoded pixels (Krea Realtime's "
+                                "release default, keep_first_frame off): give the Wan2.1 VAE, or keep the first "
+                                "frame (keep_first_frame on)")
+    if not isinstance(vae, WanVAE):
+        raise RolloutInputError(f"vae must be a models.wan_vae_decoder.WanVAE, got {type(vae).__name__}")
+    if model.config.in_dim != vae.decoder.z_dim:
+        raise RolloutInputError(f"the VAE makes {vae.decoder.z_dim}-channel latents but the model reads "
+                                f"{model.config.in_dim}")
+    return vae
+
+
 def _check_request(model: CausalWan, settings: RolloutSettings, cache: CachePolicy,
-                   scenes: list[RolloutScene]) -> tuple[int, int]:
+                   scenes: list[RolloutScene], vae: WanVAE | None = None) -> tuple[int, int]:
     """Refuse a model, cache or size that cannot run (before any model call); the token grid per frame."""
     if model.config.in_dim != model.config.out_dim:
         raise RolloutInputError(f"the model maps {model.config.in_dim} -> {model.config.out_dim} latent channels; "
@@ -422,7 +449,9 @@ def _check_request(model: CausalWan, settings: RolloutSettings, cache: CachePoli
     cache.check_length(settings.num_frames, settings.frames_per_block)
     check_memory(memory_need(model.config, model.dtype, cache, grid, frames=settings.num_frames,
                              frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
-                             batch=settings.batch_size, noise=settings.noise, shots=len(scenes)), model.device)
+                             batch=settings.batch_size, noise=settings.noise, shots=len(scenes),
+                             decode=0 if vae is None else vae.weight_bytes + streaming_decode_bytes(
+                                 vae.decoder, settings.latent_size, settings.batch_size)), model.device)
     return grid
 
 
@@ -460,6 +489,7 @@ class _BlockLoop:
         self.output = torch.empty(shape, dtype=torch.float32)
         self.result = RolloutResult(latents=self.output)
         self.memories = state.layers
+        self.pixels: PixelReencoding | None = None  # set by rollout for a cache that re-encodes decoded pixels
         self.first_shot, self.index = 0, 0
         self.stopped = False
 
@@ -470,6 +500,8 @@ class _BlockLoop:
         self.noise.resume(boundary.noise_state)
         self.first_shot, self.index = boundary.shot, boundary.block
         self.output[:, :self.index * f] = boundary.latents
+        if self.pixels is not None:  # the decoder's history is a function of the latents so far
+            self.pixels.replay(self.output[:, :self.index * f])
         result.switches = [dict(s) for s in boundary.switches]
         result.block_reports = list(boundary.block_reports)
         result.block_seconds = list(boundary.block_seconds)
@@ -535,11 +567,17 @@ class _BlockLoop:
         context = state.context_frames(start)
         if context:  # Krea: the memory re-encodes its context (clean frames of the video so far) in one call
             n = len(context)
-            model(self.output[:, context].to(device=model.device, dtype=model.dtype),
+            clean = self.output[:, context]
+            source = None if self.pixels is None else state.reencoded_context(start, f)
+            if source is not None:  # its first frame re-encoded from the decoded pixels
+                clean = torch.cat((self.pixels.encode(source), clean[:, 1:]), dim=1)
+            model(clean.to(device=model.device, dtype=model.dtype),
                   torch.zeros((b, n), dtype=torch.float32), text, self.memories,
                   BlockCall(start - n, n, 0.0, True, self.grid))
         x0 = self._denoise(start, scene_index, block_in_scene, text, self._start_frames(scene, block_in_scene))
         self.output[:, start:start + f] = x0.float().cpu()
+        if self.pixels is not None:
+            self.pixels.add(self.output[:, start:start + f])
         self._check_finite(start, scene_index)
         state.before_context_pass()
         if state.context_pass_per_block:

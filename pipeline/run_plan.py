@@ -23,6 +23,7 @@ from ..models.config import WanConfig
 from ..models.flow_unipc import unipc_timesteps
 from ..models.model_cards import ModelCard
 from ..models.schedule import evenly_spaced_steps, steps_down_to_zero
+from ..models.wan_vae_decoder import WanVAE, streaming_decode_bytes
 from .digests import digest, tensor_digest
 from .latents import LATENT_FORMATS, latent_format
 from .memory_need import MemoryNeed, MemoryPlan, memory_need, plan_memory
@@ -81,6 +82,8 @@ class RunPlan:
     """The story the shots continue (its boundary is where the run starts)."""
     memory: MemoryPlan | None = None
     """The memory plan: the KV storage chosen, whether weights are streamed, every option's need."""
+    vae: WanVAE | None = field(default=None, repr=False, compare=False)
+    """The VAE the run decodes with, for a memory that re-encodes decoded pixels (None otherwise)."""
 
     def __repr__(self) -> str:
         return (f"RunPlan({len(self.shots)} shots, {self.settings.num_blocks} blocks, {self.choice.preset}, "
@@ -198,7 +201,8 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
              pool: ScenePool | None = None, dtype: torch.dtype = torch.bfloat16, noise: str = PER_SHOT,
              encode_text=None, stop_after_shot: int = 0, device: torch.device | str = "cpu",
              device_memory: int | None = None, host_memory: int | None = None, weights: int = 0,
-             can_offload: bool = False, card: ModelCard | None = None, card_note: str = "") -> RunPlan:
+             can_offload: bool = False, card: ModelCard | None = None, card_note: str = "",
+             vae: WanVAE | Callable[[], WanVAE] | None = None) -> RunPlan:
     """Check a run and decide everything before any model is loaded (see the module docstring).
 
     ``model`` is the DiT's shape, ``dtype`` the compute dtype (it decides the cache's and the pool's dtype),
@@ -213,6 +217,10 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     block and of the first one) are the run's; ``steps`` given overrides the card's number of steps (evenly
     spaced, as the official lists). Without a card: Self-Forcing's 3-frame blocks and ``steps`` (default 4).
     ``card_note`` (how the card was found) goes into the report's notes.
+
+    ``vae``: the Wan2.1 VAE, or a function that builds it (called only when the preset uses it). The krea preset
+    then runs the release's default, its first context frame re-encoded from the decoded pixels
+    (``memory.krea_realtime``); without it, the video's first frame is kept. Other presets ignore it (noted).
     """
     _check_request(shots, model, fps, stop_after_shot)
     choice = choice if choice is not None else PresetChoice()
@@ -257,6 +265,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     _check_pool(pool, choice, model, dtype, grid, notes)
     start_pool = pool if choice.is_echo else None
     policy = _checked_policy(choice, encode_text, start_pool, settings, shots, blocks)
+    policy, vae = _pixel_reencoding(policy, vae, choice.preset, model, notes)
     if getattr(policy, "rolling_window", False):
         settings = _rolling_window_settings(policy, settings, shots, stop_after_shot, notes)
     if any(s.text.shape[1] > model.text_len for s in shots.shots):
@@ -271,10 +280,14 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
         if len(shots) > len(story.shots):
             story.check_extension()
 
+    decode = 0 if vae is None else vae.weight_bytes + streaming_decode_bytes(vae.decoder, settings.latent_size,
+                                                                              settings.batch_size)
+
     def need_of(kv: str) -> MemoryNeed:
         return memory_need(model, dtype, _with_kv(policy, kv), grid, frames=settings.num_frames,
                            frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
-                           batch=settings.batch_size, noise=settings.noise, shots=len(shots), weights=weights)
+                           batch=settings.batch_size, noise=settings.noise, shots=len(shots), weights=weights,
+                           decode=decode)
 
     others = [kv for kv in KV_STORAGES if kv not in allowed] if choice.is_echo else []
     memory = plan_memory(need_of, allowed, device, device_memory=device_memory, host_memory=host_memory,
@@ -283,7 +296,34 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
     if memory.note():
         notes.append(memory.note())
     return RunPlan(shots, tuple(blocks), settings, fps, choice, policy, model, dtype, grid, start_pool, tuple(seeds),
-                   stop_after_shot, tuple(notes), model.text_len, routes, story, memory)
+                   stop_after_shot, tuple(notes), model.text_len, routes, story, memory, vae)
+
+
+def _pixel_reencoding(policy, vae: WanVAE | Callable[[], WanVAE] | None, preset: str, model: WanConfig,
+                      notes: list[str]) -> tuple[object, WanVAE | None]:
+    """The policy and the VAE of the run: Krea Realtime re-encodes its first context frame from decoded pixels
+    when it has the VAE (the release's default) and keeps the video's first frame otherwise; the others take none."""
+    if not hasattr(policy, "keep_first_frame"):
+        if vae is not None:
+            notes.append(f"the VAE input is used by the krea preset only; {preset} ignores it")
+        return policy, None
+    if vae is None:
+        if not policy.keep_first_frame:
+            raise RolloutInputError("this krea policy re-encodes its first context frame from decoded pixels: give "
+                                    "the Wan2.1 VAE")
+        notes.append("krea: the video's first frame stays the first context frame (keep_first_frame); give the "
+                     "sampler the Wan2.1 VAE for the release's default, which re-encodes it from the decoded pixels")
+        return policy, None
+    if callable(vae) and not isinstance(vae, WanVAE):
+        vae = vae()
+    if not isinstance(vae, WanVAE):
+        raise RolloutInputError(f"vae must be a models.wan_vae_decoder.WanVAE, got {type(vae).__name__}")
+    if vae.decoder.z_dim != model.in_dim:
+        raise RolloutInputError(f"the VAE makes {vae.decoder.z_dim}-channel latents but the model reads "
+                                f"{model.in_dim}")
+    notes.append("krea: the first context frame is re-encoded from the decoded pixels through the VAE (the "
+                 "release's default); every block is decoded as it is made")
+    return replace(policy, keep_first_frame=False), vae
 
 
 def _rolling_window_settings(policy, settings: RolloutSettings, shots: SceneList, stop_after_shot: int,
@@ -442,4 +482,4 @@ def generate(plan: RunPlan, load: Callable[[], CausalWan], *, cache: PrefixCache
     texts = [PendingText(lambda t=t: model.encode_text(t)) for t in plan.text_inputs()]
     return rollout(model, plan.rollout_scenes(texts), plan.settings, plan.policy, on_block=on_block,
                    interrupt=interrupt, resume_from=start, stop_after=stop_after, keep_end=True,
-                   on_boundary=passed if cache is not None or on_boundary is not None else None)
+                   on_boundary=passed if cache is not None or on_boundary is not None else None, vae=plan.vae)

@@ -65,7 +65,7 @@ def _stub_modules(root: Path) -> dict[str, types.ModuleType]:
     io = types.ModuleType("comfy_api.latest.io")
     for name, io_type in (("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Boolean", "BOOLEAN"),
                           ("Combo", "COMBO"), ("Model", "MODEL"), ("Clip", "CLIP"), ("Conditioning", "CONDITIONING"),
-                          ("Latent", "LATENT")):
+                          ("Latent", "LATENT"), ("Vae", "VAE")):
         setattr(io, name, _Type(io_type))
     io.Custom = _Type
     io.Schema = _Schema
