@@ -420,6 +420,33 @@ def test_the_model_card_travels_to_the_sampler_and_a_contradicting_card_is_refus
     assert not [k for k, _ in events if k == "echo_forcing.block"]
 
 
+def test_krea_with_the_vae_re_encodes_its_first_context_frame_from_the_decoded_pixels(comfy_server, tiny_models):
+    """The krea preset with core Load VAE's Wan2.1 VAE on the sampler's vae input runs the release default: from the
+    third block on, the first context frame is re-encoded from the pixels the sampler decodes as it goes. The first
+    two blocks equal the keep-first run's, the third does not; the report says which mode ran."""
+    base = tiny_workflow(API_WORKFLOWS[0].with_name("long_video_60s.json"), tiny_models, seconds=2.25)
+    sampler, config = node_of(base, "EchoForcingSampler"), node_of(base, "EchoForcingMemoryConfig")
+    base[config]["inputs"]["preset"] = "krea"
+    latents, reports = {}, {}
+    for tag, vae in (("kept", None), ("reencoded", [node_of(base, "VAELoader"), 0])):
+        prompt = _with_latent_output(json.loads(json.dumps(base)), f"krea_{tag}")
+        if vae is not None:
+            prompt[sampler]["inputs"]["vae"] = vae
+        status, body, events = run(comfy_server.url, prompt)
+        assert status == 200 and events[-1][0] == "execution_success", (tag, body, events[-3:])
+        latents[tag] = _latents(comfy_server, events, "99")
+        reports[tag] = next(d for k, d in events if k == "executed" and d["node"] == sampler)["output"]["text"][0]
+    assert latents["kept"].shape == (1, 16, 9, 4, 4)
+    assert torch_equal(latents["kept"][:, :, :6], latents["reencoded"][:, :, :6])
+    assert not torch_equal(latents["kept"][:, :, 6:], latents["reencoded"][:, :, 6:])
+    assert "first frame stays the first context frame" in reports["kept"], reports["kept"]
+    assert "re-encoded from the decoded pixels through the VAE" in reports["reencoded"], reports["reencoded"]
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
 def test_a_later_job_recalls_a_scene_from_a_saved_pool(comfy_server, tiny_models):
     pools = comfy_server.output_dir / "echo_forcing" / "scene_pools"
     if not (pools / "recall_abcabc.safetensors").is_file():
