@@ -15,6 +15,16 @@ OUT_DIR is laid out as a ComfyUI models folder, so it can be added as a ``base_p
 * ``vae/echo_forcing_tiny_wan21_vae.safetensors`` — a complete random Wan2.1 VAE (fp16, 254 MB) for core
   ``VAELoader``; encode and decode give finite values of the right shapes.
 
+Two more parts, for the 48-channel latents of Wan2.2 TI2V-5B (LongLive 2.0), are written only when named in
+``--only`` (the VAE is large):
+
+* ``wan22-dit``: ``diffusion_models/echo_forcing_tiny_wan22_dit.safetensors`` — the tiny DiT with 48 input and
+  output channels (3.32M parameters, plain Wan keys, float32): core ``UNETLoader`` detects it as WAN22, and the
+  pack's loader gives it the LongLive 2.0 model card (8-frame blocks, UniPC, sizes in multiples of 32 px);
+* ``wan22-vae``: ``vae/echo_forcing_tiny_wan22_vae.safetensors`` — a complete random Wan2.2 VAE (fp16, 1.41 GB:
+  ComfyUI builds every Wan2.2 VAE at the released widths, so no smaller file loads) for core ``VAELoader``;
+  VAE Decode turns ``T`` latent frames of ``h x w`` into ``1 + 4 (T - 1)`` frames of ``16 h x 16 w``.
+
 A random model makes no picture: the files are for wiring, loading and shape checks without downloads (CI, a
 first run of a workflow). Existing files are never overwritten without ``--force``; every file is written to a
 hidden temporary name and renamed when complete.
@@ -34,18 +44,25 @@ from ..models import random_wan_state_dict
 from ..safe_files import atomic_write
 from .tiny_files import (
     TINY_DIT_CONFIG,
+    TINY_WAN22_DIT_CONFIG,
     random_clip_l_state_dict,
     random_wan21_vae_state_dict,
+    random_wan22_vae_state_dict,
     tiny_lora_state_dict,
 )
 
-PARTS = ("dit", "clip", "vae")
+PARTS = ("dit", "clip", "vae", "wan22-dit", "wan22-vae")
+DEFAULT_PARTS = ("dit", "clip", "vae")
+"""What the command writes without ``--only``; the Wan2.2 parts (1.4 GB) only when named."""
 DIT_FILE = "diffusion_models/echo_forcing_tiny_dit.safetensors"
 SELF_FORCING_FILE = "diffusion_models/echo_forcing_tiny_selfforcing.pt"
 LORA_FILE = "loras/echo_forcing_tiny_longlive_lora.pt"
 CLIP_FILE = "text_encoders/echo_forcing_tiny_clip_l.safetensors"
 VAE_FILE = "vae/echo_forcing_tiny_wan21_vae.safetensors"
-FILES = {"dit": (DIT_FILE, SELF_FORCING_FILE, LORA_FILE), "clip": (CLIP_FILE,), "vae": (VAE_FILE,)}
+WAN22_DIT_FILE = "diffusion_models/echo_forcing_tiny_wan22_dit.safetensors"
+WAN22_VAE_FILE = "vae/echo_forcing_tiny_wan22_vae.safetensors"
+FILES = {"dit": (DIT_FILE, SELF_FORCING_FILE, LORA_FILE), "clip": (CLIP_FILE,), "vae": (VAE_FILE,),
+         "wan22-dit": (WAN22_DIT_FILE,), "wan22-vae": (WAN22_VAE_FILE,)}
 LORA_RANK = 4
 _SEED_STRIDE = 16  # each part draws from its own stream: seed * 16 + part
 
@@ -62,9 +79,9 @@ class Written:
 
 
 def parse_only(text: str | None) -> tuple[str, ...]:
-    """``"dit,vae"`` -> ``("dit", "vae")`` in canonical order; ``None`` -> all parts."""
+    """``"dit,vae"`` -> ``("dit", "vae")`` in canonical order; ``None`` -> :data:`DEFAULT_PARTS`."""
     if text is None:
-        return PARTS
+        return DEFAULT_PARTS
     wanted = {p.strip().lower() for p in text.split(",") if p.strip()}
     unknown = sorted(wanted - set(PARTS))
     if unknown or not wanted:
@@ -83,7 +100,7 @@ def _save_torch(obj: dict, path: Path) -> int:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp)).size
 
 
-def write_tiny_models(out_dir: Path, only: tuple[str, ...] = PARTS, seed: int = 0, force: bool = False,
+def write_tiny_models(out_dir: Path, only: tuple[str, ...] = DEFAULT_PARTS, seed: int = 0, force: bool = False,
                       log: Callable[[str], None] = print) -> list[Written]:
     """Write the requested parts under ``out_dir``; refuse (before writing anything) if a target exists."""
     out_dir = Path(out_dir)
@@ -126,6 +143,17 @@ def write_tiny_models(out_dir: Path, only: tuple[str, ...] = PARTS, seed: int = 
         sd = random_wan21_vae_state_dict(seed=seed * _SEED_STRIDE + 3)
         record(VAE_FILE, _save_safetensors(sd, out_dir / VAE_FILE, meta), "random Wan2.1 VAE, fp16 (VAELoader)")
         del sd
+    if "wan22-dit" in only:
+        sd = random_wan_state_dict(TINY_WAN22_DIT_CONFIG, seed=seed * _SEED_STRIDE + 4)
+        record(WAN22_DIT_FILE, _save_safetensors(sd, out_dir / WAN22_DIT_FILE, {**meta, "format": "pt"}),
+               f"tiny causal {TINY_WAN22_DIT_CONFIG.signature}, {TINY_WAN22_DIT_CONFIG.in_dim} latent channels "
+               "(the TI2V-5B / LongLive 2.0 layout), plain Wan keys (UNETLoader: WAN22)")
+        del sd
+    if "wan22-vae" in only:
+        sd = random_wan22_vae_state_dict(seed=seed * _SEED_STRIDE + 5)
+        record(WAN22_VAE_FILE, _save_safetensors(sd, out_dir / WAN22_VAE_FILE, meta),
+               "random Wan2.2 VAE at full size (48 latent channels, stride 16), fp16 (VAELoader)")
+        del sd
     return written
 
 
@@ -149,10 +177,12 @@ def run(out_dir: Path, only: str | None = None, seed: int = 0, force: bool = Fal
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tiny-models", help="write tiny random DiT / CLIP-L / Wan VAE files that ComfyUI loads",
-                       description="Write tiny random model files (a causal Wan2.1 DiT, CLIP-L, the Wan2.1 VAE) "
-                                   "that ComfyUI's own loaders accept, laid out as a ComfyUI models folder.")
+                       description="Write tiny random model files (a causal Wan2.1 DiT, CLIP-L, the Wan2.1 VAE; on "
+                                   "request a 48-channel Wan2.2 DiT and the Wan2.2 VAE) that ComfyUI's own loaders "
+                                   "accept, laid out as a ComfyUI models folder.")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="models folder to write (created if needed)")
-    p.add_argument("--only", metavar="PARTS", help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    p.add_argument("--only", metavar="PARTS", help=f"comma-separated subset of {','.join(PARTS)} (default: "
+                                                   f"{','.join(DEFAULT_PARTS)}; the Wan2.2 VAE alone is 1.41 GB)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=lambda args: run(args.out_dir, args.only, args.seed, args.force))

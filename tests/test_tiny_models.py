@@ -1,11 +1,13 @@
 """``python -m echo_forcing tiny-models``: tiny random model files that ComfyUI's own loaders accept.
 
-In CI (no ComfyUI) the command writes the DiT files and the pack's loader reads them; the CLIP-L and Wan2.1 VAE
-layouts are checked by their key counts and parameter totals, computed from shapes only (nothing allocated).
-Those figures were read off ComfyUI v0.3.64's own modules built on the meta device (``comfy.clip_model.
-CLIPTextModel`` with ``sd1_clip_config.json``, ``comfy.ldm.wan.vae.WanVAE`` with the config ``comfy.sd.VAE``
-uses for a Wan2.1 VAE): the same 197 / 194 names with identical shapes. The real-host test (COMFYUI_DIR) loads
-all files with ComfyUI's own loader nodes through an ``extra_model_paths.yaml`` entry, as a user would.
+In CI (no ComfyUI) the command writes the DiT files and the pack's loader reads them; the CLIP-L, Wan2.1 VAE
+and Wan2.2 VAE layouts are checked by their key counts and parameter totals, computed from shapes only (nothing
+allocated). Those figures were read off ComfyUI's own modules built on the meta device (``comfy.clip_model.
+CLIPTextModel`` with ``sd1_clip_config.json``, ``comfy.ldm.wan.vae.WanVAE`` and ``comfy.ldm.wan.vae2_2.WanVAE``
+with the configs ``comfy.sd.VAE`` uses): the same 197 / 194 / 196 names with identical shapes (the Wan2.2 one
+in v0.3.64 and v0.28.0). The real-host tests (COMFYUI_DIR) load the default files with ComfyUI's own loader
+nodes through an ``extra_model_paths.yaml`` entry, as a user would, and compare the Wan2.2 VAE layout with the
+module ComfyUI builds; tests/test_comfyui_model_tree.py runs the Wan2.2 files through a server's queue.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ import pytest
 import torch
 
 from echo_forcing.__main__ import main
+from echo_forcing.cli import tiny_models
 from echo_forcing.cli.tiny_files import (
     TINY_DIT_CONFIG,
+    TINY_WAN22_DIT_CONFIG,
+    WAN22_VAE,
     clip_l_shapes,
     parameter_count,
+    random_wan22_vae_state_dict,
     tiny_lora_shapes,
+    wan22_vae_shapes,
 )
 from echo_forcing.cli.tiny_models import (
     CLIP_FILE,
@@ -31,11 +38,13 @@ from echo_forcing.cli.tiny_models import (
     LORA_FILE,
     SELF_FORCING_FILE,
     VAE_FILE,
+    WAN22_DIT_FILE,
+    WAN22_VAE_FILE,
     TinyModelsError,
     extra_model_paths_snippet,
     parse_only,
 )
-from echo_forcing.models import WanConfig, load_wan_checkpoint, load_wan_model
+from echo_forcing.models import WanConfig, load_wan_checkpoint, load_wan_model, model_cards
 from echo_forcing.models.checkpoints import read_tensors
 from echo_forcing.models.wan_vae import wan_vae_shapes
 
@@ -121,10 +130,11 @@ def test_refuses_to_overwrite_without_force(tmp_path):
 
 
 def test_only_option():
-    assert parse_only(None) == ("dit", "clip", "vae")
+    assert parse_only(None) == ("dit", "clip", "vae")  # the Wan2.2 parts (1.4 GB) only when asked for
     assert parse_only("vae, DIT") == ("dit", "vae")
-    for bad in ("", "dit,unet", ","):
-        with pytest.raises(TinyModelsError, match="subset of dit,clip,vae"):
+    assert parse_only("wan22-vae,dit,Wan22-DiT") == ("dit", "wan22-dit", "wan22-vae")
+    for bad in ("", "dit,unet", ",", "wan22"):
+        with pytest.raises(TinyModelsError, match="subset of dit,clip,vae,wan22-dit,wan22-vae"):
             parse_only(bad)
 
 
@@ -134,7 +144,8 @@ def test_extra_model_paths_snippet_names_comfyui_folders(tmp_path):
     assert lines[1] == f"    base_path: {tmp_path.resolve().as_posix()}"
     folders = {ln.split(":")[0].strip() for ln in lines[2:]}
     assert folders == {"diffusion_models", "text_encoders", "vae", "loras"}
-    assert {f.split("/")[0] for f in (DIT_FILE, SELF_FORCING_FILE, LORA_FILE, CLIP_FILE, VAE_FILE)} == folders
+    assert {f.split("/")[0] for f in (DIT_FILE, SELF_FORCING_FILE, LORA_FILE, CLIP_FILE, VAE_FILE, WAN22_DIT_FILE,
+                                      WAN22_VAE_FILE)} == folders
 
 
 def test_clip_l_layout_matches_comfyui():
@@ -168,6 +179,147 @@ def test_wan21_vae_layout_matches_comfyui():
     assert shapes["decoder.upsamples.3.time_conv.weight"] == (768, 384, 3, 1, 1)
     assert shapes["decoder.upsamples.4.shortcut.weight"] == (384, 192, 1, 1, 1)
     assert max(int(k.split(".")[2]) for k in shapes if k.startswith("decoder.upsamples.")) == 14
+
+
+SMALL_WAN22_VAE = {"dim": 16, "dec_dim": 8}
+"""Widths for fast tests of the Wan2.2 VAE's names and values (ComfyUI itself only loads the real widths)."""
+
+
+def _small_wan22_vae(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    return random_wan22_vae_state_dict(seed, dtype, **SMALL_WAN22_VAE)
+
+
+def test_wan22_vae_layout_matches_comfyui():
+    """The names and shapes of ``comfy.ldm.wan.vae2_2.WanVAE(dim=160, z_dim=48)`` with its decoder's default
+    width 256, as ``comfy.sd.VAE`` builds it for any file holding ``decoder.upsamples.0.upsamples.0.residual.2.
+    weight`` (read off v0.3.64 and v0.28.0 on the meta device; the real-host test repeats the comparison)."""
+    assert WAN22_VAE == {"dim": 160, "dec_dim": 256, "z_dim": 48}
+    shapes = wan22_vae_shapes()
+    assert len(shapes) == 196
+    assert parameter_count(shapes) == 704_688_668  # 1.41 GB in fp16, like the released wan2.2_vae.safetensors
+    # ComfyUI's detection: the Wan VAE key, plus the nested up-sampling stage that only Wan2.2 has
+    assert shapes["decoder.middle.0.residual.0.gamma"] == (1024, 1, 1, 1)
+    assert shapes["decoder.upsamples.0.upsamples.0.residual.2.weight"] == (1024, 1024, 3, 3, 3)
+    assert not set(shapes) & {"decoder.upsamples.0.residual.2.weight", "encoder.downsamples.0.residual.2.weight"}
+    # 2x2 pixel patches in and out (12 channels); 48 latent channels, mean and log-variance from the encoder
+    assert shapes["encoder.conv1.weight"] == (160, 12, 3, 3, 3)
+    assert shapes["encoder.head.2.weight"] == (96, 640, 3, 3, 3) and shapes["conv1.weight"] == (96, 96, 1, 1, 1)
+    assert shapes["conv2.weight"] == (48, 48, 1, 1, 1) and shapes["decoder.conv1.weight"] == (1024, 48, 3, 3, 3)
+    assert shapes["decoder.head.0.gamma"] == (256, 1, 1, 1) and shapes["decoder.head.2.weight"] == (12, 256, 3, 3, 3)
+    assert shapes["encoder.middle.1.norm.gamma"] == (640, 1, 1)
+    assert shapes["decoder.middle.1.to_qkv.weight"] == (3072, 1024, 1, 1)
+    # time halves in encoder stages 1 and 2, doubles in decoder stages 0 and 1 (time_conv to twice the width)
+    assert sorted(k for k in shapes if k.endswith("time_conv.weight")) == [
+        "decoder.upsamples.0.upsamples.3.time_conv.weight", "decoder.upsamples.1.upsamples.3.time_conv.weight",
+        "encoder.downsamples.1.downsamples.2.time_conv.weight",
+        "encoder.downsamples.2.downsamples.2.time_conv.weight"]
+    assert shapes["decoder.upsamples.1.upsamples.3.time_conv.weight"] == (2048, 1024, 3, 1, 1)
+    assert shapes["decoder.upsamples.2.upsamples.3.resample.1.weight"] == (512, 512, 3, 3)  # keeps the width
+    assert "decoder.upsamples.3.upsamples.3.resample.1.weight" not in shapes
+    assert shapes["decoder.upsamples.2.upsamples.0.shortcut.weight"] == (512, 1024, 1, 1, 1)
+    assert shapes["encoder.downsamples.3.downsamples.1.residual.6.weight"] == (640, 640, 3, 3, 3)
+    assert "encoder.downsamples.3.downsamples.2.resample.1.weight" not in shapes
+    # any widths keep every name
+    assert wan22_vae_shapes(SMALL_WAN22_VAE["dim"], SMALL_WAN22_VAE["dec_dim"]).keys() == shapes.keys()
+
+
+def test_wan22_vae_weights_are_complete_tame_and_deterministic():
+    a, b, c = _small_wan22_vae(0), _small_wan22_vae(0), _small_wan22_vae(1)
+    shapes = wan22_vae_shapes(SMALL_WAN22_VAE["dim"], SMALL_WAN22_VAE["dec_dim"])
+    assert {k: tuple(v.shape) for k, v in a.items()} == shapes
+    assert {v.dtype for v in a.values()} == {torch.float16}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["decoder.conv1.weight"], c["decoder.conv1.weight"])
+    assert all(v.isfinite().all() for v in a.values())
+    gains = torch.cat([v.flatten().float() for k, v in a.items() if k.endswith(".gamma")])
+    assert (gains - 1).abs().max() < 0.7 and 0.05 < gains.std() < 0.15  # RMS norm gains near one
+    biases = torch.cat([v.flatten().float() for k, v in a.items() if k.endswith(".bias")])
+    assert biases.abs().max() < 0.15
+    for name in ("decoder.upsamples.0.upsamples.0.residual.2.weight", "encoder.head.2.weight", "conv2.weight"):
+        w = a[name].float()
+        fan_in = w[0].numel()  # each output's inputs: a unit input gives outputs of order one
+        assert abs(w.std().item() * fan_in ** 0.5 - 1) < 0.25, name
+    assert random_wan22_vae_state_dict(0, torch.float32, **SMALL_WAN22_VAE)["conv1.weight"].dtype == torch.float32
+
+
+def test_wan22_parts_write_a_48_channel_dit_the_pack_reads_and_the_wan22_vae(tmp_path, monkeypatch, capsys):
+    """``--only wan22-dit,wan22-vae``: the 48-channel DiT at its real (tiny) size, which the pack's loader reads
+    and gives LongLive 2.0's card, and the VAE file (drawn here at small widths: the real one is 1.41 GB)."""
+    monkeypatch.setattr(tiny_models, "random_wan22_vae_state_dict", _small_wan22_vae)
+    assert main(["tiny-models", str(tmp_path), "--only", "wan22-vae,wan22-dit"]) == 0
+    assert _files(tmp_path) == sorted([WAN22_DIT_FILE, WAN22_VAE_FILE])
+    assert "Wan2.2 VAE" in capsys.readouterr().out
+
+    expected = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, in_dim=48, out_dim=48)
+    assert TINY_WAN22_DIT_CONFIG == expected
+    loaded = load_wan_checkpoint(tmp_path / WAN22_DIT_FILE, dtype=torch.float32)
+    assert loaded.config == expected and loaded.source == "plain Wan state dict"
+    assert loaded.state_dict["patch_embedding.weight"].shape == (256, 48, 1, 2, 2)
+    assert loaded.state_dict["head.head.weight"].shape == (48 * 4, 256)  # ComfyUI reads out_dim off this
+    assert load_wan_model(tmp_path / WAN22_DIT_FILE, dtype=torch.float32).config == expected
+    card, how = model_cards.card_for_file(tmp_path / WAN22_DIT_FILE, 256, 2, 48)
+    assert card.name == "longlive2-5b" and card.settings()["vae_stride"] == 16 and card.frames_per_block == 8
+    assert "is a Wan2.2 DiT of width 256 and 2 layers (48 latent channels)" in how
+
+    vae = read_tensors(tmp_path / WAN22_VAE_FILE)
+    assert {k: tuple(v.shape) for k, v in vae.items()} == wan22_vae_shapes(**SMALL_WAN22_VAE)
+    assert all(torch.equal(v, _small_wan22_vae(5)[k]) for k, v in vae.items())  # the part's own seed stream
+
+
+def test_wan22_parts_are_not_overwritten_without_force(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiny_models, "random_wan22_vae_state_dict", _small_wan22_vae)
+    assert main(["tiny-models", str(tmp_path), "--only", "wan22-dit,wan22-vae"]) == 0
+    before = {f: (tmp_path / f).stat().st_mtime_ns for f in (WAN22_DIT_FILE, WAN22_VAE_FILE)}
+    with pytest.raises(TinyModelsError, match=r"refusing to overwrite 1 existing file\(s\): .*wan22_vae"):
+        tiny_models.write_tiny_models(tmp_path, ("dit", "wan22-vae"), seed=3, log=lambda _: None)
+    assert _files(tmp_path) == sorted([WAN22_DIT_FILE, WAN22_VAE_FILE])  # refused before writing the DiT files
+    assert {f: (tmp_path / f).stat().st_mtime_ns for f in before} == before
+    old = read_tensors(tmp_path / WAN22_DIT_FILE)["head.head.weight"]
+    assert main(["tiny-models", str(tmp_path), "--only", "wan22-dit", "--seed", "3", "--force"]) == 0
+    assert not torch.equal(read_tensors(tmp_path / WAN22_DIT_FILE)["head.head.weight"], old)
+
+
+WAN22_LAYOUT_SCRIPT = r"""
+import json, torch
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.ldm.wan.vae2_2
+import comfy.sd
+from echo_forcing.cli.tiny_files import wan22_vae_shapes
+
+class Built(Exception):
+    pass
+
+made = {}
+def record(**config):  # what comfy.sd.VAE asks for, without allocating 705M parameters
+    made.update(config)
+    raise Built
+real = comfy.ldm.wan.vae2_2.WanVAE
+comfy.ldm.wan.vae2_2.WanVAE = record
+keys = ("decoder.middle.0.residual.0.gamma", "decoder.upsamples.0.upsamples.0.residual.2.weight")
+try:
+    comfy.sd.VAE(sd={k: torch.zeros(1) for k in keys})
+except Built:
+    pass
+with torch.device("meta"):
+    module = real(**made)
+theirs = {k: list(v.shape) for k, v in module.state_dict().items()}
+ours = {k: list(v) for k, v in wan22_vae_shapes().items()}
+print(json.dumps({"config": made, "same": theirs == ours, "only_theirs": sorted(set(theirs) - set(ours))[:5],
+                  "only_ours": sorted(set(ours) - set(theirs))[:5],
+                  "differ": [k for k in theirs if k in ours and theirs[k] != ours[k]][:5], "count": len(theirs)}))
+"""
+
+
+@pytest.mark.comfyui
+def test_wan22_vae_layout_is_the_module_comfyui_builds_for_it(comfy_host):
+    """comfy.sd.VAE, given the two keys it detects a Wan2.2 VAE by, builds vae2_2.WanVAE at fixed widths (no
+    width is read from the file); that module's state dict is exactly ``wan22_vae_shapes()``."""
+    out = comfy_host.run(WAN22_LAYOUT_SCRIPT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["config"]["dim"] == 160 and res["config"]["z_dim"] == 48 and "dec_dim" not in res["config"], res
+    assert res["same"] and res["count"] == 196, res
 
 
 HOST_SCRIPT = r"""
