@@ -24,7 +24,7 @@ it untouched and keep nothing, so their history starts with zeros at the second 
 ``"Rep"`` marker). Every later latent frame makes four. ``T`` latent frames give ``4T - 3`` pixel frames
 whatever blocks they arrive in.
 
-**Verified** by Krea Realtime's re-encoding parity (``tests/test_parity_krea.py``, run D′ of
+**Verified** by Krea Realtime's re-encoding parity (``tests/test_parity_krea.py``, run D' of
 ``tests/fixtures/krea_realtime``), whose reference decodes with this loop of github.com/Wan-Video/Wan2.1
 ``wan/modules/vae.py`` @ ``9737cba9``; Krea's own streaming decoder differs in its first time up-sampler's cache
 (the fixture README says how), and ComfyUI's VAE, like this module, is Wan2.1's.

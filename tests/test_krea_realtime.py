@@ -132,7 +132,7 @@ def test_a_run_re_encodes_its_first_context_frame_and_resumes_at_a_shot_boundary
     scenes = [RolloutScene(a, 2, "a"), RolloutScene(b, 2, "b")]
     run = RolloutSettings(num_frames=12, height=16, width=32, steps=(1000, 500, 0), seed=3)
     policy = make_policy("krea", keep_first_frame=False)
-    with pytest.raises(RolloutInputError, match="give the Wan2.1 VAE"):
+    with pytest.raises(RolloutInputError, match=r"give the Wan2\.1 VAE"):
         rollout(model, scenes, run, policy)
     assert model.contexts == []  # refused before any call
     boundaries = []
@@ -185,8 +185,8 @@ def test_a_vae_of_another_layout_is_refused_before_anything_is_built():
     with pytest.raises(CheckpointError, match=r"48 latent channels \(the Wan2.2 TI2V-5B VAE\): conv2.weight"):
         wan_vae_from_tensors(wide, "wide.safetensors")
     partial = {k: v for k, v in whole.items() if k != "decoder.upsamples.3.resample.1.weight"}
-    with pytest.raises(CheckpointError, match="1 missing: decoder.upsamples.3.resample.1.weight"):
+    with pytest.raises(CheckpointError, match=r"1 missing: decoder\.upsamples\.3\.resample\.1\.weight"):
         wan_vae_from_tensors(partial, "partial.safetensors")
     bad = dict(whole, **{"decoder.head.2.weight": torch.full_like(whole["decoder.head.2.weight"], float("nan"))})
-    with pytest.raises(CheckpointError, match="decoder.head.2.weight"):
+    with pytest.raises(CheckpointError, match=r"decoder\.head\.2\.weight"):
         wan_vae_from_tensors(bad, "nan.safetensors")

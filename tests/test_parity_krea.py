@@ -45,7 +45,7 @@ def test_krea_matches_the_official_session_loop(name, steps, bias):
 @pytest.mark.slow  # ~2.5 min on 2 cores: the tiny VAE decodes 57 frames at 480x832
 def test_krea_reencoding_matches_the_official_session_loop_with_the_wan21_decoder(monkeypatch):
     """The release default (``keep_first_frame`` off): from block 2 on, the first context frame is the VAE encoding
-    of a decoded pixel frame. Run D′ decodes with Wan2.1's streaming decoder (what ComfyUI's VAE is); frames 6..14
+    of a decoded pixel frame. Run D' decodes with Wan2.1's streaming decoder (what ComfyUI's VAE is); frames 6..14
     and the three re-encoded latents must match, frames 0..5 equal the keep-first run's."""
     golden, scale, data = load_golden(GOLDEN / "golden_krea_reencode_wan21dec.npz")
     assert str(data["reference_commit"]) == REFERENCE_COMMIT and not bool(data["keep_first_frame"])
