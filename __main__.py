@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return queue.main(argv[1:])
     from .batch import BatchUsageError
-    from .cli import demo, models, queue, render, tiny_models, workflows
+    from .cli import batch, demo, models, queue, render, tiny_models, workflows
     from .pipeline import RolloutInputError
 
     parser = argparse.ArgumentParser(prog="python -m echo_forcing", description="Echo-Forcing for ComfyUI tools")
     sub = parser.add_subparsers(dest="command", required=True)
+    batch.add_parser(sub)
     demo.add_parser(sub)
     models.add_parser(sub)
     queue.add_parser(sub)

@@ -54,7 +54,6 @@ from .jobs import (
     DOWNLOAD_RETRIES,
     FAILED,
     JOB_FILE,
-    MANIFEST_NAME,
     MAX_JSON_BYTES,
     MAX_RETRY_DELAY,
     PENDING,
@@ -83,8 +82,6 @@ from .jobs import (
 )
 from .outfiles import (
     clean_stale_temps,
-    listed_file,
-    remove_file,
     shown,
     write_atomic,
 )
@@ -492,23 +489,13 @@ class _Run:
         self.manifest.update(job.name, job.line, self.plan.workflow.hash, status, **fields)
 
 
-def _remove_earlier_outputs(job: Job, run: _Run, tag: str) -> None:
-    """Remove the files an earlier run of the line left (those its record lists, inside its own folder only)."""
-    root = run.root
-    for rel in run.manifest.listed_files(job.name):
-        try:
-            remove_file(root, listed_file(root, job.name, rel))
-        except UnsafePathError as err:
-            run.log(f"{tag}: {MANIFEST_NAME} lists {shown(rel)}: {err}; left alone (was the state file edited?)")
-
-
 async def _run_job(server: ComfyServer, job: Job, run: _Run) -> list[str]:
     """Submit one line, follow it and download its outputs; the manifest's file list (relative paths)."""
     tag = f"line {job.line.number} [{server.url}]"
     root = run.root
     job_dir = run.out_dir / job.name
     confined_folder(root, job_dir)  # refuse a line folder that leads out of the output folder before any work
-    _remove_earlier_outputs(job, run, tag)
+    run.manifest.remove_outputs(job.name, lambda text: run.log(f"{tag}: {text}"))
     if server.ws is None or server.ws.closed:
         await server.connect()  # before submitting: ComfyUI drops the events of a client that is not connected
     job.prompt_id = str(uuid.uuid4())

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ from .outfiles import (
     check_view_params,
     listed_file,
     plain,
+    remove_file,
     shown,
     write_atomic,
 )
@@ -473,6 +474,16 @@ class Manifest:
                 return f"output {rel} is missing"
         return None
 
+    def remove_outputs(self, name: str, log: Callable[[str], None]) -> None:
+        """Remove the files an earlier run of line ``name`` left (those its record lists, inside its own folder
+        only), before the line runs again."""
+        root = self.root
+        for rel in self.listed_files(name):
+            try:
+                remove_file(root, listed_file(root, name, rel))
+            except UnsafePathError as err:
+                log(f"{name}: {MANIFEST_NAME} lists {shown(rel)}: {err}; left alone (was the state file edited?)")
+
     def update(self, name: str, line: PromptLine, workflow_hash: str, status: str, **fields) -> dict:
         """Set the line's status and fields (``started`` / ``finished`` are stamped by status) and save."""
         record = self.jobs.setdefault(name, {})
@@ -510,28 +521,40 @@ class Plan:
     """What a run does: ``jobs`` to submit, ``skipped`` (done earlier), ``invalid`` (failed scene-script check)."""
 
     stem: str
-    workflow: Workflow
+    workflow: Workflow | None
+    """The API workflow (``queue``); None for ``batch``, whose lines the pack's pipeline renders."""
     lines: list[PromptLine]
     jobs: list[Job] = field(default_factory=list)
     skipped: list[PromptLine] = field(default_factory=list)
     invalid: list[PromptLine] = field(default_factory=list)
 
 
+def sort_lines(lines: Iterable[PromptLine], stem: str, manifest: Manifest,
+               recipe_hash: str) -> tuple[list[tuple[PromptLine, str]], list[PromptLine], list[PromptLine]]:
+    """The lines to run (each with why), those done earlier and the invalid ones (recorded as failed at once).
+    ``recipe_hash`` is what else decides a line's outputs: the workflow's hash (``queue``) or the render recipe's
+    (``batch``); the manifest keeps it as ``workflow_hash``."""
+    run, skipped, invalid = [], [], []
+    for line in lines:
+        name = job_name(stem, line.number)
+        if line.error is not None:
+            invalid.append(line)
+            manifest.update(name, line, recipe_hash, FAILED, error=line.error, prompt_id=None, server=None, files=[])
+            continue
+        reason = manifest.rerun_reason(name, line, recipe_hash)
+        if reason is None:
+            skipped.append(line)
+        else:
+            run.append((line, reason))
+    return run, skipped, invalid
+
+
 def plan_batch(lines: Iterable[PromptLine], workflow: Workflow, stem: str, manifest: Manifest) -> Plan:
     """Sort the lines into jobs to run, lines already done and invalid lines (recorded as failed at once)."""
     plan = Plan(stem=stem, workflow=workflow, lines=list(lines))
-    for line in plan.lines:
-        name = job_name(stem, line.number)
-        if line.error is not None:
-            plan.invalid.append(line)
-            manifest.update(name, line, workflow.hash, FAILED, error=line.error, prompt_id=None, server=None,
-                            files=[])
-            continue
-        reason = manifest.rerun_reason(name, line, workflow.hash)
-        if reason is None:
-            plan.skipped.append(line)
-        else:
-            plan.jobs.append(Job(name, line, fill_workflow(workflow, line, stem), reason))
+    run, plan.skipped, plan.invalid = sort_lines(plan.lines, stem, manifest, workflow.hash)
+    plan.jobs = [Job(job_name(stem, line.number), line, fill_workflow(workflow, line, stem), reason)
+                 for line, reason in run]
     return plan
 
 

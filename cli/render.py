@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
+from ..batch.headless import load_model, model_card, render_files
 from ..memory import PresetChoice
 from ..memory.presets import PRESETS
-from ..models import CausalWan, load_wan_experts, model_cards
+from ..models import model_cards
 from ..models.wan_vae import encode_pixels, load_wan_vae_encoder, pixels_from_image, read_image
 from ..models.wan_vae_decoder import load_wan_vae
 from ..pipeline import (
@@ -47,15 +48,13 @@ from ..pipeline import (
     parse_scene_script,
     plan_run,
     report_text,
-    to_comfy_latent,
 )
-from ..pipeline.digests import digest
 from ..pipeline.latents import read_latent_file
 from ..pipeline.prefix_cache import DEFAULT_BUDGET_GB, budget_bytes
 from ..pipeline.scene_script import MAX_SCRIPT_CHARS, SceneScriptError, Transition
 from ..pipeline.story import Story
-from ..safe_files import output_folder, write_text
-from .demo import block_progress, script_shots, tiny_model, write_json, write_latents
+from ..safe_files import atomic_write, output_folder
+from .demo import block_progress, script_shots
 from .video_file import read_last_frames
 
 
@@ -112,42 +111,14 @@ def start_latents(args: argparse.Namespace) -> torch.Tensor | None:
     return from_comfy_latent(raw[:, :, raw.shape[2] - keep:])
 
 
-def _card(args, model: CausalWan, log) -> model_cards.ModelCard | None:
-    """The model card of the run: the one asked for, else the checkpoint's (logged with how it was found)."""
-    cfg = model.config
-    if args.card != "auto":
-        card = model_cards.by_name(args.card)
-        card.check_latents(cfg.in_dim)
-        if args.checkpoint is not None:
-            card.check_weights(cfg.dim, cfg.num_layers, cfg.in_dim, model.memory_expert is not None)
-        return card
-    if args.checkpoint is None:
-        return None
-    card, how = model_cards.card_for_file(args.checkpoint, cfg.dim, cfg.num_layers, cfg.in_dim,
-                                          model.memory_expert is not None)
-    log(f"model card {card.name}: {how}" if card is not None else f"model card: {how}")
-    return card
-
-
-def _model(args) -> tuple[CausalWan, str]:
-    """The model and its reuse key (the checkpoint file's identity, or the tiny model's)."""
-    if args.checkpoint is None:
-        return tiny_model(args.device), "tiny-random-seed-0"
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
-    dit, expert = load_wan_experts(args.checkpoint, lora=args.lora, dtype=dtype, device=args.device)
-    files = [args.checkpoint] + ([args.lora] if args.lora else [])
-    key = digest([[str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files])
-    return CausalWan(dit, dtype=dtype, device=args.device, memory_expert=expert), key
-
-
 def run(args: argparse.Namespace, log=print) -> dict:
     warnings = []
     scenes = parse_scene_script(read_script(args.script), warnings)
     for warning in warnings:
         log(f"warning: {warning}")
     start = start_latents(args)
-    model, model_key = _model(args)
-    card = _card(args, model, log)
+    model, model_key = load_model(args.checkpoint, args.lora, args.dtype, args.device)
+    card = model_card(args.card, args.checkpoint, model, log)
     notes = tuple(str(w) for w in warnings)
     shots = SceneList(notes=notes)
     if args.story is not None:
@@ -173,11 +144,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
                       on_reuse=reused)
     report = build_report(plan, result)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_latents(to_comfy_latent(result.latents), args.out / "latents.safetensors",
-                  {"layout": "comfy LATENT [B,16,T,H/8,W/8] raw Wan2.1 VAE space", "seed": str(args.seed)})
-    write_json(report, args.out / "report.json")
     text = report_text(report).split("\n\n")[0]
-    write_text(args.out / "report.txt", text + "\n")
+    for name, data in render_files(result.latents, report, text, args.seed).items():
+        atomic_write(args.out / name, lambda tmp, data=data: tmp.write_bytes(data))
     if args.save_story is not None:
         story = plan.story_of(result)
         story.save(args.save_story)
@@ -186,19 +155,17 @@ def run(args: argparse.Namespace, log=print) -> dict:
     return report
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="generate a scene script; again after an edit, only from the edited shot",
-                       description=__doc__.split("\n\n")[0].replace("``", ""),
-                       epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("script", help="a scene script in the official format, or a .txt file holding one")
-    p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")
+def add_recipe_arguments(p: argparse.ArgumentParser, device_default: str | None = "auto") -> None:
+    """The options that decide a video besides its script (``render`` and ``batch`` share them)."""
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="causal Wan2.1 checkpoint (.pt or .safetensors); default: the tiny random demo model")
     p.add_argument("--lora", type=Path, default=None, help="LongLive-style LoRA merged into the checkpoint")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="compute dtype with --checkpoint (default bfloat16)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
+    if device_default == "auto":
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
+    else:
+        p.add_argument("--device", default=None, help="compute device (default: each worker's GPU, else its CPU)")
     p.add_argument("--preset", choices=list(PRESETS), default="echo-forcing", help="cache preset")
     p.add_argument("--width", type=int, default=832, help="width in pixels, a multiple of 16 (default 832)")
     p.add_argument("--height", type=int, default=480, help="height in pixels, a multiple of 16 (default 480)")
@@ -212,6 +179,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed, 0..2^64-1 (default 0)")
     p.add_argument("--noise", choices=NOISE_MODES, default=PER_SHOT,
                    help="per-shot (default; shots reusable) or official (the official code's order)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="generate a scene script; again after an edit, only from the edited shot",
+                       description=__doc__.split("\n\n")[0].replace("``", ""),
+                       epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("script", help="a scene script in the official format, or a .txt file holding one")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")
+    add_recipe_arguments(p)
     p.add_argument("--stop-after-shot", type=int, default=0, help="stop after this shot (default 0: all)")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="keep every shot boundary in DIR, so a later run of an edited script reuses the shots "

@@ -71,8 +71,10 @@ HOST_PROVIDED = {"torch", "comfy", "comfy_api", "comfy_execution", "folder_paths
                  "latent_preview", "execution", "nodes"}
 """What the pack imports but never installs: torch (ComfyUI or the user brings the right build) and ComfyUI."""
 DISTRIBUTIONS = {"av": "av", "safetensors": "safetensors", "aiohttp": "aiohttp>=3.9", "numpy": "numpy",
-                 "huggingface_hub": "huggingface_hub>=0.25"}
+                 "huggingface_hub": "huggingface_hub>=0.25", "tqdm": "tqdm"}
 """Import name -> requirement line, for every third-party package the pack's code imports."""
+EXTRAS = {"ray": ("ray", "ray>=2.40,<3")}
+"""Import name -> (extra, requirement) for what only an optional command imports (``batch --ray``)."""
 
 
 def _third_party_imports() -> set[str]:
@@ -89,7 +91,7 @@ def _third_party_imports() -> set[str]:
 
 
 def test_requirements_are_exactly_what_the_pack_imports():
-    imported = _third_party_imports() - HOST_PROVIDED
+    imported = _third_party_imports() - HOST_PROVIDED - set(EXTRAS)
     unknown = imported - set(DISTRIBUTIONS)
     assert not unknown, f"imported but not mapped to a requirement: {sorted(unknown)}"
     requirements = sorted(line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
@@ -106,6 +108,8 @@ def test_project_metadata_and_requirements_agree():
                           if line.strip() and not line.startswith("#"))
     assert requirements == deps
     assert not any(d.startswith("torch") for d in deps + requirements)
+    for extra, requirement in EXTRAS.values():
+        assert project["optional-dependencies"][extra] == [requirement]
     comfy = meta["tool"]["comfy"]
     assert {"PublisherId", "DisplayName", "Icon", "requires-comfyui"} <= set(comfy)
     assert project["version"] == echo_forcing.__version__

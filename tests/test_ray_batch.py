@@ -1,0 +1,127 @@
+"""``batch --ray`` on a local Ray instance (2 CPUs, the tiny model): the same files as the single-process batch, bit
+for bit; one model load per worker; prefix reuse on one worker; a killed worker restarted and its line retried to
+the same result; a line that fails on its own not retried; a line whose worker dies every time failing after the
+retries while the others finish. Skipped without Ray (pip install -e '.[ray]')."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' runs these tests")
+
+from echo_forcing.batch.headless import BlockDone, RenderRecipe  # noqa: E402
+from echo_forcing.batch.jobs import DONE, FAILED, MANIFEST_NAME  # noqa: E402
+from echo_forcing.batch.ray_pool import RayPool, connect  # noqa: E402
+from echo_forcing.batch.render_batch import LocalPool, run_batch  # noqa: E402
+
+PROMPTS = ("a red fox trots through snow [1s] | the fox sleeps by a fire [1s#] | the fox in the snow again [1s]\n"
+           "a red fox trots through snow [1s] | a grey wolf howls at the moon [1s]\n"
+           "a lighthouse at dusk [20s] | waves crash below [20s]\n"
+           "a cat on a roof [1s] | a cat asleep [1s]; same | same\n"
+           "a boat in a harbour [20s] | gulls over the water [20s]\n")
+"""Lines 1 and 2 share their first shot; line 4 fails in its worker (a label used twice); lines 3 and 5 are long
+enough (54 blocks) for a kill at their first block to land while they run."""
+RECIPE = RenderRecipe(width=64, height=48)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The single-process batch of the same prompts: the reference."""
+    root = tmp_path_factory.mktemp("single")
+    prompts = root / "set.txt"
+    prompts.write_text(PROMPTS, encoding="utf-8")
+    run_batch(prompts, root / "out", RECIPE, lambda: LocalPool(RECIPE, log=lambda text: None), log=lambda text: None,
+              bars=False)
+    return root / "out"
+
+
+def _prompts(tmp_path):
+    path = tmp_path / "set.txt"
+    path.write_text(PROMPTS, encoding="utf-8")
+    return path
+
+
+def _state(out):
+    return json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))["jobs"]
+
+
+TIMINGS = {"seconds_taken", "seconds_saved", "generation_seconds", "video_fps"}
+
+
+def _same_files(out, reference, names):
+    """The same video bytes, and the same report but for the timings."""
+    for name in names:
+        video = "latents.safetensors"
+        assert (out / name / video).read_bytes() == (reference / name / video).read_bytes(), name
+        ours, theirs = (_untimed(json.loads((o / name / "report.json").read_text())) for o in (out, reference))
+        assert ours == theirs, name
+
+
+def _untimed(value):
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMINGS}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value
+
+
+def _run(tmp_path, retries=2, on_event=None):
+    lines = []
+    results = run_batch(_prompts(tmp_path), tmp_path / "out", RECIPE,
+                        lambda: RayPool(RECIPE, workers=2, retries=retries, log=lines.append), log=lines.append,
+                        bars=False, on_event=on_event)
+    return results, lines
+
+
+def test_ray_gives_the_single_process_files_with_one_model_load_per_worker(cluster, single, tmp_path):
+    results, lines = _run(tmp_path)
+    assert [r.status for r in results] == [DONE, DONE, DONE, FAILED, DONE]
+    out = tmp_path / "out"
+    _same_files(out, single, ["set-0001", "set-0002", "set-0003", "set-0005"])
+    state = _state(out)
+    assert "label 'same' is already used" in state["set-0004"]["error"] and state["set-0004"]["attempts"] == 1
+    assert "model loads: 2 (workers: 2)" in lines
+    first, second = (json.loads((out / n / "job.json").read_text()) for n in ("set-0001", "set-0002"))
+    assert first["worker"] == second["worker"] and second["reused_shots"] == 1  # the shared first shot, once
+
+
+def test_a_killed_worker_is_restarted_and_its_line_finishes_the_same(cluster, single, tmp_path):
+    killed, blocks = [], []
+
+    def kill_once(name, event):
+        if name == "set-0003" and isinstance(event, BlockDone):
+            blocks.append(event.index)
+            if not killed:
+                killed.append(event.pid)
+                os.kill(event.pid, signal.SIGKILL)
+
+    results, lines = _run(tmp_path, on_event=kill_once)
+    assert killed and [r.status for r in results] == [DONE, DONE, DONE, FAILED, DONE]
+    assert blocks.count(0) == 2 and blocks[-1] == 53  # killed while it ran, then run again whole
+    _same_files(tmp_path / "out", single, ["set-0003"])
+    assert "model loads: 3 (workers: 2)" in lines  # the restarted worker loaded the model again
+
+
+def test_a_line_whose_worker_dies_every_time_fails_after_the_retries_and_the_rest_finish(cluster, tmp_path):
+    deaths = []
+
+    def kill_always(name, event):
+        if name == "set-0005" and isinstance(event, BlockDone) and event.pid not in deaths:
+            deaths.append(event.pid)
+            os.kill(event.pid, signal.SIGKILL)
+
+    results, _ = _run(tmp_path, retries=1, on_event=kill_always)
+    assert [r.status for r in results] == [DONE, DONE, DONE, FAILED, FAILED]
+    assert len(deaths) == 2  # the first try and one retry, never more
+    assert "the worker died and was restarted 1 time(s)" in _state(tmp_path / "out")["set-0005"]["error"]
