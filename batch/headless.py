@@ -123,18 +123,25 @@ class RenderRecipe:
     vae: str | None = None
     device: str | None = None
     """The compute device on the worker; None: a GPU where the worker has one, else the CPU."""
+    threads: int | None = None
+    """torch's CPU threads on the worker (None: torch's default). On the CPU the float rounding of the larger
+    products depends on it, so the same bits need the same number of threads."""
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.card != "auto":
             model_cards.by_name(self.card)  # a clear error for an unknown card, before any worker starts
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be 1 or more, got {self.threads!r}")
 
     def digest(self) -> str:
         """What a finished line's record must match to be kept on a rerun (files named by their identity; the
-        device is not part of it)."""
+        device and the threads are not part of it)."""
         data = asdict(self)
         data.pop("device")
+        data.pop("threads")
         for name in ("checkpoint", "lora", "vae"):
             data[name] = file_identity(data[name])
         return digest(data)
@@ -172,6 +179,8 @@ class Renderer:
 
     def __post_init__(self):
         r = self.recipe
+        if r.threads is not None:
+            torch.set_num_threads(r.threads)
         self.device = r.device or default_device()
         self.model, self.model_key = load_model(r.checkpoint, r.lora, r.dtype, self.device)
         self.card = model_card(r.card, r.checkpoint, self.model, self.log)

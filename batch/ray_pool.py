@@ -5,7 +5,8 @@ once more after a restart), never once per line, and the worker's shot cache ser
 one actor call: an autoregressive rollout is sequential, so one video never spans GPUs.
 
 * **Resources.** On a cluster with GPUs each actor asks for ``num_gpus=1`` (Ray sets its ``CUDA_VISIBLE_DEVICES``;
-  the renderer computes on ``cuda``), else for ``num_cpus=1``. ``workers`` defaults to the cluster's GPUs, or 1
+  the renderer computes on ``cuda``), else for ``num_cpus`` = the recipe's ``threads`` (default 1), and torch
+  uses that many threads. ``workers`` defaults to the cluster's GPUs, or 1
   on a CPU cluster.
 * **Faults.** Actors restart up to ``retries`` times and a call interrupted by a worker's death is retried as
   often (Ray's ``max_restarts`` / ``max_task_retries``). After that the call fails with the actor's error, the
@@ -95,12 +96,15 @@ class RayPool:
         self.size = workers if workers is not None else max(1, gpus)
         if self.size < 1:
             raise BatchUsageError(f"--workers must be 1 or more, got {self.size}")
-        self.options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        cpus = recipe.threads or 1
+        self.options = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
         log(f"Ray: {int(resources.get('CPU', 0))} CPUs, {gpus} GPUs; {self.size} workers with "
-            f"{'1 GPU' if gpus else '1 CPU'} each, up to {retries} restarts")
+            f"{'1 GPU' if gpus else f'{cpus} CPU(s)'} each, up to {retries} restarts")
         recipe_data = asdict(recipe)
         if gpus and recipe.device is None:
             recipe_data["device"] = "cuda"
+        if recipe.threads is None and not gpus:
+            recipe_data["threads"] = cpus  # torch's threads as Ray's share of the CPUs
         self.recipe, self.retries = recipe_data, retries
         self.queue = Queue()
         self.actor_class = ray.remote(max_restarts=retries, max_task_retries=retries)(_Worker)

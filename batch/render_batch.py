@@ -150,7 +150,10 @@ def group_of(script: str) -> str:
     return repr((first.prompt, first.duration, first.entry, first.label))
 
 
-class _Signalled(Exception):
+class _Signalled(BaseException):
+    """SIGTERM, raised where the driver is (a BaseException, as KeyboardInterrupt: no line's error handler takes
+    it for the line's own failure)."""
+
     def __init__(self, signum: int):
         self.signum = signum
 

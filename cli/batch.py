@@ -30,7 +30,7 @@ def recipe_of(args: argparse.Namespace) -> RenderRecipe:
              for name in ("checkpoint", "lora", "vae")}
     return RenderRecipe(**files, dtype=args.dtype, preset=args.preset, width=args.width, height=args.height,
                         fps=args.fps, steps=args.steps, card=args.card, shift=args.shift, seed=args.seed,
-                        noise=args.noise, device=args.device)
+                        noise=args.noise, device=args.device, threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=2,
                    help="with --ray: restarts of a worker that dies, and retries of the line it was running "
                         "(default 2); a line that fails on its own is not retried")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per worker (with --ray on a CPU cluster also its CPUs; default: torch's "
+                        "own, 1 per Ray CPU worker); on the CPU the same bits need the same number of threads")
     p.add_argument("--no-bars", action="store_true", help="no progress bars (default: bars on a terminal)")
     add_recipe_arguments(p, device_default=None)
     p.add_argument("--vae", type=Path, default=None, metavar="FILE",

@@ -1,7 +1,8 @@
 """``batch --ray`` on a local Ray instance (2 CPUs, the tiny model): the same files as the single-process batch, bit
 for bit; one model load per worker; prefix reuse on one worker; a killed worker restarted and its line retried to
 the same result; a line that fails on its own not retried; a line whose worker dies every time failing after the
-retries while the others finish. Skipped without Ray (pip install -e '.[ray]')."""
+retries while the others finish; Ctrl-C, and a rerun that finishes only what was left. Skipped without Ray
+(pip install -e '.[ray]')."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import os
 import signal
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' runs these tests")
 
 from echo_forcing.batch.headless import BlockDone, RenderRecipe  # noqa: E402
-from echo_forcing.batch.jobs import DONE, FAILED, MANIFEST_NAME  # noqa: E402
+from echo_forcing.batch.jobs import DONE, FAILED, MANIFEST_NAME, PENDING, BatchInterrupted  # noqa: E402
 from echo_forcing.batch.ray_pool import RayPool, connect  # noqa: E402
 from echo_forcing.batch.render_batch import LocalPool, run_batch  # noqa: E402
 
@@ -25,7 +27,8 @@ PROMPTS = ("a red fox trots through snow [1s] | the fox sleeps by a fire [1s#] |
            "a boat in a harbour [20s] | gulls over the water [20s]\n")
 """Lines 1 and 2 share their first shot; line 4 fails in its worker (a label used twice); lines 3 and 5 are long
 enough (54 blocks) for a kill at their first block to land while they run."""
-RECIPE = RenderRecipe(width=64, height=48)
+RECIPE = RenderRecipe(width=64, height=48, threads=1)
+"""One torch thread everywhere, as each Ray CPU worker gets: the same bits need the same threads."""
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,12 @@ def single(tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
     prompts = root / "set.txt"
     prompts.write_text(PROMPTS, encoding="utf-8")
-    run_batch(prompts, root / "out", RECIPE, lambda: LocalPool(RECIPE, log=lambda text: None), log=lambda text: None,
-              bars=False)
+    threads = torch.get_num_threads()
+    try:
+        run_batch(prompts, root / "out", RECIPE, lambda: LocalPool(RECIPE, log=lambda text: None),
+                  log=lambda text: None, bars=False)
+    finally:
+        torch.set_num_threads(threads)  # the renderer set 1 for this process; the other tests keep theirs
     return root / "out"
 
 
@@ -58,11 +65,12 @@ def _state(out):
     return json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))["jobs"]
 
 
-TIMINGS = {"seconds_taken", "seconds_saved", "generation_seconds", "video_fps"}
+HOW_MADE = {"seconds_taken", "seconds_saved", "generation_seconds", "video_fps", "reuse", "state"}
+"""Report entries about how the video was made (timings, shots reused from the worker's cache), not about it."""
 
 
 def _same_files(out, reference, names):
-    """The same video bytes, and the same report but for the timings."""
+    """The same video bytes, and the same report but for how it was made."""
     for name in names:
         video = "latents.safetensors"
         assert (out / name / video).read_bytes() == (reference / name / video).read_bytes(), name
@@ -72,7 +80,7 @@ def _same_files(out, reference, names):
 
 def _untimed(value):
     if isinstance(value, dict):
-        return {k: _untimed(v) for k, v in value.items() if k not in TIMINGS}
+        return {k: _untimed(v) for k, v in value.items() if k not in HOW_MADE}
     return [_untimed(v) for v in value] if isinstance(value, list) else value
 
 
@@ -125,3 +133,20 @@ def test_a_line_whose_worker_dies_every_time_fails_after_the_retries_and_the_res
     assert [r.status for r in results] == [DONE, DONE, DONE, FAILED, FAILED]
     assert len(deaths) == 2  # the first try and one retry, never more
     assert "the worker died and was restarted 1 time(s)" in _state(tmp_path / "out")["set-0005"]["error"]
+
+
+def test_ctrl_c_stops_the_workers_and_a_rerun_finishes_only_what_was_left(cluster, single, tmp_path):
+    def interrupt(name, event):
+        if name == "set-0003" and isinstance(event, BlockDone):
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted) as stopped:
+        _run(tmp_path, on_event=interrupt)
+    assert stopped.value.exit_code == 130
+    state = _state(tmp_path / "out")
+    assert state["set-0003"]["status"] == PENDING and "interrupted" in state["set-0003"]["error"]
+    done_before = {n for n, j in state.items() if j["status"] == DONE}
+    results, _ = _run(tmp_path)
+    assert [r.status for r in results][2] == DONE and "set-0003" not in done_before
+    assert {r.name for r in results if r.status == "skipped"} == done_before
+    _same_files(tmp_path / "out", single, ["set-0001", "set-0002", "set-0003", "set-0005"])

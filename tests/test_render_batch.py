@@ -1,10 +1,14 @@
 """``python -m echo_forcing batch`` in one process: the ``queue`` contract (manifest, folders, job.json, exit codes,
-resume), prefix reuse between lines, a line that fails alone, Ctrl-C, and the dispatch rules the Ray pool uses
-(tests/test_ray_batch.py runs the same batch on Ray)."""
+resume), prefix reuse between lines, a line that fails alone, Ctrl-C and SIGTERM, and the dispatch rules the Ray
+pool uses (tests/test_ray_batch.py runs the same batch on Ray)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -116,3 +120,22 @@ def test_lines_sharing_a_first_shot_stay_with_one_worker():
     assert dispatch.next_for(1) is a3
     # ... but never takes the lone line worker 0 will start after the shots it made
     assert dispatch.next_for(1) is None and dispatch.next_for(0) is a2 and len(dispatch) == 0
+
+
+def test_sigterm_stops_the_running_line_saves_the_state_and_exits_143(tmp_path):
+    prompts = tmp_path / "long.txt"
+    prompts.write_text("a long walk through the snow [60s] | and back home [60s]\n", encoding="utf-8")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "echo_forcing", "batch", str(prompts), "--out", str(out), *SIZE]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / MANIFEST_NAME).is_file() and state(out).get("long-0001", {}).get("status") == PENDING:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "the state is saved" in err
+    record = state(out)["long-0001"]
+    assert record["status"] == PENDING and "interrupted" in record["error"]
