@@ -220,8 +220,16 @@ def _render_all(run: _Run, jobs: list[LineJob], pool_factory: Callable[[], Pool]
     except ValueError:  # not the main thread: SIGTERM keeps its handler
         previous = None
     dispatch, running, pool = Dispatch(jobs), {}, None
+
+    def heard(name: str, event: BlockDone | str) -> None:
+        run.progress.event(name, event)
+        if on_event is not None:
+            on_event(name, event)
+
     try:
         pool = pool_factory()
+        if hasattr(pool, "listen"):  # a pool that renders in this process reports its blocks as they come
+            pool.listen(heard)
         idle = list(range(pool.size))
         while len(dispatch) or running:
             for worker in list(idle):
@@ -242,9 +250,7 @@ def _render_all(run: _Run, jobs: list[LineJob], pool_factory: Callable[[], Pool]
                 idle.append(worker)
                 _finish(run, job, outcome)
             for name, event in pool.events():
-                run.progress.event(name, event)
-                if on_event is not None:
-                    on_event(name, event)
+                heard(name, event)
     except (KeyboardInterrupt, _Signalled) as stop:
         signum = stop.signum if isinstance(stop, _Signalled) else signal.SIGINT
         for _, job in running.values():
@@ -336,7 +342,7 @@ class BatchProgress:
 
 class LocalPool:
     """One worker in this process: the model loaded once, lines rendered one after another (the single-process
-    ``batch``). A line is rendered inside :meth:`submit`; its progress goes straight to :meth:`events`."""
+    ``batch``). A line is rendered inside :meth:`submit`; its blocks go to the driver's listener as they come."""
 
     size = 1
 
@@ -347,11 +353,15 @@ class LocalPool:
         self.name = f"local pid {os.getpid()}"
         self._events: list = [(self.name, "loaded")]
         self._done: dict[int, Outcome] = {}
+        self._heard: Callable[[str, BlockDone], None] = lambda name, event: self._events.append((name, event))
+
+    def listen(self, heard: Callable[[str, BlockDone], None]) -> None:
+        """Report every block to ``heard`` as it is made (the driver waits inside :meth:`submit`)."""
+        self._heard = heard
 
     def submit(self, worker: int, job: LineJob) -> object:
         handle = len(self._done) + 1
-        self._done[handle] = render_line(self.renderer, self.name, job.name, job.line.text,
-                                         lambda name, event: self._events.append((name, event)))
+        self._done[handle] = render_line(self.renderer, self.name, job.name, job.line.text, self._heard)
         return handle
 
     def wait(self, handles: list, timeout: float) -> list[tuple[object, Outcome]]:
