@@ -12,7 +12,8 @@ one actor call: an autoregressive rollout is sequential, so one video never span
   often (Ray's ``max_restarts`` / ``max_task_retries``). After that the call fails with the actor's error, the
   line fails, and a fresh actor takes the worker's place. A line that fails inside the pipeline is returned as a
   failure (``render_batch.render_line``), so Ray never retries it.
-* **Progress** travels from the actors through a Ray queue (block by block, and each model load).
+* **Progress** travels from the actors to a small named actor the driver empties (block by block, and each
+  model load).
 * **Code and files on the nodes.** Every node needs the pack installed (the same version) and the model files at
   the same paths; the driver writes every output (docs/SCALING.md).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import platform
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,23 +61,37 @@ def connect(address: str = LOCAL, num_cpus: int | None = None) -> None:
         raise BatchUsageError(f"cannot reach the Ray cluster at {address}: {err}") from None
 
 
-class _Worker:
-    """The actor: a renderer (the model loaded once) that renders lines one at a time."""
+class _Events:
+    """The actor the workers send their progress to (named, so a restarted worker finds it again)."""
 
-    def __init__(self, recipe: dict, events, slot: int):
+    def __init__(self):
+        self.items: list = []
+
+    def put(self, item) -> None:
+        self.items.append(item)
+
+    def take(self) -> list:
+        items, self.items = self.items, []
+        return items
+
+
+class _Worker:
+    """The actor: a renderer (the model loaded once) that renders lines one at a time. Its arguments are plain
+    values (the recipe, the events actor's name), so Ray can restart it from them at any time."""
+
+    def __init__(self, recipe: dict, events: str, slot: int):
+        import ray
+
         from .headless import Renderer
 
-        self.events = events
+        self.events = ray.get_actor(events)
         self.name = f"worker {slot} ({platform.node()} pid {os.getpid()})"
         self.renderer = Renderer(RenderRecipe(**recipe), log=lambda text: None)
-        self.events.put((self.name, "loaded"))
-
-    def pid(self) -> int:
-        return os.getpid()
+        self.events.put.remote((self.name, "loaded"))
 
     def render(self, name: str, script: str) -> Outcome:
         return render_line(self.renderer, self.name, name, script,
-                           lambda line, event: self.events.put((line, event)))
+                           lambda line, event: self.events.put.remote((line, event)))
 
 
 class RayPool:
@@ -84,8 +100,6 @@ class RayPool:
     def __init__(self, recipe: RenderRecipe, address: str = LOCAL, workers: int | None = None,
                  retries: int = DEFAULT_RETRIES, log: Log = print, num_cpus: int | None = None):
         ray = self.ray = import_ray()
-        from ray.util.queue import Queue
-
         if retries < 0:
             raise BatchUsageError(f"--retries must be 0 or more, got {retries}")
         self.started_here = not ray.is_initialized()
@@ -106,14 +120,15 @@ class RayPool:
         if recipe.threads is None and not gpus:
             recipe_data["threads"] = cpus  # torch's threads as Ray's share of the CPUs
         self.recipe, self.retries = recipe_data, retries
-        self.queue = Queue()
+        self.events_name = f"echo_forcing_batch_events_{uuid.uuid4().hex}"
+        self.events_actor = ray.remote(_Events).options(name=self.events_name, num_cpus=0).remote()
         self.actor_class = ray.remote(max_restarts=retries, max_task_retries=retries)(_Worker)
         self.actors = [self._actor(slot) for slot in range(self.size)]
         self._loads = 0
         self._calls: dict = {}
 
     def _actor(self, slot: int):
-        return self.actor_class.options(**self.options).remote(self.recipe, self.queue, slot)
+        return self.actor_class.options(**self.options).remote(self.recipe, self.events_name, slot)
 
     def submit(self, worker: int, job: LineJob) -> object:
         ref = self.actors[worker].render.remote(job.name, job.line.text)
@@ -139,12 +154,7 @@ class RayPool:
         return done
 
     def events(self) -> list[tuple[str, BlockDone | str]]:
-        out = []
-        while True:
-            batch = self.queue.get_nowait_batch(min(self.queue.qsize(), 1000)) if self.queue.qsize() else []
-            if not batch:
-                break
-            out.extend(batch)
+        out = self.ray.get(self.events_actor.take.remote())
         self._loads += sum(1 for _, event in out if event == "loaded")
         return out
 
@@ -153,7 +163,7 @@ class RayPool:
         return self._loads
 
     def stop(self) -> None:
-        for actor in self.actors:
+        for actor in [*self.actors, self.events_actor]:
             try:
                 self.ray.kill(actor, no_restart=True)
             except Exception:  # already gone
