@@ -45,9 +45,10 @@ def import_ray():
     return ray
 
 
-def connect(address: str = LOCAL, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at ``address``, or start a local instance (:data:`LOCAL`; ``num_cpus`` caps it). A
-    local instance's workers find this pack where this process found it."""
+def connect(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local instance (:data:`LOCAL`; ``num_cpus`` and ``num_gpus``
+    set its resources, default what the machine has). A local instance's workers find this pack where this
+    process found it."""
     ray = import_ray()
     local = address == LOCAL
     env = {}
@@ -55,7 +56,8 @@ def connect(address: str = LOCAL, num_cpus: int | None = None) -> None:
         here = str(Path(__file__).resolve().parents[2])  # the folder the pack's package is found in
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}}
     try:
-        ray.init(address=None if local else address, num_cpus=num_cpus if local else None, runtime_env=env or None,
+        ray.init(address=None if local else address, num_cpus=num_cpus if local else None,
+                 num_gpus=num_gpus if local else None, runtime_env=env or None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise BatchUsageError(f"cannot reach the Ray cluster at {address}: {err}") from None

@@ -150,3 +150,27 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes_only_what_was_left(cluste
     assert [r.status for r in results][2] == DONE and "set-0003" not in done_before
     assert {r.name for r in results if r.status == "skipped"} == done_before
     _same_files(tmp_path / "out", single, ["set-0001", "set-0002", "set-0003", "set-0005"])
+
+
+def test_on_a_cluster_with_gpus_each_worker_asks_for_one_and_there_is_one_worker_per_gpu(single, tmp_path):
+    """A cluster that declares 2 GPUs (Ray schedules by declared resources; this machine has none, so the recipe
+    computes on the CPU): 2 workers by default, each with num_gpus=1, and the same files."""
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(num_cpus=2, num_gpus=2)
+    try:
+        recipe = RenderRecipe(width=64, height=48, threads=1, device="cpu")
+        lines = []
+        pool = {}
+
+        def make():
+            pool["it"] = RayPool(recipe, log=lines.append)
+            return pool["it"]
+
+        results = run_batch(_prompts(tmp_path), tmp_path / "out", recipe, make, log=lines.append, bars=False)
+    finally:
+        ray.shutdown()
+    assert pool["it"].size == 2 and pool["it"].options == {"num_gpus": 1}
+    assert any("2 GPUs; 2 workers with 1 GPU each" in line for line in lines), lines
+    assert [r.status for r in results] == [DONE, DONE, DONE, FAILED, DONE]
+    _same_files(tmp_path / "out", single, ["set-0001", "set-0002", "set-0003", "set-0005"])
