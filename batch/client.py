@@ -65,7 +65,7 @@ from .jobs import (
     Manifest,
     Plan,
     UnsafeOutput,
-    file_stem,
+    fill_workflow,
     format_execution_error,
     format_interrupted,
     format_node_errors,
@@ -76,12 +76,10 @@ from .jobs import (
     load_workflow,
     node_label,
     output_files,
-    plan_batch,
-    read_prompt_file,
+    start_batch,
     summarize,
 )
 from .outfiles import (
-    clean_stale_temps,
     shown,
     write_atomic,
 )
@@ -607,15 +605,6 @@ def _failed(run: _Run, job: Job, error: str, server: ComfyServer, may_retry: boo
         run.mark(job, FAILED, error=error)
 
 
-def _clean_temps(plan: Plan, manifest: Manifest, log: Log) -> None:
-    """Remove stale temporary files (of this client's own pattern) in the output folder and the lines' folders."""
-    root = manifest.root
-    folders = [root, *(root / job_name(plan.stem, line.number) for line in plan.lines)]
-    for folder in folders:
-        for path in clean_stale_temps(root, folder):
-            log(f"removed {path.relative_to(root)}, a temporary file an interrupted run left")
-
-
 async def run_queue(prompts: str | os.PathLike, workflow: str | os.PathLike, servers: list[str],
                     out: str | os.PathLike, *, timeout: float | None = DEFAULT_JOB_TIMEOUT,
                     client_id: str | None = None, retries: int = 0, log: Log = print, poll_interval: float = 5.0,
@@ -666,20 +655,11 @@ def _check_limits(timeout: float | None, read_timeout: float, max_download_bytes
 def _load_plan(prompts: str | os.PathLike, workflow: str | os.PathLike, out: str | os.PathLike,
                log: Log) -> tuple[Plan, Manifest]:
     """Read the prompt file, the workflow and the output folder's manifest; plan the lines and log the plan."""
-    lines = read_prompt_file(prompts)
     flow = load_workflow(workflow)
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BatchUsageError(f"cannot use --out {out_dir}: {err}") from None
-    manifest = Manifest.load(out_dir)
-    plan = plan_batch(lines, flow, file_stem(prompts), manifest)
-    _clean_temps(plan, manifest, log)
-    log(f"{Path(prompts).name}: {len(lines)} lines; {len(plan.jobs)} to run, {len(plan.skipped)} done earlier, "
-        f"{len(plan.invalid)} invalid")
-    for line in plan.invalid:
-        log(f"line {line.number}: FAILED: {line.error}")
+    plan, manifest, run = start_batch(prompts, out, flow.hash, log)
+    plan.workflow = flow
+    plan.jobs = [Job(job_name(plan.stem, line.number), line, fill_workflow(flow, line, plan.stem), reason)
+                 for line, reason in run]
     return plan, manifest
 
 

@@ -36,6 +36,7 @@ from ..safe_files import UnsafePathError, confined_file
 from .outfiles import (
     check_name,
     check_view_params,
+    clean_stale_temps,
     listed_file,
     plain,
     remove_file,
@@ -587,3 +588,40 @@ def summarize(plan: Plan, manifest: Manifest) -> list[LineResult]:
         else:
             results.append(LineResult(line.number, name, FAILED, "not finished"))
     return results
+
+
+def start_batch(prompts: str | os.PathLike, out: str | os.PathLike, recipe_hash: str,
+                log: Callable[[str], None]) -> tuple[Plan, Manifest, list[tuple[PromptLine, str]]]:
+    """Read and check the prompt file, open the output folder and its manifest, sort the lines
+    (:func:`sort_lines`), remove stale temporary files of ours and log the plan; the plan (its ``jobs`` left for
+    the caller to make), the manifest and the lines to run with why."""
+    lines = read_prompt_file(prompts)
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BatchUsageError(f"cannot use --out {out_dir}: {err}") from None
+    manifest = Manifest.load(out_dir)
+    stem = file_stem(prompts)
+    run, skipped, invalid = sort_lines(lines, stem, manifest, recipe_hash)
+    plan = Plan(stem=stem, workflow=None, lines=lines, skipped=skipped, invalid=invalid)
+    root = manifest.root
+    for folder in [root, *(root / job_name(stem, line.number) for line in lines)]:
+        for path in clean_stale_temps(root, folder):
+            log(f"removed {path.relative_to(root)}, a temporary file an interrupted run left")
+    log(f"{Path(prompts).name}: {len(lines)} lines; {len(run)} to run, {len(skipped)} done earlier, "
+        f"{len(invalid)} invalid")
+    for line in invalid:
+        log(f"line {line.number}: FAILED: {line.error}")
+    return plan, manifest, run
+
+
+def summary(results: list[LineResult], prompts: object, out: object) -> tuple[str, int]:
+    """The command's closing table (one row per line) and its exit code."""
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", FAILED)}
+    rows = [f"\nsummary of {prompts} -> {out}:"]
+    for result in results:
+        label = "FAILED" if result.status == FAILED else result.status
+        rows.append(f"  line {result.number:>4}  {label:<7}  {result.name}  {result.detail}")
+    rows.append(f"{counts['done']} done, {counts['skipped']} skipped (done earlier), {counts[FAILED]} failed")
+    return "\n".join(rows), EXIT_FAILED if counts[FAILED] else EXIT_OK

@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from ..pipeline.scene_script import parse_scene_script
@@ -42,19 +41,16 @@ from .jobs import (
     JOB_FILE,
     PENDING,
     BatchInterrupted,
-    BatchUsageError,
     LineResult,
     Manifest,
     Plan,
     PromptLine,
-    file_stem,
     job_name,
     json_bytes,
-    read_prompt_file,
-    sort_lines,
+    start_batch,
     summarize,
 )
-from .outfiles import check_name, clean_stale_temps, confined_folder, write_atomic
+from .outfiles import check_name, confined_folder, write_atomic
 
 Log = Callable[[str], None]
 
@@ -179,24 +175,9 @@ def run_batch(prompts: str | os.PathLike, out: str | os.PathLike, recipe: Render
     tests and callers' own displays); ``bars``: tqdm bars (default: when stderr is a terminal).
     :class:`BatchUsageError` before any work for an unusable prompt file or output folder;
     :class:`BatchInterrupted` after Ctrl-C or SIGTERM, with the state saved."""
-    lines = read_prompt_file(prompts)
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BatchUsageError(f"cannot use --out {out_dir}: {err}") from None
-    manifest = Manifest.load(out_dir)
-    stem, recipe_hash = file_stem(prompts), recipe.digest()
-    to_run, skipped, invalid = sort_lines(lines, stem, manifest, recipe_hash)
-    plan = Plan(stem=stem, workflow=None, lines=lines, skipped=skipped, invalid=invalid)
-    root = manifest.root
-    for folder in [root, *(root / job_name(stem, line.number) for line in lines)]:
-        for path in clean_stale_temps(root, folder):
-            log(f"removed {path.relative_to(root)}, a temporary file an interrupted run left")
-    log(f"{Path(prompts).name}: {len(lines)} lines; {len(to_run)} to run, {len(skipped)} done earlier, "
-        f"{len(invalid)} invalid")
-    for line in invalid:
-        log(f"line {line.number}: FAILED: {line.error}")
+    recipe_hash = recipe.digest()
+    plan, manifest, to_run = start_batch(prompts, out, recipe_hash, log)
+    stem = plan.stem
     if to_run:
         jobs = [LineJob(job_name(stem, line.number), line, reason, group_of(line.text)) for line, reason in to_run]
         run = _Run(plan, manifest, recipe, recipe_hash, log, BatchProgress(len(jobs), bars))

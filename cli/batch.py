@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ..batch.headless import RenderRecipe
-from ..batch.jobs import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FAILED, MANIFEST_NAME, BatchInterrupted, BatchUsageError
+from ..batch.jobs import EXIT_USAGE, MANIFEST_NAME, BatchInterrupted, BatchUsageError, summary
 from .render import add_recipe_arguments
 
 
@@ -59,13 +59,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: the workers were stopped and the state is saved in {args.out / MANIFEST_NAME}; run "
               "the same command again to continue (lines already done are skipped)", file=sys.stderr)
         return err.exit_code
-    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", FAILED)}
-    print(f"\nsummary of {args.prompts} -> {args.out}:")
-    for result in results:
-        label = "FAILED" if result.status == FAILED else result.status
-        print(f"  line {result.number:>4}  {label:<7}  {result.name}  {result.detail}")
-    print(f"{counts['done']} done, {counts['skipped']} skipped (done earlier), {counts[FAILED]} failed")
-    return EXIT_FAILED if counts[FAILED] else EXIT_OK
+    text, code = summary(results, args.prompts, args.out)
+    print(text)
+    return code
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

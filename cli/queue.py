@@ -24,14 +24,12 @@ from ..batch.jobs import (
     DEFAULT_JOB_TIMEOUT,
     DEFAULT_MAX_DOWNLOAD_GB,
     DEFAULT_READ_TIMEOUT,
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_USAGE,
-    FAILED,
     MANIFEST_NAME,
     BatchInterrupted,
     BatchUsageError,
+    summary,
 )
 
 
@@ -61,13 +59,9 @@ def run(args: argparse.Namespace) -> int:
               f"{args.out / MANIFEST_NAME}; run the same command again to continue (lines already done are "
               "skipped)", file=sys.stderr)
         return code
-    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", FAILED)}
-    print(f"\nsummary of {args.prompts} -> {args.out}:")
-    for result in results:
-        label = "FAILED" if result.status == FAILED else result.status
-        print(f"  line {result.number:>4}  {label:<7}  {result.name}  {result.detail}")
-    print(f"{counts['done']} done, {counts['skipped']} skipped (done earlier), {counts[FAILED]} failed")
-    return EXIT_FAILED if counts[FAILED] else EXIT_OK
+    text, code = summary(results, args.prompts, args.out)
+    print(text)
+    return code
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
