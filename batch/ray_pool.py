@@ -91,9 +91,19 @@ class _Worker:
         self.renderer = Renderer(RenderRecipe(**recipe), log=lambda text: None)
         self.events.put.remote((self.name, "loaded"))
 
+    def ready(self) -> str:
+        return self.name
+
     def render(self, name: str, script: str) -> Outcome:
         return render_line(self.renderer, self.name, name, script,
                            lambda line, event: self.events.put.remote((line, event)))
+
+
+def _cause(err: Exception) -> str:
+    """The Python error inside a Ray error (its last line that names an exception), else its first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if ("Error:" in line or "Exception:" in line) and not line.startswith("ray")]
+    return (named[-1] if named else lines[0] if lines else type(err).__name__)[:500]
 
 
 class RayPool:
@@ -128,6 +138,11 @@ class RayPool:
         self.actors = [self._actor(slot) for slot in range(self.size)]
         self._loads = 0
         self._calls: dict = {}
+        try:  # a model that cannot load (a path missing on a node, a bad file) stops the batch before any line
+            ray.get([actor.ready.remote() for actor in self.actors])
+        except ray.exceptions.RayError as err:
+            self.stop()
+            raise BatchUsageError(f"the Ray workers could not start: {_cause(err)}") from None
 
     def _actor(self, slot: int):
         return self.actor_class.options(**self.options).remote(self.recipe, self.events_name, slot)
@@ -149,7 +164,7 @@ class RayPool:
             except self.ray.exceptions.RayError as err:  # the actor died more often than it may restart
                 outcome = Outcome(f"worker {worker}", lost=True,
                                   error=f"the worker died and was restarted {self.retries} time(s), the line with "
-                                        f"it: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+                                        f"it: {type(err).__name__}: {_cause(err)[:300]}")
                 self.ray.kill(self.actors[worker], no_restart=True)
                 self.actors[worker] = self._actor(worker)  # a fresh worker for the lines still to come
             done.append((ref, outcome))

@@ -41,6 +41,7 @@ from .jobs import (
     JOB_FILE,
     PENDING,
     BatchInterrupted,
+    BatchUsageError,
     LineResult,
     Manifest,
     Plan,
@@ -208,7 +209,10 @@ def _render_all(run: _Run, jobs: list[LineJob], pool_factory: Callable[[], Pool]
             on_event(name, event)
 
     try:
-        pool = pool_factory()
+        try:
+            pool = pool_factory()
+        except (OSError, ValueError) as err:  # the model cannot load: nothing ran, no line is marked
+            raise BatchUsageError(f"the workers could not start: {err}") from None
         if hasattr(pool, "listen"):  # a pool that renders in this process reports its blocks as they come
             pool.listen(heard)
         idle = list(range(pool.size))

@@ -16,7 +16,7 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' runs these tests")
 
 from echo_forcing.batch.headless import BlockDone, RenderRecipe  # noqa: E402
-from echo_forcing.batch.jobs import DONE, FAILED, MANIFEST_NAME, PENDING, BatchInterrupted  # noqa: E402
+from echo_forcing.batch.jobs import DONE, FAILED, MANIFEST_NAME, PENDING, BatchInterrupted, BatchUsageError  # noqa: E402
 from echo_forcing.batch.ray_pool import RayPool, connect  # noqa: E402
 from echo_forcing.batch.render_batch import LocalPool, run_batch  # noqa: E402
 
@@ -174,3 +174,12 @@ def test_on_a_cluster_with_gpus_each_worker_asks_for_one_and_there_is_one_worker
     assert any("2 GPUs; 2 workers with 1 GPU each" in line for line in lines), lines
     assert [r.status for r in results] == [DONE, DONE, DONE, FAILED, DONE]
     _same_files(tmp_path / "out", single, ["set-0001", "set-0002", "set-0003", "set-0005"])
+
+
+def test_workers_that_cannot_load_the_model_stop_the_batch_before_any_line(cluster, tmp_path):
+    recipe = RenderRecipe(width=64, height=48, threads=1, checkpoint=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(BatchUsageError, match=r"the Ray workers could not start: .*checkpoint file not found"):
+        run_batch(_prompts(tmp_path), tmp_path / "out", recipe, lambda: RayPool(recipe, workers=2, log=print),
+                  log=print, bars=False)
+    records = _state(tmp_path / "out") if (tmp_path / "out" / MANIFEST_NAME).exists() else {}
+    assert not [n for n, j in records.items() if j["status"] != FAILED]  # no line was started

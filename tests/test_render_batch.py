@@ -82,6 +82,10 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a fox [1s]\n")
     assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--workers", "2", *SIZE]) == 2
     assert "--workers needs --ray" in capsys.readouterr().err
+    missing = tmp_path / "missing.safetensors"
+    assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--checkpoint", str(missing),
+                 *SIZE]) == 2
+    assert "the workers could not start: checkpoint file not found" in capsys.readouterr().err
 
 
 def test_ctrl_c_records_the_running_line_and_the_rerun_goes_on(prompts, tmp_path):
