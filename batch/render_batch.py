@@ -260,7 +260,7 @@ def _finish(run: _Run, job: LineJob, outcome: Outcome) -> None:
         return
     try:
         files = _write_outputs(run, job, outcome)
-    except OSError as err:  # an unsafe path (UnsafePathError) or a full disk: this line only
+    except (OSError, ValueError) as err:  # an unsafe name or path (UnsafePathError), a full disk: this line only
         run.log(f"{tag}: FAILED: cannot write the outputs: {err}")
         run.mark(job, FAILED, error=f"cannot write the outputs: {err}", server=outcome.worker)
         return
@@ -276,6 +276,8 @@ def _write_outputs(run: _Run, job: LineJob, outcome: Outcome) -> list[str]:
     files = []
     for name, data in outcome.files.items():
         check_name(name, f"worker {outcome.worker} returned a file")
+        if name.casefold() == JOB_FILE.casefold():
+            raise ValueError(f"worker {outcome.worker} returned a file {JOB_FILE}, the name of the driver's own record")
         write_atomic(root, folder / name, data)
         files.append(f"{job.name}/{name}")
     record = {"line": job.line.number, "script": job.line.text, "worker": outcome.worker,

@@ -526,3 +526,30 @@ def test_save_story_says_why_a_run_kept_no_story(pack):
 
     with pytest.raises(StoryError, match="kept no story for this run: a rolling-forcing run cannot be continued"):
         pack.story_nodes.SaveStory.execute(None, "tale")
+
+
+def test_the_sampler_vae_input_takes_only_a_wan21_vae_and_only_builds_it_for_krea(pack):
+    from types import SimpleNamespace
+
+    from echo_forcing.models.wan_vae import random_wan_vae_state_dict
+    from echo_forcing.pipeline import RolloutInputError
+
+    vae_of = pack.sampler.pixel_vae
+    assert vae_of(None, torch.float32) is None
+    with pytest.raises(RolloutInputError, match="the vae input is not a ComfyUI VAE \\(str\\)"):
+        vae_of("wan_2.1_vae.safetensors", torch.float32)
+
+    class Stage(torch.nn.Module):
+        def __init__(self, tensors):
+            super().__init__()
+            self.tensors = tensors
+
+        def state_dict(self, *args, **kwargs):
+            return dict(self.tensors)
+
+    whole = random_wan_vae_state_dict(3, dim=8)
+    build = vae_of(SimpleNamespace(first_stage_model=Stage(whole)), torch.float32)
+    assert build().decoder.z_dim == 16  # built only when called (the run plan calls it for krea alone)
+    wide = dict(whole, **{"conv2.weight": torch.zeros(48, 48, 1, 1, 1), "conv2.bias": torch.zeros(48)})
+    with pytest.raises(RolloutInputError, match=r"48 latent channels \(the Wan2.2 TI2V-5B VAE\)"):
+        vae_of(SimpleNamespace(first_stage_model=Stage(wide)), torch.float32)()

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from echo_forcing.__main__ import main
 from echo_forcing.batch.headless import OUTPUT_FILES, RenderRecipe
 from echo_forcing.batch.jobs import DONE, FAILED, JOB_FILE, MANIFEST_NAME, PENDING, BatchInterrupted, PromptLine
-from echo_forcing.batch.render_batch import Dispatch, LineJob, LocalPool, group_of, run_batch
+from echo_forcing.batch.render_batch import Dispatch, LineJob, LocalPool, Outcome, group_of, run_batch
 
 PROMPTS = ("a red fox trots through snow [1s] | the fox sleeps by a fire [1s#] | the fox in the snow again [1s]\n"
            "# a comment\n"
@@ -82,6 +82,8 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a fox [1s]\n")
     assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--workers", "2", *SIZE]) == 2
     assert "--workers needs --ray" in capsys.readouterr().err
+    assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--threads", "0", *SIZE]) == 2
+    assert "threads must be 1 or more" in capsys.readouterr().err
     missing = tmp_path / "missing.safetensors"
     assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--checkpoint", str(missing),
                  *SIZE]) == 2
@@ -143,3 +145,41 @@ def test_sigterm_stops_the_running_line_saves_the_state_and_exits_143(tmp_path):
     assert "the state is saved" in err
     record = state(out)["long-0001"]
     assert record["status"] == PENDING and "interrupted" in record["error"]
+
+
+class _HostilePool:
+    """A pool whose worker returns file names that must never be written as they are."""
+
+    size = 1
+
+    def __init__(self, names):
+        self.names, self.done = list(names), {}
+
+    def submit(self, worker, job):
+        self.done[job.name] = Outcome("hostile worker", files={self.names.pop(0): b"x"}, summary="")
+        return job.name
+
+    def wait(self, handles, timeout):
+        return [(h, self.done.pop(h)) for h in handles if h in self.done]
+
+    def events(self):
+        return []
+
+    def model_loads(self):
+        return 1
+
+    def stop(self):
+        pass
+
+
+def test_a_file_name_a_worker_returns_is_checked_and_fails_its_line_alone(tmp_path):
+    prompts = tmp_path / "h.txt"
+    prompts.write_text("a [1s]\nb [1s]\nc [1s]\nd [1s]\n", encoding="utf-8")
+    names = ["../escape.bin", "ok.bin", "/abs.bin", JOB_FILE]
+    results = run_batch(prompts, tmp_path / "out", RECIPE, lambda: _HostilePool(names), log=lambda t: None,
+                        bars=False)
+    assert [r.status for r in results] == [FAILED, DONE, FAILED, FAILED]
+    assert "cannot write the outputs" in state(tmp_path / "out")["h-0001"]["error"]
+    assert not (tmp_path / "escape.bin").exists() and not list(tmp_path.glob("**/abs.bin"))
+    assert (tmp_path / "out" / "h-0002" / "ok.bin").read_bytes() == b"x"
+    assert "the name of the driver's own record" in state(tmp_path / "out")["h-0004"]["error"]
