@@ -54,6 +54,8 @@ from .jobs import (
 from .outfiles import check_name, confined_folder, write_atomic
 
 Log = Callable[[str], None]
+POLL_SECONDS = 0.1
+"""How long the driver waits for a finished line before it looks at the workers' progress again."""
 
 
 @dataclass
@@ -230,7 +232,7 @@ def _render_all(run: _Run, jobs: list[LineJob], pool_factory: Callable[[], Pool]
                 running[starting] = (worker, job)
                 handle = pool.submit(worker, job)
                 running[handle] = running.pop(starting)
-            for handle, outcome in pool.wait(list(running), 0.25):
+            for handle, outcome in pool.wait(list(running), POLL_SECONDS):
                 worker, job = running.pop(handle)
                 idle.append(worker)
                 _finish(run, job, outcome)

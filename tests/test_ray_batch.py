@@ -22,11 +22,11 @@ from echo_forcing.batch.render_batch import LocalPool, run_batch  # noqa: E402
 
 PROMPTS = ("a red fox trots through snow [1s] | the fox sleeps by a fire [1s#] | the fox in the snow again [1s]\n"
            "a red fox trots through snow [1s] | a grey wolf howls at the moon [1s]\n"
-           "a lighthouse at dusk [20s] | waves crash below [20s]\n"
+           "a lighthouse at dusk [30s] | waves crash below [30s]\n"
            "a cat on a roof [1s] | a cat asleep [1s]; same | same\n"
-           "a boat in a harbour [20s] | gulls over the water [20s]\n")
+           "a boat in a harbour [30s] | gulls over the water [30s]\n")
 """Lines 1 and 2 share their first shot; line 4 fails in its worker (a label used twice); lines 3 and 5 are long
-enough (54 blocks) for a kill at their first block to land while they run."""
+enough (80 blocks, about 1.5 s on 2 cores) for a kill at their first block to land while they run."""
 RECIPE = RenderRecipe(width=64, height=48, threads=1)
 """One torch thread everywhere, as each Ray CPU worker gets: the same bits need the same threads."""
 
@@ -105,18 +105,19 @@ def test_ray_gives_the_single_process_files_with_one_model_load_per_worker(clust
 
 
 def test_a_killed_worker_is_restarted_and_its_line_finishes_the_same(cluster, single, tmp_path):
-    killed, blocks = [], []
+    killed, blocks, totals = [], [], []
 
     def kill_once(name, event):
         if name == "set-0003" and isinstance(event, BlockDone):
             blocks.append(event.index)
+            totals.append(event.total)
             if not killed:
                 killed.append(event.pid)
                 os.kill(event.pid, signal.SIGKILL)
 
     results, lines = _run(tmp_path, on_event=kill_once)
     assert killed and [r.status for r in results] == [DONE, DONE, DONE, FAILED, DONE]
-    assert blocks.count(0) == 2 and blocks[-1] == 53  # killed while it ran, then run again whole
+    assert blocks.count(0) == 2 and blocks[-1] == totals[-1] - 1  # killed while it ran, then run again whole
     _same_files(tmp_path / "out", single, ["set-0003"])
     assert "model loads: 3 (workers: 2)" in lines  # the restarted worker loaded the model again
 
