@@ -185,18 +185,25 @@ class Renderer:
         self.model, self.model_key = load_model(r.checkpoint, r.lora, r.dtype, self.device)
         self.card = model_card(r.card, r.checkpoint, self.model, self.log)
         self.cache = PrefixCache(budget_bytes(self.cache_gb))
+        self._vae = None
+
+    def pixel_vae(self):
+        """The recipe's VAE, read from its file the first time a line needs it (the krea preset) and kept."""
+        if self._vae is None:
+            from ..models.wan_vae_decoder import load_wan_vae
+
+            self._vae = load_wan_vae(self.recipe.vae, self.model.device, self.model.dtype)
+        return self._vae
 
     def render(self, script: str, on_block: Callable[[BlockDone], None] | None = None) -> RenderedLine:
         """Render one scene script (the official format); ``on_block`` hears of every block generated."""
         from ..cli.demo import script_shots
-        from ..models.wan_vae_decoder import load_wan_vae
-
         r, model = self.recipe, self.model
         started = time.perf_counter()
         scenes = parse_scene_script(script)
         shots = script_shots(SceneList(), scenes, model.config.text_dim)
         choice = PresetChoice(preset=r.preset, recall_matching="idf", recall_scope="shots so far")
-        vae = None if r.vae is None else (lambda: load_wan_vae(r.vae, model.device, model.dtype))
+        vae = None if r.vae is None else self.pixel_vae
         plan = plan_run(shots, model.config, seed=r.seed, width=r.width, height=r.height, fps=r.fps, steps=r.steps,
                         shift=r.shift, choice=choice, dtype=model.dtype, noise=r.noise, card=self.card,
                         device=model.device, vae=vae)

@@ -189,6 +189,10 @@ class WanVAE:
     def weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for half in (self.encoder, self.decoder) for p in half.parameters())
 
+    def decode_bytes(self, latent_size: tuple[int, int], batch: int = 1) -> int:
+        """Device bytes of a streaming decode in the loop: the weights plus :func:`streaming_decode_bytes`."""
+        return self.weight_bytes + streaming_decode_bytes(self.decoder, latent_size, batch)
+
     def to(self, device: torch.device | str) -> WanVAE:
         """Both halves on ``device`` (moved in place, as ``nn.Module.to``)."""
         self.encoder.to(device)

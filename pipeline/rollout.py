@@ -27,7 +27,7 @@ from ..models.block_forward import CausalWan, TextContext
 from ..models.flow_unipc import solve_block, unipc_timesteps
 from ..models.schedule import DEFAULT_SHIFT, DEFAULT_STEPS, FlowMatchSchedule
 from ..models.seam import BlockCall
-from ..models.wan_vae_decoder import WanVAE, streaming_decode_bytes
+from ..models.wan_vae_decoder import WanVAE
 from .latents import LATENT_CHANNELS, LATENT_FORMATS, VAE_STRIDE, latent_format, video_frames
 from .memory_need import check_memory, memory_need
 from .noise import MAX_SEED, NOISE_MODES, OFFICIAL, PER_SHOT, BlockNoise, shot_seeds
@@ -431,11 +431,16 @@ def _check_vae(vae: WanVAE | None, cache: CachePolicy, model: CausalWan) -> WanV
         raise RolloutInputError("this cache re-encodes its first context frame from decoded pixels (Krea Realtime's "
                                 "release default, keep_first_frame off): give the Wan2.1 VAE, or keep the first "
                                 "frame (keep_first_frame on)")
+    return check_vae(vae, model.config.in_dim)
+
+
+def check_vae(vae: object, channels: int) -> WanVAE:
+    """``vae`` itself when it is the pack's Wan VAE of ``channels`` latent channels; :class:`RolloutInputError`
+    otherwise."""
     if not isinstance(vae, WanVAE):
         raise RolloutInputError(f"vae must be a models.wan_vae_decoder.WanVAE, got {type(vae).__name__}")
-    if model.config.in_dim != vae.decoder.z_dim:
-        raise RolloutInputError(f"the VAE makes {vae.decoder.z_dim}-channel latents but the model reads "
-                                f"{model.config.in_dim}")
+    if vae.decoder.z_dim != channels:
+        raise RolloutInputError(f"the VAE makes {vae.decoder.z_dim}-channel latents but the model reads {channels}")
     return vae
 
 
@@ -450,8 +455,8 @@ def _check_request(model: CausalWan, settings: RolloutSettings, cache: CachePoli
     check_memory(memory_need(model.config, model.dtype, cache, grid, frames=settings.num_frames,
                              frames_per_block=settings.frames_per_block, latent_size=settings.latent_size,
                              batch=settings.batch_size, noise=settings.noise, shots=len(scenes),
-                             decode=0 if vae is None else vae.weight_bytes + streaming_decode_bytes(
-                                 vae.decoder, settings.latent_size, settings.batch_size)), model.device)
+                             decode=0 if vae is None else vae.decode_bytes(settings.latent_size,
+                                                                           settings.batch_size)), model.device)
     return grid
 
 

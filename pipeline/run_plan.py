@@ -23,7 +23,7 @@ from ..models.config import WanConfig
 from ..models.flow_unipc import unipc_timesteps
 from ..models.model_cards import ModelCard
 from ..models.schedule import evenly_spaced_steps, steps_down_to_zero
-from ..models.wan_vae_decoder import WanVAE, streaming_decode_bytes
+from ..models.wan_vae_decoder import WanVAE
 from .digests import digest, tensor_digest
 from .latents import LATENT_FORMATS, latent_format
 from .memory_need import MemoryNeed, MemoryPlan, memory_need, plan_memory
@@ -39,6 +39,7 @@ from .rollout import (
     RolloutScene,
     RolloutSettings,
     check_start_latent,
+    check_vae,
     finished_result,
     rollout,
     token_grid,
@@ -280,8 +281,7 @@ def plan_run(shots: SceneList, model: WanConfig, *, seed: int = 0, width: int = 
         if len(shots) > len(story.shots):
             story.check_extension()
 
-    decode = 0 if vae is None else vae.weight_bytes + streaming_decode_bytes(vae.decoder, settings.latent_size,
-                                                                              settings.batch_size)
+    decode = 0 if vae is None else vae.decode_bytes(settings.latent_size, settings.batch_size)
 
     def need_of(kv: str) -> MemoryNeed:
         return memory_need(model, dtype, _with_kv(policy, kv), grid, frames=settings.num_frames,
@@ -307,20 +307,11 @@ def _pixel_reencoding(policy, vae: WanVAE | Callable[[], WanVAE] | None, preset:
         if vae is not None:
             notes.append(f"the VAE input is used by the krea preset only; {preset} ignores it")
         return policy, None
-    if vae is None:
-        if not policy.keep_first_frame:
-            raise RolloutInputError("this krea policy re-encodes its first context frame from decoded pixels: give "
-                                    "the Wan2.1 VAE")
+    if vae is None:  # (a policy without keep_first_frame and without a VAE is refused by the rollout)
         notes.append("krea: the video's first frame stays the first context frame (keep_first_frame); give the "
                      "sampler the Wan2.1 VAE for the release's default, which re-encodes it from the decoded pixels")
         return policy, None
-    if callable(vae) and not isinstance(vae, WanVAE):
-        vae = vae()
-    if not isinstance(vae, WanVAE):
-        raise RolloutInputError(f"vae must be a models.wan_vae_decoder.WanVAE, got {type(vae).__name__}")
-    if vae.decoder.z_dim != model.in_dim:
-        raise RolloutInputError(f"the VAE makes {vae.decoder.z_dim}-channel latents but the model reads "
-                                f"{model.in_dim}")
+    vae = check_vae(vae() if callable(vae) and not isinstance(vae, WanVAE) else vae, model.in_dim)
     notes.append("krea: the first context frame is re-encoded from the decoded pixels through the VAE (the "
                  "release's default); every block is decoded as it is made")
     return replace(policy, keep_first_frame=False), vae
